@@ -1,0 +1,19 @@
+"""vitkit: the Vision Transformer of "An Image is Worth 16x16 Words" (Dosovitskiy et al., 2021)."""
+
+from .checkpoint import CheckpointError, load, save
+from .config import ViTConfig, list_presets
+from .factory import create_model
+from .model import VisionTransformer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "ViTConfig",
+    "VisionTransformer",
+    "__version__",
+    "create_model",
+    "list_presets",
+    "load",
+    "save",
+]

@@ -1,0 +1,52 @@
+"""``vitkit presets``: the preset table with sizes and compute."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..config import get_config, list_presets, preset_description
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("presets", help="list the model presets (paper Table 1, DeiT, small-image)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run)
+
+
+def preset_rows() -> list[dict]:
+    rows = []
+    for name in list_presets():
+        c = get_config(name)
+        rows.append(
+            dict(
+                name=name,
+                image=f"{c.image_size[0]}x{c.image_size[1]}x{c.in_channels}",
+                patch=c.patch_size,
+                width=c.width,
+                depth=c.depth,
+                heads=c.num_heads,
+                mlp=c.mlp_dim,
+                params=c.num_params(),
+                gflops=c.flops() / 1e9,
+                note=preset_description(name),
+            )
+        )
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = preset_rows()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    header = f"{'name':<13} {'image':>10} {'patch':>5} {'width':>5} {'depth':>5} {'heads':>5} {'MLP':>5} {'params':>12} {'GFLOPs':>8}  note"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r['name']:<13} {r['image']:>10} {r['patch']:>5} {r['width']:>5} {r['depth']:>5} {r['heads']:>5} "
+            f"{r['mlp']:>5} {r['params']:>12,} {r['gflops']:>8.2f}  {r['note']}"
+        )
+    print("GFLOPs: forward, one image, 2 FLOPs per multiply-add; params with the default head.")
+    return 0

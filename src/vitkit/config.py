@@ -1,0 +1,272 @@
+"""ViTConfig and the preset table.
+
+The presets are the rows of the paper's Table 1 (Base, Large, Huge), DeiT's Tiny and Small
+(Touvron et al. 2021, Table 1), and small-image presets for 28x28 and 32x32 inputs that fit
+a laptop CPU. The config is a plain dataclass so that it can be saved next to every checkpoint
+as JSON and read back without guessing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+POOLS = ("cls", "gap")
+POSEMBS = ("learned", "learned2d", "sincos2d", "none")
+STEMS = ("patch", "conv")
+
+
+def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return (int(value[0]), int(value[1]))
+    raise ValueError(f"expected an int or a pair of ints (height, width), got {value!r}")
+
+
+@dataclass
+class ViTConfig:
+    """Everything that defines a Vision Transformer, and nothing that defines how it is trained.
+
+    Names follow the paper's Table 1: ``width`` is the hidden size D, ``depth`` the number of
+    layers L, ``mlp_dim`` the MLP size, ``num_heads`` the heads k.
+    """
+
+    image_size: tuple[int, int] | int = 224
+    patch_size: int = 16
+    in_channels: int = 3
+    num_classes: int = 1000
+    width: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_dim: int = 3072
+    pool: str = "cls"  # "cls": the class token's final state; "gap": mean of the patch tokens
+    class_token: bool = True  # prepend a learned class token (required by pool="cls")
+    posemb: str = "learned"  # "learned" (1-D), "learned2d" (row/column, App. D.4), "sincos2d", "none"
+    fc_norm: bool = False  # timm's GAP layout: final LayerNorm after pooling instead of before
+    representation_size: int | None = None  # pre-logits Linear + tanh (paper sec. 3.1); None: none
+    stem: str = "patch"  # "patch": one linear map per patch; "conv": the paper's hybrid (sec. 3.1)
+    stem_channels: int = 64  # width of the convolutional stem when stem="conv"
+    qkv_bias: bool = True
+    layer_norm_eps: float = 1e-6
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    drop_path: float = 0.0  # stochastic depth rate of the last block (linearly increasing)
+    dynamic_image_size: bool = False  # accept other input sizes: pad and resample the position grid
+    fused_attention: bool = True  # torch SDPA; the explicit path is used whenever attention is asked for
+    class_names: list[str] | None = field(default=None)  # label names, kept with the checkpoint
+
+    def __post_init__(self) -> None:
+        self.image_size = _pair(self.image_size)
+        if self.class_names is not None:
+            self.class_names = [str(c) for c in self.class_names]
+        self.validate()
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> None:
+        """Raise ValueError naming the first inconsistent field and how to fix it."""
+        if self.pool not in POOLS:
+            raise ValueError(f"pool={self.pool!r} is not one of {POOLS}")
+        if self.posemb not in POSEMBS:
+            raise ValueError(f"posemb={self.posemb!r} is not one of {POSEMBS}")
+        if self.stem not in STEMS:
+            raise ValueError(f"stem={self.stem!r} is not one of {STEMS}")
+        if self.pool == "cls" and not self.class_token:
+            raise ValueError("pool='cls' needs class_token=True; use pool='gap' to average the patch tokens")
+        for name in ("patch_size", "in_channels", "width", "depth", "num_heads", "mlp_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+        if self.num_classes < 0:
+            raise ValueError(f"num_classes={self.num_classes} must be >= 0 (0 means no classifier head)")
+        if self.width % self.num_heads:
+            raise ValueError(
+                f"width={self.width} is not divisible by num_heads={self.num_heads}; "
+                "each head gets width/num_heads dimensions"
+            )
+        if self.posemb == "learned2d" and self.width % 2:
+            raise ValueError(f"posemb='learned2d' concatenates two width/2 halves; width={self.width} is odd")
+        if self.posemb == "sincos2d" and self.width % 4:
+            raise ValueError(f"posemb='sincos2d' needs width divisible by 4, got width={self.width}")
+        h, w = self.image_size
+        if not self.dynamic_image_size and (h % self.patch_size or w % self.patch_size):
+            raise ValueError(
+                f"image_size={self.image_size} is not divisible by patch_size={self.patch_size}; "
+                "choose a size that is a multiple of the patch size, or set dynamic_image_size=True to pad"
+            )
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(f"{len(self.class_names)} class_names given for num_classes={self.num_classes}")
+        for name in ("dropout", "attention_dropout", "drop_path"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1)")
+
+    # ----------------------------------------------------------- derived sizes
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Patches along (height, width): the paper's N = HW/P^2 is their product."""
+        h, w = self.image_size
+        p = self.patch_size
+        return (-(-h // p), -(-w // p))
+
+    @property
+    def num_patches(self) -> int:
+        gh, gw = self.grid_size
+        return gh * gw
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 1 if self.class_token else 0
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.num_heads
+
+    def num_params(self) -> int:
+        """Parameter count, built on the meta device so that even ViT-H costs no memory."""
+        import torch
+
+        from .model import VisionTransformer
+
+        with torch.device("meta"):
+            model = VisionTransformer(self)
+        return sum(p.numel() for p in model.parameters())
+
+    def flops(self, image_size: tuple[int, int] | int | None = None) -> int:
+        """Forward FLOPs of one image (2 per multiply-add), counted from the architecture.
+
+        Counts the matrix products (patch projection, q/k/v, q.k^T, attention-weighted v,
+        output projection, MLP, pre-logits, head); norms, softmax and GELU are left out, as
+        is usual. ViT-B/16 at 224 is 35.1 GFLOPs by this count (17.6 G multiply-adds).
+        """
+        h, w = _pair(image_size) if image_size is not None else self.image_size
+        p = self.patch_size
+        n = (-(-h // p)) * (-(-w // p))
+        t = n + self.num_prefix_tokens
+        d, m = self.width, self.mlp_dim
+        stem = 2 * n * self.in_channels * p * p * d if self.stem == "patch" else self._conv_stem_flops(h, w)
+        per_block = 2 * t * d * 3 * d + 2 * 2 * t * t * d + 2 * t * d * d + 2 * 2 * t * d * m
+        head_in = d
+        total = stem + self.depth * per_block
+        if self.representation_size:
+            total += 2 * d * self.representation_size
+            head_in = self.representation_size
+        total += 2 * head_in * self.num_classes
+        return total
+
+    def _conv_stem_flops(self, h: int, w: int) -> int:
+        from .embed import conv_stem_layers
+
+        flops, c_in = 0, self.in_channels
+        for c_out, k, s in conv_stem_layers(self.patch_size, self.stem_channels, self.width):
+            h, w = -(-h // s), -(-w // s)
+            flops += 2 * h * w * c_in * c_out * k * k
+            c_in = c_out
+        return flops
+
+    # ------------------------------------------------------------ (de)serialise
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["image_size"] = list(self.image_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ViTConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown ViTConfig field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**d)
+
+    def replace(self, **overrides: Any) -> ViTConfig:
+        """A copy with some fields changed; an unknown field is a ValueError naming it."""
+        d = self.to_dict()
+        unknown = sorted(set(overrides) - set(d))
+        if unknown:
+            raise ValueError(f"unknown ViTConfig field(s) {unknown}; known fields: {sorted(d)}")
+        d.update(overrides)
+        return ViTConfig.from_dict(d)
+
+
+# --------------------------------------------------------------------------- presets
+def _row(width: int, depth: int, mlp_dim: int, num_heads: int, patch: int, **kw: Any) -> dict[str, Any]:
+    return dict(width=width, depth=depth, mlp_dim=mlp_dim, num_heads=num_heads, patch_size=patch, **kw)
+
+
+# Paper Table 1 (B, L, H) and DeiT Table 1 (Ti, S); ImageNet-size defaults (224, 1000 classes).
+_TI, _S = (192, 12, 768, 3), (384, 12, 1536, 6)
+_B, _L, _H = (768, 12, 3072, 12), (1024, 24, 4096, 16), (1280, 32, 5120, 16)
+_SMALL_IMAGE = dict(num_classes=10)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "vit_ti16": _row(*_TI, 16),
+    "vit_s16": _row(*_S, 16),
+    "vit_s32": _row(*_S, 32),
+    "vit_b16": _row(*_B, 16),
+    "vit_b32": _row(*_B, 32),
+    "vit_l16": _row(*_L, 16),
+    "vit_l32": _row(*_L, 32),
+    "vit_h14": _row(*_H, 14),
+    # Small images (Fashion-MNIST, MNIST: 28x28x1; CIFAR: 32x32x3). Patch 4 gives a 7x7 / 8x8 grid.
+    "vit_tiny_28": _row(192, 6, 384, 3, 4, image_size=28, in_channels=1, **_SMALL_IMAGE),
+    "vit_small_28": _row(256, 8, 512, 4, 4, image_size=28, in_channels=1, **_SMALL_IMAGE),
+    "vit_tiny_32": _row(192, 6, 384, 3, 4, image_size=32, in_channels=3, **_SMALL_IMAGE),
+    "vit_small_32": _row(256, 8, 512, 4, 4, image_size=32, in_channels=3, **_SMALL_IMAGE),
+}
+
+_DESCRIPTIONS = {
+    "vit_ti16": "DeiT-Ti/16",
+    "vit_s16": "DeiT-S/16",
+    "vit_s32": "S/32",
+    "vit_b16": "ViT-B/16 (paper Table 1)",
+    "vit_b32": "ViT-B/32 (paper Table 1)",
+    "vit_l16": "ViT-L/16 (paper Table 1)",
+    "vit_l32": "ViT-L/32 (paper Table 1)",
+    "vit_h14": "ViT-H/14 (paper Table 1)",
+    "vit_tiny_28": "28x28 grayscale, 7x7 grid",
+    "vit_small_28": "28x28 grayscale, 7x7 grid",
+    "vit_tiny_32": "32x32 RGB, 8x8 grid",
+    "vit_small_32": "32x32 RGB, 8x8 grid",
+}
+
+_SIZE_LETTERS = {
+    "ti": "ti",
+    "tiny": "ti",
+    "s": "s",
+    "small": "s",
+    "b": "b",
+    "base": "b",
+    "l": "l",
+    "large": "l",
+    "h": "h",
+    "huge": "h",
+}
+
+
+def canonical_name(name: str) -> str:
+    """Map a preset spelling to its key: ``"ViT-B/16"``, ``"vit-b16"``, ``"vit_base_patch16_224"``
+    and ``"vit_b16"`` all name the same row."""
+    key = name.strip().lower()
+    if key in PRESETS:
+        return key
+    m = re.fullmatch(r"vit[-_ ]?(ti|tiny|s|small|b|base|l|large|h|huge)[/_-]?(?:patch)?(\d+)(?:_224)?", key)
+    if m:
+        candidate = f"vit_{_SIZE_LETTERS[m.group(1)]}{m.group(2)}"
+        if candidate in PRESETS:
+            return candidate
+    raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)} (see `vitkit presets`)")
+
+
+def list_presets() -> list[str]:
+    """The preset names accepted by :func:`create_model`."""
+    return list(PRESETS)
+
+
+def preset_description(name: str) -> str:
+    return _DESCRIPTIONS.get(canonical_name(name), "")
+
+
+def get_config(name: str, **overrides: Any) -> ViTConfig:
+    """The preset's config with ``overrides`` applied (an unknown field is a ValueError)."""
+    return ViTConfig(**PRESETS[canonical_name(name)]).replace(**overrides)

@@ -1,0 +1,201 @@
+"""Patch embedding, class token and position embeddings: the paper's equation (1).
+
+    z_0 = [x_class; x_p^1 E; x_p^2 E; ...; x_p^N E] + E_pos
+
+``PatchEmbed`` is ``x_p E``; the position-embedding modules give ``E_pos``. The model adds the
+patch rows of ``E_pos`` to the patches first and then prepends the class token (plus the class
+row of ``E_pos`` where the option has one), which is the same sum written in one fixed order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PatchEmbed(nn.Module):
+    """Cut the image into P x P patches, flatten each and multiply by one matrix E (D x P*P*C).
+
+    A stride-P convolution with a P x P kernel computes exactly that product for every patch at
+    once, and its weights are the same numbers as E laid out as (D, C, P, P), so checkpoints that
+    store E as a conv kernel (timm, Hugging Face, the JAX originals) load directly.
+    """
+
+    def __init__(self, patch_size: int, in_channels: int, width: int) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_channels, width, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x)  # (B, C, H, W) -> (B, D, H/P, W/P)
+        return x.flatten(2).transpose(1, 2)  # -> (B, N, D), patches in row-major order
+
+
+def conv_stem_layers(patch_size: int, channels: int, width: int) -> list[tuple[int, int, int]]:
+    """(out_channels, kernel, stride) of the hybrid stem: 3x3 stride-2 convolutions while the
+    patch size stays even, then one projection whose kernel and stride are what remains
+    (1x1 when the patch size is a power of two: the paper's "patches of spatial size 1x1")."""
+    layers, remaining, c = [], patch_size, channels
+    while remaining % 2 == 0:
+        layers.append((c, 3, 2))
+        remaining //= 2
+        c *= 2
+    layers.append((width, remaining, remaining))
+    return layers
+
+
+class ConvStem(nn.Module):
+    """The paper's hybrid input (sec. 3.1): a small CNN's feature map, cut into 1x1 patches.
+
+    Convolutions bring the locality prior that a plain ViT lacks, which is what wins when data or
+    compute are short (LESSONS 3). The total stride equals ``patch_size``, so the token grid and
+    everything after the stem is the same as with ``PatchEmbed``.
+    """
+
+    def __init__(self, patch_size: int, in_channels: int, width: int, channels: int = 64) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        layers: list[nn.Module] = []
+        c_in = in_channels
+        *convs, (c_out, k, s) = conv_stem_layers(patch_size, channels, width)
+        for c, kernel, stride in convs:
+            layers += [
+                nn.Conv2d(c_in, c, kernel, stride, padding=kernel // 2, bias=False),
+                nn.BatchNorm2d(c),
+                nn.ReLU(),
+            ]
+            c_in = c
+        self.convs = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(c_in, c_out, kernel_size=k, stride=s)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(self.convs(x))  # (B, C, H, W) -> (B, D, H/P, W/P)
+        return x.flatten(2).transpose(1, 2)  # -> (B, N, D)
+
+
+# ----------------------------------------------------------------------------- position embeddings
+def resample_grid(posemb: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
+    """Resample (1, gh*gw, D) patch position embeddings to a new grid, bicubic on the 2-D grid.
+
+    This is how the paper fine-tunes at higher resolution (sec. 3.2): "2D interpolation of the
+    pre-trained position embeddings, according to their location in the original image".
+    Antialiasing only matters when shrinking the grid.
+    """
+    if tuple(old_grid) == tuple(new_grid):
+        return posemb
+    dim = posemb.shape[-1]
+    dtype = posemb.dtype
+    grid = posemb.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2).float()  # (1, D, gh, gw)
+    grid = F.interpolate(grid, size=new_grid, mode="bicubic", antialias=True, align_corners=False)
+    return grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim).to(dtype)
+
+
+def _resample_axis(table: torch.Tensor, size: int) -> torch.Tensor:
+    """Linear resampling of a (length, D) table of one axis to (size, D)."""
+    if table.shape[0] == size:
+        return table
+    out = F.interpolate(table.T[None].float(), size=size, mode="linear", align_corners=False)
+    return out[0].T.contiguous().to(table.dtype)
+
+
+def sincos2d(grid: tuple[int, int], dim: int, temperature: float = 10_000.0) -> torch.Tensor:
+    """Fixed 2-D sine-cosine embedding (1, gh*gw, D): a quarter of the channels each for
+    sin(y), cos(y), sin(x), cos(x) at geometrically spaced frequencies (as in big_vision)."""
+    gh, gw = grid
+    y, x = torch.meshgrid(torch.arange(gh, dtype=torch.float32), torch.arange(gw, dtype=torch.float32), indexing="ij")
+    quarter = dim // 4
+    omega = 1.0 / temperature ** (torch.arange(quarter, dtype=torch.float32) / max(quarter - 1, 1))
+    y = y.flatten()[:, None] * omega[None, :]
+    x = x.flatten()[:, None] * omega[None, :]
+    return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)[None]
+
+
+class PositionEmbedding(nn.Module):
+    """E_pos for one of the paper's options (appendix D.4), with a fixed calling convention.
+
+    ``forward(grid)`` returns the patch rows, shape (1, gh*gw, D), for a grid that may differ from
+    the one it was built for (then learned tables are resampled); ``prefix`` holds the class-token
+    row (1, 1, D) for the option that has one, else ``None``.
+
+    - ``learned``: one learned vector per position, 1-D, the paper's default. With a class token
+      the table has N+1 rows, row 0 for the class token, exactly the paper's E_pos (and timm's
+      ``pos_embed`` layout).
+    - ``learned2d``: an X table and a Y table of D/2 each, concatenated per patch.
+    - ``sincos2d``: fixed, not trained; a non-persistent buffer recomputed for any grid.
+    - ``none``: no position information at all: the encoder then sees a bag of patches.
+    """
+
+    def __init__(self, kind: str, grid: tuple[int, int], width: int, num_prefix_tokens: int) -> None:
+        super().__init__()
+        self.kind = kind
+        self.grid = tuple(grid)
+        self.width = width
+        self.num_prefix_tokens = num_prefix_tokens if kind == "learned" else 0
+        gh, gw = self.grid
+        if kind == "learned":
+            self.weight = nn.Parameter(torch.empty(1, self.num_prefix_tokens + gh * gw, width))
+            nn.init.normal_(self.weight, std=0.02)
+        elif kind == "learned2d":
+            self.row = nn.Parameter(torch.empty(gh, width // 2))  # Y embedding
+            self.col = nn.Parameter(torch.empty(gw, width // 2))  # X embedding
+            nn.init.normal_(self.row, std=0.02)
+            nn.init.normal_(self.col, std=0.02)
+        elif kind == "sincos2d":
+            self.register_buffer("table", sincos2d(self.grid, width), persistent=False)
+        elif kind != "none":
+            raise ValueError(f"unknown position embedding {kind!r}")
+
+    @property
+    def prefix(self) -> torch.Tensor | None:
+        if self.kind == "learned" and self.num_prefix_tokens:
+            return self.weight[:, : self.num_prefix_tokens]
+        return None
+
+    def forward(self, grid: tuple[int, int]) -> torch.Tensor | None:
+        grid = tuple(grid)
+        if self.kind == "learned":
+            patches = self.weight[:, self.num_prefix_tokens :]
+            return resample_grid(patches, self.grid, grid)
+        if self.kind == "learned2d":
+            row, col = self.row, self.col
+            if grid != self.grid:  # 1-D resampling of each axis
+                row, col = _resample_axis(row, grid[0]), _resample_axis(col, grid[1])
+            gh, gw = grid
+            # (gh, 1, D/2) and (1, gw, D/2) broadcast to (gh, gw, D): [x-embedding, y-embedding]
+            table = torch.cat([col[None, :, :].expand(gh, gw, -1), row[:, None, :].expand(gh, gw, -1)], dim=-1)
+            return table.reshape(1, gh * gw, self.width)
+        if self.kind == "sincos2d":
+            if grid == self.grid:
+                return self.table
+            return sincos2d(grid, self.width).to(self.table.device)
+        return None
+
+    def resample_(self, new_grid: tuple[int, int]) -> None:
+        """Resample the learned tables in place to ``new_grid`` (for loading at another size)."""
+        new_grid = tuple(new_grid)
+        if new_grid == self.grid:
+            return
+        with torch.no_grad():
+            if self.kind == "learned":
+                prefix = self.weight[:, : self.num_prefix_tokens]
+                patches = resample_grid(self.weight[:, self.num_prefix_tokens :], self.grid, new_grid)
+                self.weight = nn.Parameter(torch.cat([prefix, patches], dim=1))
+            elif self.kind == "learned2d":
+                self.row = nn.Parameter(_resample_axis(self.row, new_grid[0]))
+                self.col = nn.Parameter(_resample_axis(self.col, new_grid[1]))
+            elif self.kind == "sincos2d":
+                self.table = sincos2d(new_grid, self.width).to(self.table.device)
+        self.grid = new_grid
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}, grid={self.grid}, width={self.width}"
+
+
+def lecun_normal_(tensor: torch.Tensor) -> torch.Tensor:
+    """LeCun normal (truncated), the JAX reference's initialiser for the patch projection."""
+    fan_in = tensor[0].numel()
+    std = math.sqrt(1.0 / fan_in) / 0.87962566103423978  # correct for truncation at 2 std
+    return nn.init.trunc_normal_(tensor, std=std, a=-2 * std, b=2 * std)

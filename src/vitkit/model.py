@@ -1,0 +1,223 @@
+"""The Vision Transformer (paper sec. 3.1, eqs. 1-4).
+
+    z_0  = [x_class; x_p^1 E; ...; x_p^N E] + E_pos        (1)  embed.py
+    z'_l = MSA(LN(z_{l-1})) + z_{l-1}                      (2)  Block, attention.py
+    z_l  = MLP(LN(z'_l)) + z'_l                            (3)  Block
+    y    = LN(z_L^0)                                       (4)  VisionTransformer.forward_head
+
+``forward_features`` returns all token states (and, when asked, every layer's attention);
+``forward_head`` pools them (class token or mean of the patches) and classifies, so features,
+logits and attention all come from one forward pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import MultiHeadAttention
+from .config import ViTConfig
+from .embed import ConvStem, PatchEmbed, PositionEmbedding, lecun_normal_
+
+
+class MLP(nn.Module):
+    """Two layers with a GELU non-linearity (paper sec. 3.1): D -> mlp_dim -> D."""
+
+    def __init__(self, width: int, mlp_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(width, mlp_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(mlp_dim, width)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016): in training, drop a whole residual branch per sample
+    with probability ``p`` and scale the kept ones by 1/(1-p); the identity in ``eval()``."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Block(nn.Module):
+    """One encoder layer: pre-LayerNorm, attention and MLP, each added back to the residual stream."""
+
+    def __init__(self, config: ViTConfig, drop_path: float = 0.0) -> None:
+        super().__init__()
+        c = config
+        self.norm1 = nn.LayerNorm(c.width, eps=c.layer_norm_eps)
+        self.attn = MultiHeadAttention(
+            c.width, c.num_heads, c.qkv_bias, c.attention_dropout, c.dropout, fused=c.fused_attention
+        )
+        self.norm2 = nn.LayerNorm(c.width, eps=c.layer_norm_eps)
+        self.mlp = MLP(c.width, c.mlp_dim, c.dropout)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        a, probs = self.attn(self.norm1(x), return_attention)
+        x = x + self.drop_path(a)  # eq. (2)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))  # eq. (3)
+        return x, probs
+
+
+class VisionTransformer(nn.Module):
+    """One ViT whose options (pooling, position embedding, stem, pre-logits) come from ``ViTConfig``.
+
+    Only the modules the config uses are built, so no parameter sits unused (DDP needs that).
+    """
+
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        c = config
+        if c.stem == "patch":
+            self.patch_embed: nn.Module = PatchEmbed(c.patch_size, c.in_channels, c.width)
+        else:
+            self.patch_embed = ConvStem(c.patch_size, c.in_channels, c.width, c.stem_channels)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, c.width)) if c.class_token else None
+        self.pos_embed = PositionEmbedding(c.posemb, c.grid_size, c.width, c.num_prefix_tokens)
+        self.pos_drop = nn.Dropout(c.dropout)
+        rates = [c.drop_path * i / max(c.depth - 1, 1) for i in range(c.depth)]  # linear decay rule
+        self.blocks = nn.ModuleList(Block(c, r) for r in rates)
+        self.norm = nn.LayerNorm(c.width, eps=c.layer_norm_eps) if not c.fc_norm else nn.Identity()
+        self.fc_norm = nn.LayerNorm(c.width, eps=c.layer_norm_eps) if c.fc_norm else nn.Identity()
+        if c.representation_size:
+            self.pre_logits: nn.Module = nn.Sequential(nn.Linear(c.width, c.representation_size), nn.Tanh())
+            head_in = c.representation_size
+        else:
+            self.pre_logits = nn.Identity()
+            head_in = c.width
+        self.head = nn.Linear(head_in, c.num_classes) if c.num_classes else nn.Identity()
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ init
+    def reset_parameters(self) -> None:
+        """Initialise as the JAX reference code does: Xavier-uniform Linear layers (q, k, v each on
+        its own), tiny MLP biases, LeCun-normal patch projection, zero class token and a
+        zero-initialised head, so that a fresh model predicts the uniform distribution."""
+        if self.config.stem == "patch" and not self.patch_embed.proj.weight.is_meta:
+            lecun_normal_(self.patch_embed.proj.weight)
+            nn.init.zeros_(self.patch_embed.proj.bias)
+        for name, m in self.named_modules():
+            if not isinstance(m, nn.Linear) or m.weight.is_meta:
+                continue
+            if name.endswith("qkv"):
+                for w in m.weight.chunk(3, dim=0):  # W_q, W_k, W_v are three (D, D) matrices
+                    nn.init.xavier_uniform_(w)
+            else:
+                nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                if ".mlp." in f".{name}":
+                    nn.init.normal_(m.bias, std=1e-6)
+                else:
+                    nn.init.zeros_(m.bias)
+        if isinstance(self.head, nn.Linear) and not self.head.weight.is_meta:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    # ------------------------------------------------------------------ input checks
+    def _grid_for(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Check the batch against the config; pad when sizes may vary. Returns (x, token grid)."""
+        c = self.config
+        if x.ndim != 4:
+            raise ValueError(f"expected a 4-D image batch (batch, channels, height, width), got shape {tuple(x.shape)}")
+        if x.shape[1] != c.in_channels:
+            raise ValueError(
+                f"expected {c.in_channels} channel(s), got {x.shape[1]} (input shape {tuple(x.shape)}); "
+                "convert the images to the model's channel count"
+            )
+        h, w = x.shape[-2:]
+        p = c.patch_size
+        if (h, w) != tuple(c.image_size):
+            if not c.dynamic_image_size:
+                raise ValueError(
+                    f"expected {c.image_size[0]}x{c.image_size[1]} images, got {h}x{w}; resize the input, "
+                    "or build the model with dynamic_image_size=True (or image_size=...) to resample"
+                )
+            if h < p or w < p:
+                raise ValueError(f"image {h}x{w} is smaller than one {p}x{p} patch")
+        if h % p or w % p:
+            if not c.dynamic_image_size:
+                raise ValueError(f"image size {h}x{w} is not divisible by patch size {p}")
+            x = F.pad(x, (0, (-w) % p, 0, (-h) % p))  # pad right and bottom to whole patches
+        return x, (math.ceil(h / p), math.ceil(w / p))
+
+    # ------------------------------------------------------------------ forward
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Eq. (1): images (B, C, H, W) -> token sequence z_0 (B, prefix + N, D)."""
+        x, grid = self._grid_for(x)
+        x = self.patch_embed(x)  # (B, N, D)
+        pos = self.pos_embed(grid)
+        if pos is not None:
+            x = x + pos.to(x.dtype)
+        if self.cls_token is not None:
+            cls = self.cls_token
+            prefix = self.pos_embed.prefix
+            if prefix is not None:
+                cls = cls + prefix
+            x = torch.cat([cls.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)  # (B, 1 + N, D)
+        return self.pos_drop(x)
+
+    def forward_features(
+        self, x: torch.Tensor, return_attention: bool = False
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Images -> (final token states (B, prefix + N, D), per-layer attention (B, heads, T, T) or ())."""
+        x = self.embed(x)
+        attentions = []
+        for block in self.blocks:
+            x, probs = block(x, return_attention)
+            if return_attention:
+                attentions.append(probs)
+        return self.norm(x), tuple(attentions)
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, D): the class token's state, or the mean of the patch tokens."""
+        if self.config.pool == "cls":
+            return tokens[:, 0]
+        return tokens[:, self.config.num_prefix_tokens :].mean(dim=1)
+
+    def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Token states -> logits (B, classes), or the pooled representation with ``pre_logits``."""
+        x = self.pre_logits(self.fc_norm(self.pool(tokens)))
+        return x if pre_logits else self.head(x)
+
+    def forward(
+        self, x: torch.Tensor, return_attention: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Logits (B, classes); with ``return_attention=True``, (logits, per-layer attention)."""
+        tokens, attentions = self.forward_features(x, return_attention)
+        logits = self.forward_head(tokens)
+        return (logits, attentions) if return_attention else logits
+
+    # ------------------------------------------------------------------ utilities
+    def resample_image_size(self, image_size: int | tuple[int, int]) -> None:
+        """Change the native input size, resampling learned position embeddings (sec. 3.2)."""
+        new = self.config.replace(image_size=image_size)
+        self.pos_embed.resample_(new.grid_size)
+        self.config = new
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names that weight decay should skip: class token and position tables
+        (norms and biases are recognised by their 1-D shape)."""
+        return {n for n, _ in self.named_parameters() if n.startswith(("cls_token", "pos_embed."))}
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())

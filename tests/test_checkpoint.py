@@ -1,0 +1,78 @@
+import json
+
+import pytest
+import torch
+
+import vitkit
+from vitkit import CheckpointError, create_model
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    model = create_model("vit_tiny_28", depth=2, **kw)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return model.eval()
+
+
+@pytest.mark.parametrize("posemb", ["learned", "learned2d", "sincos2d", "none"])
+def test_save_then_load_gives_identical_outputs(tmp_path, posemb):
+    model = _model(posemb=posemb, class_names=[f"c{i}" for i in range(10)])
+    vitkit.save(model, tmp_path / "ckpt")
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
+    loaded = vitkit.load(tmp_path / "ckpt")
+    x = torch.randn(3, 1, 28, 28)
+    assert torch.equal(model(x), loaded(x))
+    assert loaded.config == model.config
+    assert loaded.config.class_names[3] == "c3"
+
+
+def test_create_model_from_checkpoint_resamples_and_replaces_head(tmp_path):
+    model = _model()
+    vitkit.save(model, tmp_path / "ckpt")
+    bigger = create_model(str(tmp_path / "ckpt"), image_size=56, num_classes=3)
+    assert bigger.config.image_size == (56, 56) and bigger.config.num_classes == 3
+    assert bigger.pos_embed.weight.shape == (1, 1 + 196, 192)
+    assert torch.equal(bigger.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight)
+    assert bigger(torch.randn(1, 1, 56, 56)).shape == (1, 3)
+
+
+def test_shape_mismatch_names_the_tensor(tmp_path):
+    vitkit.save(_model(), tmp_path / "ckpt")
+    cfg = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    cfg["mlp_dim"] = 100
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(
+        CheckpointError, match=r"blocks\.0\.mlp\.fc1\.weight: expected \(100, 192\), found \(384, 192\)"
+    ):
+        vitkit.load(tmp_path / "ckpt")
+
+
+def test_truncated_and_missing_checkpoints(tmp_path):
+    vitkit.save(_model(), tmp_path / "ckpt")
+    weights = tmp_path / "ckpt" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        vitkit.load(tmp_path / "ckpt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        vitkit.load(tmp_path / "nowhere")
+    (tmp_path / "ckpt" / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        vitkit.load(tmp_path / "ckpt")
+
+
+def test_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
+    from vitkit import checkpoint
+
+    path = tmp_path / "f.bin"
+    checkpoint.atomic_write_bytes(path, b"old")
+
+    def boom(f):
+        f.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        checkpoint.atomic_write(path, boom)
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]

@@ -1,0 +1,135 @@
+import pytest
+import torch
+
+from vitkit import VisionTransformer, ViTConfig, create_model, list_presets
+from vitkit.config import canonical_name, get_config
+
+# timm's parameter counts at 224x224, class token, learned 1-D position embedding, no pre-logits.
+TIMM_PARAMS_1000 = {
+    "vit_ti16": 5_717_416,
+    "vit_s16": 22_050_664,
+    "vit_s32": 22_878_952,
+    "vit_b16": 86_567_656,
+    "vit_b32": 88_224_232,
+    "vit_l16": 304_326_632,
+    "vit_l32": 306_535_400,
+    "vit_h14": 632_045_800,
+}
+# timm's own defaults for L/32 and H/14 (the in21k releases) have no head: these are those counts.
+TIMM_PARAMS_HEADLESS = {"vit_l32": 305_510_400, "vit_h14": 630_764_800}
+
+
+@pytest.mark.parametrize("name", list(TIMM_PARAMS_1000))
+def test_parameter_counts_equal_timm(name):
+    assert get_config(name).num_params() == TIMM_PARAMS_1000[name]
+    if name in TIMM_PARAMS_HEADLESS:
+        assert get_config(name, num_classes=0).num_params() == TIMM_PARAMS_HEADLESS[name]
+
+
+def test_paper_spellings_name_the_same_preset():
+    assert canonical_name("ViT-B/16") == "vit_b16"
+    assert canonical_name("ViT-Ti/16") == "vit_ti16"
+    assert canonical_name("vit_base_patch16_224") == "vit_b16"
+    assert canonical_name("ViT-H/14") == "vit_h14"
+    assert "vit_b16" in list_presets()
+
+
+def test_unknown_preset_and_override_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown preset 'vit_q99'"):
+        create_model("vit_q99")
+    with pytest.raises(ValueError, match=r"unknown ViTConfig field\(s\) \['widht'\]"):
+        create_model("vit_ti16", widht=10)
+    with pytest.raises(ValueError, match="pool='cls' needs class_token=True"):
+        ViTConfig(class_token=False)
+    with pytest.raises(ValueError, match="not divisible by patch_size"):
+        ViTConfig(image_size=30, patch_size=16)
+
+
+def test_head_is_zero_initialised_so_a_fresh_model_is_uniform():
+    model = create_model("vit_tiny_28", depth=1).eval()
+    logits = model(torch.randn(4, 1, 28, 28))
+    assert torch.equal(logits, torch.zeros(4, 10))
+
+
+def _trained_like(model):
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return model.eval()
+
+
+def test_gap_pool_ignores_the_class_token():
+    model = _trained_like(create_model("vit_tiny_28", depth=2, pool="gap"))
+    x = torch.randn(2, 1, 28, 28)
+    tokens, _ = model.forward_features(x)
+    changed = tokens.clone()
+    changed[:, 0] += 100.0
+    assert torch.equal(model.forward_head(tokens), model.forward_head(changed))
+    assert torch.allclose(model.forward_head(tokens, pre_logits=True), tokens[:, 1:].mean(1), atol=1e-6)
+    cls = _trained_like(create_model("vit_tiny_28", depth=2, pool="cls"))
+    t, _ = cls.forward_features(x)
+    assert torch.equal(cls.forward_head(t, pre_logits=True), t[:, 0])
+
+
+def test_no_class_token_variant():
+    model = _trained_like(create_model("vit_tiny_28", depth=2, pool="gap", class_token=False))
+    tokens, attn = model.forward_features(torch.randn(2, 1, 28, 28), return_attention=True)
+    assert tokens.shape == (2, 49, 192) and attn[0].shape == (2, 3, 49, 49)
+
+
+def test_forward_with_attention_equals_fused_forward():
+    model = _trained_like(create_model("vit_tiny_28", depth=3))
+    x = torch.randn(2, 1, 28, 28)
+    plain = model(x)
+    logits, attn = model(x, return_attention=True)
+    assert torch.allclose(plain, logits, atol=1e-5)
+    assert len(attn) == 3 and all(a.shape == (2, 3, 50, 50) for a in attn)
+
+
+def test_stochastic_depth_only_in_training():
+    model = _trained_like(create_model("vit_tiny_28", depth=4, drop_path=0.5))
+    x = torch.randn(8, 1, 28, 28)
+    assert torch.equal(model(x), model(x))  # eval: deterministic
+    model.train()
+    torch.manual_seed(1)
+    a = model(x)
+    torch.manual_seed(2)
+    b = model(x)
+    assert not torch.allclose(a, b)
+
+
+def test_representation_layer_and_conv_stem():
+    model = _trained_like(create_model("vit_tiny_28", depth=1, representation_size=64, stem="conv"))
+    assert model.forward_head(model.forward_features(torch.randn(2, 1, 28, 28))[0], pre_logits=True).shape == (2, 64)
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    "shape,match",
+    [
+        ((2, 3, 28, 28), "expected 1 channel"),
+        ((2, 1, 32, 32), "expected 28x28 images, got 32x32"),
+        ((1, 28, 28), "expected a 4-D image batch"),
+    ],
+)
+def test_bad_input_gets_a_one_line_error(shape, match):
+    model = create_model("vit_tiny_28", depth=1)
+    with pytest.raises(ValueError, match=match) as e:
+        model(torch.randn(*shape))
+    assert "\n" not in str(e.value)
+
+
+def test_flops_count_matches_torch_flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    for name, kw in [
+        ("vit_tiny_28", {}),
+        ("vit_ti16", {"depth": 2}),
+        ("vit_s32", {"depth": 2, "representation_size": 100}),
+    ]:
+        cfg = get_config(name, fused_attention=False, **kw)  # torch counts nothing inside CPU SDPA
+        model = VisionTransformer(cfg).eval()
+        with FlopCounterMode(display=False) as counter:
+            model(torch.randn(1, cfg.in_channels, *cfg.image_size))
+        assert abs(cfg.flops() - counter.get_total_flops()) / counter.get_total_flops() < 0.02
