@@ -1,0 +1,71 @@
+"""``vitkit explain CHECKPOINT IMAGE... --out DIR``: attention maps, rollout and the paper's
+Figure 7 analyses for a trained model, as PNG figures with the numbers beside them as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from ..data import normalize, open_image
+from ..evaluate import collect_images, load_for_inference
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "explain",
+        help="draw attention maps, rollout, attention distance, position-embedding and filter figures",
+        description=(
+            "Look inside a trained ViT (paper sec. 4.5). Writes to --out: attention_maps_NN_<image>.png "
+            "(every layer and head), rollout.png (Figure 6), mean_attention_distance.png (Figure 7 right), "
+            "posemb_similarity.png (Figure 7 centre), patch_filters.png (Figure 7 left), each with a .json "
+            "of its numbers."
+        ),
+    )
+    p.add_argument("checkpoint", help="checkpoint folder (config.json + model.safetensors) or a training run folder")
+    p.add_argument("images", nargs="+", help="image files or folders of images; converted to the model's channels/size")
+    p.add_argument("--out", required=True, help="folder to write the figures and JSON into")
+    p.add_argument(
+        "--keep", type=float, default=0.1, help="fraction of each layer's attention the sharpened rollout keeps"
+    )
+    p.add_argument(
+        "--per-image",
+        type=int,
+        default=8,
+        help="draw attention maps and rollout for this many images (all count towards attention distance)",
+    )
+    p.add_argument("--components", type=int, default=28, help="principal components of the patch filters to draw")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..explain import write_report  # matplotlib only when this command runs
+
+    if not 0.0 < args.keep <= 1.0:
+        raise ValueError(f"--keep {args.keep} must be a fraction in (0, 1]")
+    if args.per_image < 1:
+        raise ValueError(f"--per-image {args.per_image} must be at least 1")
+    # The same checkpoint lookup and image conversion as `vitkit predict`: run folder -> best/ (else
+    # last/), the model's channels and size, and the normalisation in preprocess.json.
+    model, pre = load_for_inference(args.checkpoint, args.device)
+    files = collect_images(args.images)
+    c = model.config
+    pixels = torch.stack([torch.as_tensor(open_image(f, c.in_channels, c.image_size).copy()) for f in files])  # uint8
+    images = pixels.float() / 255.0  # (B, C, H, W) in [0, 1]: what the figures draw
+    inputs = normalize(pixels, pre["mean"], pre["std"])  # what the model sees
+    written = write_report(
+        model,
+        images,
+        args.out,
+        inputs=inputs,
+        names=[f.name for f in files],
+        keep=args.keep,
+        per_image=args.per_image,
+        batch_size=args.batch_size,
+        num_components=args.components,
+    )
+    print(f"{pre['checkpoint']}: {len(files)} image(s); wrote {len(written)} files to {args.out}", file=sys.stderr)
+    return 0

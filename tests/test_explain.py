@@ -1,0 +1,220 @@
+import gzip
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vitkit
+from vitkit.cli import main
+from vitkit.embed import sincos2d
+from vitkit.explain import (
+    attention_maps,
+    explain_batch,
+    mean_attention_distance,
+    model_patch_filters,
+    patch_filters_pca,
+    posemb_similarity,
+    rollout,
+    rollout_map,
+    uniform_attention_distance,
+    write_report,
+)
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _layer(*heads):
+    """One layer's attention (B=1, heads, T, T) from per-head row lists."""
+    return torch.tensor([heads], dtype=torch.float32)
+
+
+# ----------------------------------------------------------------------------- rollout
+# Two layers over [cls, p1, p2]. Head means: M1 = [[.2,.4,.4],[0,1,0],[0,0,1]], M2 = [[0,1,0],[.5,.5,0],[0,0,1]].
+# (M + I) / 2: A1 = [[.6,.2,.2],[0,1,0],[0,0,1]], A2 = [[.5,.5,0],[.25,.75,0],[0,0,1]].
+# A2 @ A1 = [[.3,.6,.1],[.15,.8,.05],[0,0,1]], worked out by hand.
+LAYER1 = _layer([[0.3, 0.3, 0.4], [0, 1, 0], [0, 0, 1]], [[0.1, 0.5, 0.4], [0, 1, 0], [0, 0, 1]])
+LAYER2 = _layer([[0, 1, 0], [0.5, 0.5, 0], [0, 0, 1]], [[0, 1, 0], [0.5, 0.5, 0], [0, 0, 1]])
+
+
+def test_rollout_equals_hand_computation():
+    expected = torch.tensor([[0.3, 0.6, 0.1], [0.15, 0.8, 0.05], [0, 0, 1]])
+    torch.testing.assert_close(rollout([LAYER1, LAYER2])[0], expected)
+    torch.testing.assert_close(rollout_map([LAYER1, LAYER2], (1, 2), 1, "cls")[0], torch.tensor([[0.6, 0.1]]))
+    # GAP models: the patch rows' mean, ([.8, .05] + [0, 1]) / 2.
+    torch.testing.assert_close(rollout_map([LAYER1, LAYER2], (1, 2), 1, "mean")[0], torch.tensor([[0.4, 0.525]]))
+
+
+def test_rollout_keeping_the_strongest_attention_by_hand():
+    m = _layer([[0.5, 0.3, 0.2], [0.1, 0.6, 0.3], [0.25, 0.35, 0.4]])
+    # keep 2 of 9: only .6 and .5 survive, both on the diagonal, so each row is the identity.
+    torch.testing.assert_close(rollout([m], keep=2 / 9)[0], torch.eye(3))
+    # keep 4 of 9: .6, .5, .4, .35; row 2 becomes [0, .35, .4 + 1] / 1.75 = [0, .2, .8].
+    expected = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0.2, 0.8]])
+    torch.testing.assert_close(rollout([m], keep=4 / 9)[0], expected)
+    with pytest.raises(ValueError, match="keep=0"):
+        rollout([m], keep=0)
+
+
+def test_rollout_of_identity_and_uniform_attention_is_uniform_over_patches():
+    grid, t = (3, 4), 13
+    eye = torch.eye(t).expand(2, 3, t, t)
+    # Identity attention mixes nothing: the class token receives nothing from any patch (a constant
+    # map) and each patch only itself, so the patch rows' mean is 1/N everywhere.
+    cls_map = rollout_map([eye] * 4, grid, 1, "cls")
+    assert torch.all(cls_map == cls_map.flatten()[0])
+    torch.testing.assert_close(rollout_map([eye] * 4, grid, 1, "mean"), torch.full((2, 3, 4), 1 / 12))
+    # Uniform attention U: (U + I)/2 to the L-th power is (1 - 2^-L) U + 2^-L I.
+    uniform = torch.full((2, 3, t, t), 1 / t)
+    torch.testing.assert_close(rollout_map([uniform] * 3, grid, 1, "cls"), torch.full((2, 3, 4), (1 - 0.5**3) / t))
+
+
+# ----------------------------------------------------------------------------- attention maps
+def test_attention_maps_pick_the_class_row_or_the_mean_received():
+    a = torch.rand(2, 3, 7, 7).softmax(dim=-1)  # B=2, heads=3, cls + 2x3 grid
+    maps = attention_maps([a, a], (2, 3), 1, "cls")
+    assert maps.shape == (2, 2, 3, 2, 3)
+    torch.testing.assert_close(maps[1, 0, 2].flatten(), a[1, 2, 0, 1:])
+    maps = attention_maps([a], (2, 3), 1, "mean")
+    torch.testing.assert_close(maps[0, 0, 1].flatten(), a[0, 1, 1:, 1:].mean(dim=0))
+    with pytest.raises(ValueError, match="needs a class token"):
+        attention_maps([a[..., 1:, 1:]], (2, 3), 0, "cls")
+    with pytest.raises(ValueError, match="does not match grid"):
+        attention_maps([a], (3, 3), 1)
+
+
+# ----------------------------------------------------------------------------- attention distance
+def _average_grid_distance(gh, gw, patch):
+    """Mean distance between two patch centres of a gh x gw grid, pairs counted in both orders."""
+    cells = [(r, c) for r in range(gh) for c in range(gw)]
+    return sum(patch * math.hypot(r1 - r2, c1 - c2) for r1, c1 in cells for r2, c2 in cells) / len(cells) ** 2
+
+
+@pytest.mark.parametrize("prefix", [0, 1])
+def test_mean_attention_distance_of_identity_uniform_and_neighbour_attention(prefix):
+    grid, patch, n = (3, 4), 4, 12
+    t = prefix + n
+    eye = torch.eye(t).expand(2, 3, t, t)
+    assert torch.all(mean_attention_distance([eye, eye], grid, patch, prefix) == 0)
+    uniform = torch.full((2, 3, t, t), 1 / t)  # the class token's share is left out and re-normalised
+    expected = _average_grid_distance(3, 4, patch)
+    torch.testing.assert_close(mean_attention_distance([uniform], grid, patch, prefix), torch.full((1, 3), expected))
+    assert uniform_attention_distance(grid, patch) == pytest.approx(expected)
+    # Every patch attends to the patch one row down (the last row to the first): mean (2*4 + 8) / 3 px.
+    shift = torch.zeros(1, 1, t, t)
+    for q in range(n):
+        shift[0, 0, prefix + q, prefix + (q + 4) % n] = 1
+    assert float(mean_attention_distance([shift], grid, patch, prefix)) == pytest.approx((4 * 8 + 8 * 4) / 12)
+
+
+# ----------------------------------------------------------------------------- embeddings
+def test_sincos2d_similarity_peaks_at_each_patch_own_position():
+    grid = (5, 7)
+    sim = posemb_similarity(sincos2d(grid, 64), grid)
+    assert sim.shape == (5, 7, 5, 7)
+    flat = sim.reshape(35, 35)
+    assert torch.equal(flat.argmax(dim=1), torch.arange(35))
+    torch.testing.assert_close(flat.diagonal(), torch.ones(35))
+    torch.testing.assert_close(flat, flat.T)
+
+
+def test_patch_filter_pca_finds_the_dominant_direction():
+    torch.manual_seed(0)
+    direction = torch.randn(1, 3, 4, 4)
+    direction /= direction.norm()
+    weight = torch.randn(64, 1, 1, 1) * 5 * direction + 0.01 * torch.randn(64, 3, 4, 4)
+    pca = patch_filters_pca(weight, num_components=100)
+    assert pca.components.shape == (48, 3, 4, 4)  # at most C*P*P components
+    assert float(pca.explained_variance_ratio[0]) > 0.99
+    assert abs(float((pca.components[0] * direction).sum())) == pytest.approx(1, abs=1e-3)
+    # Against numpy: the same variance shares.
+    flat = weight.reshape(64, -1).double().numpy()
+    s = np.linalg.svd(flat - flat.mean(0), compute_uv=False) ** 2
+    np.testing.assert_allclose(pca.explained_variance_ratio.numpy(), s / s.sum(), rtol=1e-4, atol=1e-7)
+
+
+def test_hybrid_model_has_no_patch_filter():
+    model = vitkit.create_model("vit_tiny_28", depth=1, width=32, num_heads=2, mlp_dim=32, stem="conv")
+    with pytest.raises(ValueError, match="no linear patch filter"):
+        model_patch_filters(model)
+
+
+# ----------------------------------------------------------------------------- every option
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(pool="gap", class_token=False, posemb="sincos2d"),
+        dict(pool="gap", class_token=True, posemb="learned2d"),
+        dict(posemb="none", stem="conv"),
+        dict(image_size=(24, 32), in_channels=3, patch_size=8, posemb="learned"),
+        dict(image_size=(28, 28), patch_size=8, dynamic_image_size=True),  # a 4x4 grid over a padded image
+    ],
+)
+def test_report_for_every_pooling_posemb_stem_and_size(tmp_path, overrides):
+    torch.manual_seed(0)
+    model = vitkit.create_model("vit_tiny_28", depth=2, width=32, num_heads=2, mlp_dim=32, **overrides).eval()
+    c = model.config
+    images = torch.rand(3, c.in_channels, *c.image_size)
+    e = explain_batch(model, images)
+    assert e.attention_maps.shape == (3, 2, 2, *c.grid_size)
+    assert e.query == ("cls" if c.pool == "cls" else "mean")
+    assert torch.all(e.mean_attention_distance >= 0)
+    written = write_report(model, images, tmp_path, per_image=2, num_components=6)
+    assert len(written) == 2 * (2 + 4) and all(p.stat().st_size > 0 for p in written)
+    posemb = json.loads((tmp_path / "posemb_similarity.json").read_text())
+    assert ("not_applicable" in posemb) == (c.posemb == "none")
+    filters = json.loads((tmp_path / "patch_filters.json").read_text())
+    assert ("not_applicable" in filters) == (c.stem == "conv")
+
+
+# ----------------------------------------------------------------------------- CLI
+def _fashion_mnist_pngs(folder: Path, n: int) -> list[Path]:
+    raw = gzip.open(FMNIST / "t10k-images-idx3-ubyte.gz").read()
+    images = np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 28, 28)
+    folder.mkdir()
+    paths = []
+    for i in range(n):
+        paths.append(folder / f"fmnist_{i}.png")
+        Image.fromarray(images[i]).save(paths[-1])
+    return paths
+
+
+@pytest.mark.skipif(not FMNIST.is_dir(), reason="Fashion-MNIST not installed")
+def test_cli_writes_png_figures_of_the_expected_size(tmp_path):
+    torch.manual_seed(0)
+    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    model = vitkit.create_model("vit_tiny_28", depth=2, width=32, num_heads=2, mlp_dim=64, class_names=names)
+    vitkit.save(model, tmp_path / "run" / "best")
+    (tmp_path / "run" / "best" / "preprocess.json").write_text(json.dumps({"mean": [0.286], "std": [0.353]}))
+    images = _fashion_mnist_pngs(tmp_path / "images", 5)
+    out = tmp_path / "out"
+    assert main(["explain", str(tmp_path / "run"), str(images[0]), str(tmp_path / "images"), "--out", str(out)]) == 0
+    # Layout: 1.5-inch panels at 100 dpi plus a 0.5-inch title band; the rest have fixed sizes.
+    expected = {
+        "attention_maps_00_fmnist_0.png": (3 * 150, 2 * 150 + 50),  # (heads + 1) x layers
+        "attention_maps_05_fmnist_4.png": (3 * 150, 2 * 150 + 50),
+        "rollout.png": (4 * 150, 6 * 150 + 50),  # one row per image
+        "mean_attention_distance.png": (600, 450),
+        "posemb_similarity.png": (600, 500),
+        "patch_filters.png": (700, 500),
+    }
+    for name, size in expected.items():
+        path = out / name
+        assert path.stat().st_size > 5000, name  # a drawn figure, not an empty canvas
+        with Image.open(path) as img:
+            assert img.format == "PNG" and img.size == size, name
+            assert np.asarray(img.convert("L")).std() > 10, name
+        numbers = json.loads(path.with_suffix(".json").read_text())
+        assert numbers
+    maps = json.loads((out / "attention_maps_00_fmnist_0.json").read_text())
+    assert maps["prediction"]["label"] in names and np.array(maps["maps"]).shape == (2, 2, 7, 7)
+    distance = json.loads((out / "mean_attention_distance.json").read_text())
+    assert distance["num_images"] == 6 and np.array(distance["distance"]).shape == (2, 2)
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["explain", str(tmp_path / "missing"), "x.png", "--out", str(tmp_path)]) == 1
+    assert "does not exist" in capsys.readouterr().err
