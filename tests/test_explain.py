@@ -191,12 +191,17 @@ def test_cli_writes_png_figures_of_the_expected_size(tmp_path):
     (tmp_path / "run" / "best" / "preprocess.json").write_text(json.dumps({"mean": [0.286], "std": [0.353]}))
     images = _fashion_mnist_pngs(tmp_path / "images", 5)
     out = tmp_path / "out"
-    assert main(["explain", str(tmp_path / "run"), str(images[0]), str(tmp_path / "images"), "--out", str(out)]) == 0
+    data = ["--data", "fashion-mnist", "--data-dir", str(FMNIST), "--num-images", "3"]
+    assert (
+        main(["explain", str(tmp_path / "run"), str(images[0]), str(tmp_path / "images"), *data, "--out", str(out)])
+        == 0
+    )
     # Layout: 1.5-inch panels at 100 dpi plus a 0.5-inch title band; the rest have fixed sizes.
     expected = {
         "attention_maps_00_fmnist_0.png": (3 * 150, 2 * 150 + 50),  # (heads + 1) x layers
         "attention_maps_05_fmnist_4.png": (3 * 150, 2 * 150 + 50),
-        "rollout.png": (4 * 150, 6 * 150 + 50),  # one row per image
+        "attention_maps_07_fashion-mnist_test00001_Pullover.png": (3 * 150, 2 * 150 + 50),
+        "rollout.png": (4 * 150, 8 * 150 + 50),  # one row per image, at most --per-image (8)
         "mean_attention_distance.png": (600, 450),
         "posemb_similarity.png": (600, 500),
         "patch_filters.png": (700, 500),
@@ -212,7 +217,7 @@ def test_cli_writes_png_figures_of_the_expected_size(tmp_path):
     maps = json.loads((out / "attention_maps_00_fmnist_0.json").read_text())
     assert maps["prediction"]["label"] in names and np.array(maps["maps"]).shape == (2, 2, 7, 7)
     distance = json.loads((out / "mean_attention_distance.json").read_text())
-    assert distance["num_images"] == 6 and np.array(distance["distance"]).shape == (2, 2)
+    assert distance["num_images"] == 9 and np.array(distance["distance"]).shape == (2, 2)
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from ..data import normalize, open_image
+from ..data import load_dataset, normalize, open_image
 from ..evaluate import collect_images, load_for_inference
 
 
@@ -24,7 +24,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("checkpoint", help="checkpoint folder (config.json + model.safetensors) or a training run folder")
-    p.add_argument("images", nargs="+", help="image files or folders of images; converted to the model's channels/size")
+    p.add_argument(
+        "images", nargs="*", help="image files or folders of images; converted to the model's channels and size"
+    )
+    p.add_argument(
+        "--data",
+        help="also take images from this dataset's test split (fashion-mnist, mnist, cifar10, digits, a folder)",
+    )
+    p.add_argument("--data-dir", help="folder holding the dataset files (as for `vitkit train`)")
+    p.add_argument("--num-images", type=int, default=256, help="how many --data images, the first of the split")
     p.add_argument("--out", required=True, help="folder to write the figures and JSON into")
     p.add_argument(
         "--keep", type=float, default=0.1, help="fraction of each layer's attention the sharpened rollout keeps"
@@ -48,12 +56,23 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--keep {args.keep} must be a fraction in (0, 1]")
     if args.per_image < 1:
         raise ValueError(f"--per-image {args.per_image} must be at least 1")
+    if not args.images and not args.data:
+        raise ValueError("give image files or folders, or --data DATASET, to explain")
+    if args.num_images < 1:
+        raise ValueError(f"--num-images {args.num_images} must be at least 1")
     # The same checkpoint lookup and image conversion as `vitkit predict`: run folder -> best/ (else
     # last/), the model's channels and size, and the normalisation in preprocess.json.
     model, pre = load_for_inference(args.checkpoint, args.device)
-    files = collect_images(args.images)
     c = model.config
-    pixels = torch.stack([torch.as_tensor(open_image(f, c.in_channels, c.image_size).copy()) for f in files])  # uint8
+    files = collect_images(args.images) if args.images else []
+    pixels = [torch.as_tensor(open_image(f, c.in_channels, c.image_size).copy()) for f in files]  # uint8
+    names = [f.name for f in files]
+    if args.data:
+        ds = load_dataset(args.data, "test", args.data_dir, c.image_size, c.in_channels, download=False)
+        n = min(args.num_images, len(ds))
+        pixels += list(ds.images[:n])
+        names += [f"{ds.name or 'data'}_test{i:05d}_{ds.class_names[int(ds.labels[i])]}" for i in range(n)]
+    pixels = torch.stack(pixels)
     images = pixels.float() / 255.0  # (B, C, H, W) in [0, 1]: what the figures draw
     inputs = normalize(pixels, pre["mean"], pre["std"])  # what the model sees
     written = write_report(
@@ -61,11 +80,11 @@ def run(args: argparse.Namespace) -> int:
         images,
         args.out,
         inputs=inputs,
-        names=[f.name for f in files],
+        names=names,
         keep=args.keep,
         per_image=args.per_image,
         batch_size=args.batch_size,
         num_components=args.components,
     )
-    print(f"{pre['checkpoint']}: {len(files)} image(s); wrote {len(written)} files to {args.out}", file=sys.stderr)
+    print(f"{pre['checkpoint']}: {len(names)} image(s); wrote {len(written)} files to {args.out}", file=sys.stderr)
     return 0

@@ -36,6 +36,8 @@ from .figures import (
 
 log = logging.getLogger(__name__)
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
 
 def _rounded(x: Any, digits: int = 5) -> Any:
     """Tensors and floats as JSON-friendly nested lists, rounded so the files stay readable."""
@@ -46,6 +48,12 @@ def _rounded(x: Any, digits: int = 5) -> Any:
     if isinstance(x, (list, tuple)):
         return [_rounded(v, digits) for v in x]
     return x
+
+
+def _stem(name: str) -> str:
+    """An image's name without its file extension ("T-shirt/top" stays whole)."""
+    root, ext = os.path.splitext(name)
+    return root if ext.lower() in IMAGE_SUFFIXES else name
 
 
 def _slug(name: str) -> str:
@@ -124,13 +132,13 @@ def write_report(
             "maps": _rounded(maps),
             "layout": "maps[layer][head][row][column]",
         }
-        _write(out, f"attention_maps_{idx:02d}_{_slug(Path(names[idx]).stem)}", fig, numbers, written)
+        _write(out, f"attention_maps_{idx:02d}_{_slug(_stem(names[idx]))}", fig, numbers, written)
 
     # Rollout: all shown images in one figure, a row each.
     titles = []
     for idx, logits, *_ in shown:
         pred = _prediction(model, logits)
-        titles.append(f"{Path(names[idx]).stem}\n{pred['label']}" if pred else Path(names[idx]).stem)
+        titles.append(f"{_stem(names[idx])}\npredicted: {pred['label']}" if pred else _stem(names[idx]))
     fig = plot_rollout(
         [images[s[0]] for s in shown],
         torch.stack([s[3] for s in shown]),
