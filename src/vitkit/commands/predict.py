@@ -1,0 +1,41 @@
+"""``vitkit predict``: classify image files with a trained checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..evaluate import collect_images, load_for_inference, predict_files
+from ..train import resolve_device
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="classify images: top-k class names with probabilities",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run folder (its best/) or a checkpoint folder")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders searched for images")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.top_k < 1:
+        raise ValueError(f"--top-k {args.top_k} must be >= 1")
+    device = resolve_device(args.device)
+    model, pre = load_for_inference(args.checkpoint, device)
+    files = collect_images(args.images)
+    results = predict_files(model, pre, files, args.top_k, args.batch_size, device)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    width = max(len(r["path"]) for r in results)
+    for r in results:
+        preds = "  ".join(f"{p['class']} {p['probability']:.1%}" for p in r["predictions"])
+        print(f"{r['path']:<{width}}  {preds}")
+    return 0
