@@ -1,0 +1,145 @@
+"""What the timm, Hugging Face and JAX bridges share: safe file reading, building a checked
+model from a renamed state dict, and the position table written out for formats that only
+know one learned 1-D table.
+
+Loading never executes code from the file: safetensors is plain data, ``.npz`` is read with
+``allow_pickle=False`` and PyTorch pickles with ``torch.load(weights_only=True)``, which refuses
+anything but tensors and containers of them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import CheckpointError, check_state_dict, read_weights
+from ..config import ViTConfig
+from ..model import VisionTransformer
+
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+# Keys under which training scripts (timm, DeiT, MAE, Lightning) nest the weights in a .pth file.
+_NESTED_KEYS = ("state_dict", "model", "model_state_dict", "module")
+
+
+class InteropError(CheckpointError):
+    """A foreign checkpoint that cannot be read, or whose architecture vitkit cannot express."""
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors from a ``.safetensors`` or PyTorch (``.pth``/``.pt``/``.bin``/``.ckpt``) file.
+
+    A training checkpoint that nests the weights under ``state_dict`` or ``model`` is unwrapped.
+    A truncated file, a pickle holding Python objects, or something that is not a name->tensor
+    mapping is a one-line :class:`InteropError` saying what was expected and what was found.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found")
+    if path.is_dir():
+        raise InteropError(f"{path} is a folder; expected a weights file (.safetensors, .pth, .pt, .bin)")
+    if path.suffix == ".safetensors":
+        return read_weights(path)
+    if path.suffix not in TORCH_SUFFIXES:
+        raise InteropError(
+            f"{path}: unknown weights file type {path.suffix!r}; expected .safetensors, "
+            f"{', '.join(TORCH_SUFFIXES)} (state dicts) or .npz (JAX)"
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InteropError(
+            f"{path} holds Python objects, not only tensors ({first}); vitkit loads with weights_only=True "
+            "so that no code from the file runs: save a plain state dict (torch.save(model.state_dict(), ...))"
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InteropError(f"{path} is not a readable PyTorch file ({first}); it may be truncated or corrupt") from None
+    for key in _NESTED_KEYS:
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not obj:
+        raise InteropError(f"{path} should hold a mapping of tensor names to tensors, found {type(obj).__name__}")
+    not_tensors = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise InteropError(
+            f"{path} should hold only tensors, but {len(not_tensors)} entr(y/ies) are not, first: {not_tensors[:3]}"
+        )
+    return {str(k): v for k, v in obj.items()}
+
+
+def build(config: ViTConfig, state: Mapping[str, torch.Tensor], source: str) -> VisionTransformer:
+    """A model for ``config`` holding exactly ``state`` (every name and shape checked first), in eval mode."""
+    model = VisionTransformer(config)
+    state = {k: v.detach().to("cpu", torch.float32) if v.is_floating_point() else v for k, v in state.items()}
+    check_state_dict(model, state, source=source)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def square_side(n: int) -> int | None:
+    """``s`` with ``s * s == n``, else None."""
+    s = math.isqrt(n)
+    return s if s * s == n else None
+
+
+def split_position_rows(
+    rows: int, has_class_token: bool, patch_size: int, image_size: tuple[int, int] | None, source: str
+) -> tuple[tuple[int, int], int]:
+    """(token grid, class-slot rows 0 or 1) from the length of a 1-D position table.
+
+    Foreign tables have N rows (no class slot: GAP models, big_vision, timm ``no_embed_class``)
+    or N + 1 (row 0 for the class token). A square grid is assumed unless ``image_size`` says
+    otherwise; N and N + 1 can both be squares only for N = 0, so the two cases never collide.
+    """
+    if image_size is not None:
+        grid = (image_size[0] // patch_size, image_size[1] // patch_size)
+        slot = rows - grid[0] * grid[1]
+        if slot not in (0, 1) or (slot == 1 and not has_class_token):
+            raise InteropError(
+                f"{source}: a position table of {rows} rows does not fit image size {image_size} with "
+                f"patch size {patch_size} ({grid[0]}x{grid[1]} patches); pass the image size it was trained at"
+            )
+        return grid, slot
+    if has_class_token and square_side(rows - 1):
+        side = square_side(rows - 1)
+        return (side, side), 1
+    side = square_side(rows)
+    if side:
+        return (side, side), 0
+    raise InteropError(
+        f"{source}: cannot infer a square patch grid from a position table of {rows} rows; "
+        "pass image_size=(height, width) (--image-size on the command line) for non-square grids"
+    )
+
+
+def position_rows(model: VisionTransformer) -> tuple[torch.Tensor, torch.Tensor]:
+    """(class-slot row (1, 1, D), patch rows (1, N, D)) of the model's E_pos at its native grid.
+
+    Formats with a single learned 1-D table (timm, Hugging Face) get any vitkit option written
+    out as one: ``learned2d`` and ``sincos2d`` as the table they evaluate to, ``none`` as zeros,
+    and a zero class row where vitkit adds nothing to the class token. The logits are unchanged
+    at the native image size.
+    """
+    c = model.config
+    with torch.no_grad():
+        patches = model.pos_embed(c.grid_size)
+        if patches is None:
+            patches = torch.zeros(1, c.num_patches, c.width)
+        prefix = model.pos_embed.prefix
+        if prefix is None:
+            prefix = torch.zeros(1, 1, c.width)
+    return prefix.detach().clone(), patches.detach().clone()
+
+
+def require_plain(model: VisionTransformer, target: str) -> None:
+    """Refuse options that ``target`` has no equivalent for (the hybrid convolutional stem)."""
+    if model.config.stem != "patch":
+        raise InteropError(f"{target} has no convolutional stem; only stem='patch' models can be written in its format")

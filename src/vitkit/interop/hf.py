@@ -1,0 +1,287 @@
+"""Hugging Face transformers <-> vitkit: ``ViTModel`` / ``ViTForImageClassification``.
+
+The mapping, per layer N (HF name under ``vit.encoder.layer.N.`` -> vitkit ``blocks.N.``):
+
+    attention.attention.{query,key,value}  -> attn.qkv  (stacked as [W_q; W_k; W_v], eq. 5)
+    attention.output.dense                 -> attn.proj
+    layernorm_before / layernorm_after     -> norm1 / norm2
+    intermediate.dense / output.dense      -> mlp.fc1 / mlp.fc2
+
+plus ``vit.embeddings.{cls_token, position_embeddings, patch_embeddings.projection}``,
+``vit.layernorm`` -> ``norm`` and ``classifier`` -> ``head``. HF keeps heads as contiguous
+D/heads slices of each projection, as vitkit does, so the stacking needs no permutation.
+
+Pooling: ``ViTForImageClassification`` classifies the class token's final state, without the
+pooler (it is built with ``add_pooling_layer=False``), so it is vitkit's ``pool="cls"`` with no
+pre-logits layer. A bare ``ViTModel`` has the pooler (Linear + tanh on the class token) and no
+classifier: that is exactly vitkit's pre-logits layer (``representation_size``) with
+``num_classes=0``, so the vitkit model's output is HF's ``pooler_output``.
+
+HF's default ``layer_norm_eps`` is 1e-12 (vitkit and timm: 1e-6); it is carried over, since it
+changes the last digits of the logits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..checkpoint import atomic_write_bytes, atomic_write_json
+from ..config import ViTConfig
+from ..model import VisionTransformer
+from .common import InteropError, build, position_rows, read_state_dict, require_plain
+
+_LAYER = "encoder.layer."
+_BLOCK_MAP = {
+    "attention.output.dense": "attn.proj",
+    "layernorm_before": "norm1",
+    "layernorm_after": "norm2",
+    "intermediate.dense": "mlp.fc1",
+    "output.dense": "mlp.fc2",
+}
+_GENERIC_LABEL = "LABEL_"
+# transformers >= 5 names its modules differently in memory (``layers.N.attention.q_proj``,
+# ``mlp.fc1``) while its files keep the names above; both are read, files are written the old way.
+_MEMORY_NAMES = {
+    "attention.q_proj": "attention.attention.query",
+    "attention.k_proj": "attention.attention.key",
+    "attention.v_proj": "attention.attention.value",
+    "attention.o_proj": "attention.output.dense",
+    "mlp.fc1": "intermediate.dense",
+    "mlp.fc2": "output.dense",
+}
+
+
+def _file_names(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip the ``vit.`` prefix and map in-memory names to the on-disk ones."""
+    out = {}
+    for k, v in state.items():
+        k = k[len("vit.") :] if k.startswith("vit.") else k
+        if k.startswith("layers."):
+            _, i, rest = k.split(".", 2)
+            for new, old in _MEMORY_NAMES.items():
+                if rest.startswith(new + "."):
+                    rest = old + rest[len(new) :]
+                    break
+            k = f"{_LAYER}{i}.{rest}"
+        out[k] = v
+    return out
+
+
+def _read_folder(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """config.json and the weights of a ``save_pretrained`` folder (single or sharded files)."""
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise InteropError(f"{folder} has no config.json; a Hugging Face model folder holds config.json + weights")
+    try:
+        hf_config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InteropError(f"{config_path} is not valid JSON ({e})") from None
+    if not isinstance(hf_config, dict) or hf_config.get("model_type") != "vit":
+        found = hf_config.get("model_type") if isinstance(hf_config, dict) else type(hf_config).__name__
+        raise InteropError(f'{config_path}: expected a Hugging Face ViT ("model_type": "vit"), found {found!r}')
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = folder / index_name
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            state: dict[str, torch.Tensor] = {}
+            for shard in shards:
+                state.update(read_state_dict(folder / shard))
+            return hf_config, state
+    for weights_name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / weights_name).is_file():
+            return hf_config, read_state_dict(folder / weights_name)
+    raise InteropError(f"{folder} has config.json but no model.safetensors or pytorch_model.bin")
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def _config_from_hf(hf: Mapping[str, Any], state: Mapping[str, torch.Tensor], source: str) -> ViTConfig:
+    act = hf.get("hidden_act", "gelu")
+    if act != "gelu":
+        raise InteropError(f"{source}: hidden_act={act!r}; vitkit's MLP uses the exact GELU ('gelu')")
+    patch = _pair(hf.get("patch_size", 16))
+    if patch[0] != patch[1]:
+        raise InteropError(f"{source}: non-square patches {patch} are not supported")
+    num_classes = state["classifier.weight"].shape[0] if "classifier.weight" in state else 0
+    representation = None
+    if "pooler.dense.weight" in state and num_classes == 0:
+        if hf.get("pooler_act", "tanh") != "tanh":
+            raise InteropError(f"{source}: pooler_act={hf['pooler_act']!r}; vitkit's pre-logits layer uses tanh")
+        representation = state["pooler.dense.weight"].shape[0]
+    class_names = None
+    id2label = hf.get("id2label") or {}
+    if num_classes and len(id2label) == num_classes:
+        names = [str(id2label.get(str(i), id2label.get(i, ""))) for i in range(num_classes)]
+        if not all(n.startswith(_GENERIC_LABEL) for n in names):
+            class_names = names
+    return ViTConfig(
+        image_size=_pair(hf.get("image_size", 224)),
+        patch_size=patch[0],
+        in_channels=int(hf.get("num_channels", 3)),
+        num_classes=num_classes,
+        width=int(hf.get("hidden_size", 768)),
+        depth=int(hf.get("num_hidden_layers", 12)),
+        num_heads=int(hf.get("num_attention_heads", 12)),
+        mlp_dim=int(hf.get("intermediate_size", 3072)),
+        pool="cls",
+        class_token=True,
+        posemb="learned",
+        representation_size=representation,
+        qkv_bias=bool(hf.get("qkv_bias", True)),
+        layer_norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
+        class_names=class_names,
+    )
+
+
+def _state_from_hf(state: Mapping[str, torch.Tensor], depth: int, source: str) -> dict[str, torch.Tensor]:
+    state = _file_names(state)
+    if "embeddings.patch_embeddings.projection.weight" not in state:
+        raise InteropError(
+            f"{source} is not a Hugging Face ViT state dict: expected "
+            f"'vit.embeddings.patch_embeddings.projection.weight', found {', '.join(list(state)[:3])} ..."
+        )
+    out: dict[str, torch.Tensor] = {
+        "patch_embed.proj.weight": state.pop("embeddings.patch_embeddings.projection.weight"),
+        "patch_embed.proj.bias": state.pop("embeddings.patch_embeddings.projection.bias"),
+        "cls_token": state.pop("embeddings.cls_token"),
+        "pos_embed.weight": state.pop("embeddings.position_embeddings"),
+        "norm.weight": state.pop("layernorm.weight"),
+        "norm.bias": state.pop("layernorm.bias"),
+    }
+    state.pop("embeddings.mask_token", None)  # masked-image-modelling only; unused when classifying
+    for i in range(depth):
+        pre = f"{_LAYER}{i}."
+        for kind in ("weight", "bias"):
+            parts = [state.pop(f"{pre}attention.attention.{n}.{kind}", None) for n in ("query", "key", "value")]
+            if all(p is not None for p in parts):
+                out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat(parts, dim=0)  # (3D, D) / (3D,): [W_q; W_k; W_v]
+            for hf_name, name in _BLOCK_MAP.items():
+                if f"{pre}{hf_name}.{kind}" in state:
+                    out[f"blocks.{i}.{name}.{kind}"] = state.pop(f"{pre}{hf_name}.{kind}")
+    for kind in ("weight", "bias"):
+        if f"classifier.{kind}" in state:
+            out[f"head.{kind}"] = state.pop(f"classifier.{kind}")
+    if "pooler.dense.weight" in state:
+        if "head.weight" in out:  # ViTForImageClassification ignores a pooler: so does vitkit
+            state.pop("pooler.dense.weight"), state.pop("pooler.dense.bias", None)
+        else:
+            out["pre_logits.0.weight"] = state.pop("pooler.dense.weight")
+            out["pre_logits.0.bias"] = state.pop("pooler.dense.bias")
+    out.update(state)  # anything left is reported as unexpected by the shape check
+    return out
+
+
+def from_hf(model_or_folder: nn.Module | str | os.PathLike) -> VisionTransformer:
+    """A vitkit model with the weights of a Hugging Face ``ViTForImageClassification`` or ``ViTModel``.
+
+    ``model_or_folder``: the transformers model object, or a ``save_pretrained`` folder (config.json
+    + model.safetensors or pytorch_model.bin); reading a folder does not need transformers.
+    """
+    if isinstance(model_or_folder, nn.Module):
+        source = f"Hugging Face {type(model_or_folder).__name__}"
+        hf_config = model_or_folder.config.to_dict()
+        if hf_config.get("model_type") != "vit":
+            raise InteropError(f"{source}: expected model_type 'vit', found {hf_config.get('model_type')!r}")
+        state = dict(model_or_folder.state_dict())
+    else:
+        folder = Path(model_or_folder)
+        if not folder.exists():
+            raise FileNotFoundError(f"{folder} not found")
+        if not folder.is_dir():
+            raise InteropError(f"{folder} is a file; a Hugging Face model is a folder with config.json + weights")
+        source = str(folder)
+        hf_config, state = _read_folder(folder)
+    config = _config_from_hf(hf_config, _file_names(state), source)
+    return build(config, _state_from_hf(state, config.depth, source), source)
+
+
+def to_hf_state_dict(model: VisionTransformer) -> dict[str, torch.Tensor]:
+    """The weights under ``ViTForImageClassification``'s names (``vit.`` prefix, ``classifier``)."""
+    require_plain(model, "Hugging Face's ViT")
+    c = model.config
+    if not c.class_token or c.pool != "cls" or c.fc_norm:
+        raise InteropError(
+            "Hugging Face's ViTForImageClassification classifies the class token after the final LayerNorm; "
+            f"this model has pool={c.pool!r}, class_token={c.class_token}, fc_norm={c.fc_norm}"
+        )
+    if c.representation_size:
+        raise InteropError(
+            "ViTForImageClassification has no pre-logits layer before its classifier (its pooler is unused); "
+            "convert a model with representation_size=None"
+        )
+    if not c.num_classes:
+        raise InteropError("ViTForImageClassification needs a classifier; this model has num_classes=0")
+    sd = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    prefix, patches = position_rows(model)
+    out = {
+        "vit.embeddings.cls_token": sd["cls_token"],
+        "vit.embeddings.position_embeddings": torch.cat([prefix, patches], dim=1).contiguous(),
+        "vit.embeddings.patch_embeddings.projection.weight": sd["patch_embed.proj.weight"],
+        "vit.embeddings.patch_embeddings.projection.bias": sd["patch_embed.proj.bias"],
+        "vit.layernorm.weight": sd["norm.weight"],
+        "vit.layernorm.bias": sd["norm.bias"],
+        "classifier.weight": sd["head.weight"],
+        "classifier.bias": sd["head.bias"],
+    }
+    for i in range(c.depth):
+        pre = f"vit.{_LAYER}{i}."
+        for kind in ("weight", "bias"):
+            qkv = sd.get(f"blocks.{i}.attn.qkv.{kind}")
+            if qkv is not None:
+                for name, part in zip(("query", "key", "value"), qkv.chunk(3, dim=0), strict=True):
+                    out[f"{pre}attention.attention.{name}.{kind}"] = part.contiguous()
+            for hf_name, name in _BLOCK_MAP.items():
+                out[f"{pre}{hf_name}.{kind}"] = sd[f"blocks.{i}.{name}.{kind}"]
+    return out
+
+
+def hf_config_dict(config: ViTConfig) -> dict[str, Any]:
+    """config.json for ``transformers.ViTConfig`` / ``ViTForImageClassification`` matching ``config``."""
+    h, w = config.image_size
+    labels = config.class_names or [f"{_GENERIC_LABEL}{i}" for i in range(config.num_classes)]
+    return {
+        "architectures": ["ViTForImageClassification"],
+        "model_type": "vit",
+        "hidden_size": config.width,
+        "num_hidden_layers": config.depth,
+        "num_attention_heads": config.num_heads,
+        "intermediate_size": config.mlp_dim,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": config.dropout,
+        "attention_probs_dropout_prob": config.attention_dropout,
+        "initializer_range": 0.02,
+        "layer_norm_eps": config.layer_norm_eps,
+        "image_size": h if h == w else [h, w],
+        "patch_size": config.patch_size,
+        "num_channels": config.in_channels,
+        "qkv_bias": config.qkv_bias,
+        "encoder_stride": config.patch_size,
+        "id2label": {str(i): name for i, name in enumerate(labels)},
+        "label2id": {name: i for i, name in enumerate(labels)},
+        "torch_dtype": "float32",
+    }
+
+
+def to_hf(model: VisionTransformer, folder: str | os.PathLike) -> Path:
+    """Write a folder (config.json + model.safetensors) that
+    ``transformers.ViTForImageClassification.from_pretrained(folder)`` loads with the same logits.
+
+    Written without importing transformers; each file is written atomically.
+    """
+    from safetensors.torch import save as st_save
+
+    state = to_hf_state_dict(model)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(folder / "model.safetensors", st_save(state, metadata={"format": "pt"}))
+    atomic_write_json(folder / "config.json", hf_config_dict(model.config))
+    return folder

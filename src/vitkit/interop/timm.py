@@ -1,0 +1,290 @@
+"""timm <-> vitkit: ``timm.models.vision_transformer.VisionTransformer`` weights in both directions.
+
+timm's names are vitkit's (``patch_embed.proj``, ``blocks.N.attn.qkv``, ``mlp.fc1`` ...) except
+that timm's ``pos_embed`` is a bare parameter (vitkit: ``pos_embed.weight``). Its table has a
+class-token row 0 unless the model has no class token or was built with ``no_embed_class=True``
+(FlexiViT and others), where the class token gets no position: vitkit then holds a zero row 0,
+which adds the same nothing. timm's GAP models come in two layouts, both in vitkit: the final
+LayerNorm before pooling (``fc_norm=False``, the ``*_gap_*`` names) or after it (``fc_norm``).
+
+A state dict does not say how many heads the model has nor, with a class token, how it pools;
+those come from the timm architecture name, which is inferred from the shapes when not given.
+Weights are not downloaded: timm (if installed) only builds the named model on the meta device to
+read its settings.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import ViTConfig
+from ..model import VisionTransformer
+from .common import InteropError, build, position_rows, read_state_dict, require_plain, split_position_rows
+
+# timm's size names by width, and their head counts (ViT paper Table 1, DeiT, timm's medium/betwixt/giant).
+_SIZE_BY_WIDTH = {192: "tiny", 384: "small", 512: "medium", 640: "betwixt", 768: "base", 1024: "large", 1280: "huge"}
+_HEADS_BY_WIDTH = {192: 3, 384: 6, 512: 8, 640: 10, 768: 12, 1024: 16, 1280: 16, 1408: 16}
+# Features of some timm ViTs that vitkit's model does not have, by a parameter name that reveals them.
+_UNSUPPORTED = {
+    "reg_token": "register tokens",
+    "attn_pool.": "attention pooling (global_pool='map')",
+    ".ls1.gamma": "LayerScale (init_values)",
+    ".attn.q_norm.": "query/key normalisation (qk_norm)",
+    ".attn.norm.": "a norm inside attention (scale_attn_norm)",
+    ".mlp.norm.": "a norm inside the MLP (scale_mlp_norm)",
+    "norm_pre.": "a LayerNorm before the encoder (pre_norm, CLIP-style)",
+    "patch_embed.norm.": "a norm after the patch embedding",
+    "patch_embed.backbone.": "a ResNet hybrid stem",
+    ".mlp.fc1_g.": "a gated MLP (SwiGLU)",
+}
+
+
+def _timm():
+    try:
+        import timm
+    except ImportError:
+        return None
+    return timm
+
+
+def timm_name(config: ViTConfig) -> str:
+    """The timm architecture name closest to ``config``: ``vit_{size}_patch{P}[_gap]_{image}``.
+
+    The name fixes the family (width, heads, pooling layout); depth and image size may still be
+    overridden when timm builds it. When timm is installed a registered name is preferred.
+    """
+    size = _SIZE_BY_WIDTH.get(config.width, f"w{config.width}")
+    gap = "_gap" if config.pool == "gap" and not config.class_token and not config.fc_norm else ""
+    h, w = config.image_size
+    img = h if h == w else f"{h}x{w}"
+    name = f"vit_{size}_patch{config.patch_size}{gap}_{img}"
+    timm = _timm()
+    if timm is None:
+        return name
+    registered = timm.list_models(f"vit_{size}_patch{config.patch_size}{gap}_*")
+    if gap:
+        registered = [n for n in registered if "_gap_" in n]
+    else:
+        registered = [n for n in registered if n.count("_") == 3]  # the plain family, no suffixes
+    if name in registered:
+        return name
+    for candidate in (f"vit_{size}_patch{config.patch_size}{gap}_224", *sorted(registered)):
+        if candidate in registered:
+            return candidate
+    return name
+
+
+def _check_supported(state: Mapping[str, torch.Tensor], source: str) -> None:
+    for marker, feature in _UNSUPPORTED.items():
+        hit = next((k for k in state if marker in k or k.startswith(marker)), None)
+        if hit is not None:
+            raise InteropError(f"{source} uses {feature} (tensor {hit!r}), which vitkit's ViT does not have")
+    if "blocks.0.attn.qkv.weight" not in state or "patch_embed.proj.weight" not in state:
+        found = ", ".join(list(state)[:3])
+        raise InteropError(
+            f"{source} is not a timm ViT state dict: expected 'patch_embed.proj.weight' and "
+            f"'blocks.0.attn.qkv.weight', found {found} ..."
+        )
+
+
+def _module_settings(model: nn.Module, source: str) -> dict[str, Any]:
+    """What a timm model object says about itself beyond its tensor shapes."""
+    block = model.blocks[0]
+    act = getattr(block.mlp, "act", None)
+    if not isinstance(act, nn.GELU) or act.approximate != "none":
+        raise InteropError(f"{source}: MLP activation {act!r} is not the exact GELU that vitkit uses")
+    if getattr(model, "pool_include_prefix", False):
+        raise InteropError(f"{source} averages the class token into its pool (pool_include_prefix=True)")
+    if not isinstance(block.norm1, nn.LayerNorm):
+        raise InteropError(f"{source}: norm {type(block.norm1).__name__} is not a LayerNorm")
+    if isinstance(model.norm, nn.Identity) and isinstance(model.fc_norm, nn.Identity):
+        raise InteropError(f"{source} has no final LayerNorm (final_norm=False), which vitkit always has")
+    return dict(
+        num_heads=block.attn.num_heads,
+        global_pool=model.global_pool,
+        grid=tuple(model.patch_embed.grid_size),
+        layer_norm_eps=block.norm1.eps,
+    )
+
+
+def _name_settings(name: str, source: str) -> dict[str, Any]:
+    """Settings of a timm architecture name: built on the meta device when timm is installed,
+    else from the usual width -> heads table (``*_gap_*`` names pool the patches)."""
+    timm = _timm()
+    if timm is not None and timm.is_model(name):
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False, depth=1)
+        settings = _module_settings(model, f"timm architecture {name!r}")
+        settings.pop("grid")  # the state dict's own table decides the grid
+        settings["width"] = model.embed_dim
+        return settings
+    return dict(global_pool="avg" if "_gap_" in name else "token")
+
+
+def _config_from_state(
+    state: Mapping[str, torch.Tensor],
+    settings: dict[str, Any],
+    source: str,
+    image_size: tuple[int, int] | None,
+) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
+    """Read the architecture off the tensor shapes; return (config, state with vitkit names)."""
+    width, in_channels, p, p2 = state["patch_embed.proj.weight"].shape
+    if p != p2:
+        raise InteropError(f"{source}: non-square patches {p}x{p2} are not supported")
+    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    mlp_dim = state["blocks.0.mlp.fc1.weight"].shape[0]
+    class_token = "cls_token" in state
+    fc_norm = "fc_norm.weight" in state
+    if "width" in settings and settings["width"] != width:
+        raise InteropError(f"{source}: width {width} does not match the named architecture's {settings['width']}")
+    if settings.get("global_pool", "token") not in ("token", "avg"):
+        raise InteropError(f"{source}: timm global_pool={settings['global_pool']!r}; vitkit pools by 'token' or 'avg'")
+    pool = "gap" if (not class_token or fc_norm or settings.get("global_pool") == "avg") else "cls"
+    num_heads = settings.get("num_heads") or _HEADS_BY_WIDTH.get(width, max(1, width // 64))
+    out = {k: v for k, v in state.items() if k != "pos_embed"}
+    if "pos_embed" in state:
+        table = state["pos_embed"]
+        grid = settings.get("grid")
+        if image_size is None and grid is not None:
+            image_size = (grid[0] * p, grid[1] * p)
+        grid, slot = split_position_rows(table.shape[1], class_token, p, image_size, source)
+        if class_token and slot == 0:  # no_embed_class: the class token gets no position
+            table = torch.cat([table.new_zeros(1, 1, table.shape[-1]), table], dim=1)
+        out["pos_embed.weight"] = table
+        posemb = "learned"
+    else:
+        posemb = "none"
+        grid = settings.get("grid")
+        if grid is None and image_size is None:
+            raise InteropError(f"{source} has no position embedding: pass image_size to say the input size")
+        grid = grid if image_size is None else (image_size[0] // p, image_size[1] // p)
+    num_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
+    config = ViTConfig(
+        image_size=(grid[0] * p, grid[1] * p),
+        patch_size=p,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        width=width,
+        depth=depth,
+        num_heads=num_heads,
+        mlp_dim=mlp_dim,
+        pool=pool,
+        class_token=class_token,
+        posemb=posemb,
+        fc_norm=fc_norm,
+        qkv_bias="blocks.0.attn.qkv.bias" in state,
+        layer_norm_eps=settings.get("layer_norm_eps", 1e-6),
+    )
+    return config, out
+
+
+def from_timm(
+    model_or_state_dict: nn.Module | Mapping[str, torch.Tensor] | str | os.PathLike,
+    name: str | None = None,
+    image_size: int | tuple[int, int] | None = None,
+    **overrides: Any,
+) -> VisionTransformer:
+    """A vitkit model with the weights of a timm ViT, giving the same logits.
+
+    ``model_or_state_dict``: a timm ``VisionTransformer``, its ``state_dict()``, or a file holding
+    one (.safetensors / .pth / .bin). ``name``: the timm architecture (``"vit_base_patch16_224"``)
+    for what shapes cannot say (heads; token vs average pooling when there is a class token);
+    inferred from the shapes when omitted. ``image_size``: the training size, needed only for
+    non-square grids. ``overrides``: any ViTConfig field, e.g. ``num_heads`` for a custom model.
+    """
+    if isinstance(model_or_state_dict, (str, os.PathLike)):
+        source = str(model_or_state_dict)
+        state = read_state_dict(Path(model_or_state_dict))
+        settings: dict[str, Any] | None = None
+    elif isinstance(model_or_state_dict, nn.Module):
+        source = f"timm model {type(model_or_state_dict).__name__}"
+        state = model_or_state_dict.state_dict()
+        _check_supported(state, source)
+        settings = _module_settings(model_or_state_dict, source)
+    elif isinstance(model_or_state_dict, Mapping):
+        source, state, settings = "timm state dict", dict(model_or_state_dict), None
+    else:
+        raise TypeError(f"from_timm expects a timm model, a state dict or a file path, got {type(model_or_state_dict)}")
+    _check_supported(state, source)
+    size = (image_size, image_size) if isinstance(image_size, int) else (tuple(image_size) if image_size else None)
+    if settings is None:
+        if name is None:  # a first reading of the shapes names the family
+            guess, _ = _config_from_state(state, {}, source, size)
+            name = timm_name(guess)
+        settings = _name_settings(name, source)
+    config, vitkit_state = _config_from_state(state, settings, source, size)
+    if overrides:
+        config = config.replace(**overrides)
+    return build(config, vitkit_state, source)
+
+
+def to_timm_state_dict(model: VisionTransformer, no_embed_class: bool = False) -> dict[str, torch.Tensor]:
+    """The model's weights under timm's names, loadable into the timm ViT that :func:`timm_kwargs` builds.
+
+    vitkit's other position options are written out as timm's one learned table (see
+    ``common.position_rows``); a pre-logits layer has no place in timm's ViT and is refused.
+    ``no_embed_class=True`` writes the layout of timm models built that way (FlexiViT): the table
+    has no class row, and the class row is folded into the class token, which is the same sum.
+    """
+    require_plain(model, "timm's VisionTransformer")
+    c = model.config
+    if c.representation_size:
+        raise InteropError(
+            "timm's VisionTransformer has no pre-logits (representation) layer; "
+            "convert a model with representation_size=None, or keep it in vitkit"
+        )
+    state = {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith("pos_embed.")}
+    prefix, patches = position_rows(model)
+    if not c.class_token:
+        state["pos_embed"] = patches
+    elif no_embed_class:
+        state["cls_token"] = state["cls_token"] + prefix
+        state["pos_embed"] = patches
+    else:
+        state["pos_embed"] = torch.cat([prefix, patches], dim=1)
+    return state
+
+
+def timm_kwargs(config: ViTConfig, no_embed_class: bool = False) -> dict[str, Any]:
+    """Keyword arguments for ``timm.models.vision_transformer.VisionTransformer`` matching ``config``."""
+    from functools import partial
+
+    mlp_ratio = config.mlp_dim / config.width
+    if int(config.width * mlp_ratio) != config.mlp_dim:  # timm takes int(width * ratio)
+        mlp_ratio = float(torch.nextafter(torch.tensor(mlp_ratio, dtype=torch.float64), torch.tensor(1e9)).item())
+    kwargs: dict[str, Any] = dict(
+        img_size=tuple(config.image_size),
+        patch_size=config.patch_size,
+        in_chans=config.in_channels,
+        num_classes=config.num_classes,
+        global_pool="token" if config.pool == "cls" else "avg",
+        embed_dim=config.width,
+        depth=config.depth,
+        num_heads=config.num_heads,
+        mlp_ratio=mlp_ratio,
+        qkv_bias=config.qkv_bias,
+        class_token=config.class_token,
+        fc_norm=config.fc_norm,
+        no_embed_class=no_embed_class and config.class_token,
+    )
+    if config.layer_norm_eps != 1e-6:
+        kwargs["norm_layer"] = partial(nn.LayerNorm, eps=config.layer_norm_eps)
+    return kwargs
+
+
+def to_timm(model: VisionTransformer, no_embed_class: bool = False) -> nn.Module:
+    """A timm ``VisionTransformer`` (timm must be installed) holding the model's weights, in eval mode."""
+    if _timm() is None:
+        raise ImportError("to_timm needs timm: pip install timm (or use to_timm_state_dict)")
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+    state = to_timm_state_dict(model, no_embed_class)
+    out = TimmViT(**timm_kwargs(model.config, no_embed_class))
+    out.load_state_dict(state)
+    return out.eval()

@@ -1,0 +1,114 @@
+"""timm <-> vitkit: random-init timm models (weights perturbed so that the zero heads cannot hide
+a wrong mapping) must give the same logits in vitkit, and again in timm after the way back."""
+
+import functools
+
+import pytest
+import torch
+
+from vitkit import CheckpointError
+from vitkit.interop import InteropError, from_timm, timm_name, to_timm, to_timm_state_dict
+
+timm = pytest.importorskip("timm")
+
+CASES = [
+    ("vit_tiny_patch16_224", dict(depth=2)),
+    ("vit_small_patch32_224", dict(depth=2)),
+    # GAP-pooled, no class token, final LayerNorm before pooling (fc_norm=False), 16 heads
+    ("vit_base_patch16_gap_224", dict(depth=1, img_size=64)),
+    # GAP-pooled, no class token, timm's fc_norm layout (LayerNorm after pooling)
+    ("vit_tiny_patch16_224", dict(depth=1, class_token=False, global_pool="avg")),
+    # class token without a position (no_embed_class)
+    ("flexivit_small", dict(depth=1, img_size=96)),
+]
+
+
+def perturbed(name, **kw):
+    return _perturbed(name, tuple(sorted(kw.items())))
+
+
+@functools.cache
+def _perturbed(name, kw):
+    """A timm model with every weight moved off its initial value (cached: tests only read it)."""
+    kw = dict(kw)
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, **kw)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model.eval()
+
+
+def images(size, n=2):
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("name, kw", CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
+def test_timm_to_vitkit_and_back(name, kw):
+    reference = perturbed(name, **kw)
+    x = images(kw.get("img_size", 224))
+    with torch.no_grad():
+        expected = reference(x)
+        from_module = from_timm(reference)
+        from_state = from_timm(reference.state_dict())  # heads and pooling from the inferred name
+        assert (from_module(x) - expected).abs().max().item() < 1e-4
+        assert (from_state(x) - expected).abs().max().item() < 1e-4
+        assert from_state.config == from_module.config
+        # back again: the state dict loads into the same timm architecture, and to_timm rebuilds it
+        again = timm.create_model(name, pretrained=False, **kw).eval()
+        no_embed_class = reference.no_embed_class
+        again.load_state_dict(to_timm_state_dict(from_module, no_embed_class=no_embed_class))
+        assert (again(x) - expected).abs().max().item() < 1e-4
+        assert (to_timm(from_module, no_embed_class=no_embed_class)(x) - expected).abs().max().item() < 1e-4
+
+
+def test_name_inferred_from_shapes():
+    for name, kw in CASES[:3]:
+        assert timm_name(from_timm(perturbed(name, **kw)).config) == name
+    gap = from_timm(perturbed("vit_base_patch16_gap_224", depth=1, img_size=64).state_dict())
+    assert gap.config.num_heads == 16 and gap.config.pool == "gap" and not gap.config.class_token
+
+
+def test_resampled_position_grid_matches_timm():
+    """Converting to 384x384 resamples the grid as timm's resample_abs_pos_embed does (bicubic)."""
+    from timm.layers import resample_abs_pos_embed
+
+    from vitkit.checkpoint import adapt
+
+    reference = perturbed("vit_tiny_patch16_224", depth=1)
+    with torch.no_grad():  # a smooth learned grid: low-frequency waves over the 14x14 positions
+        gy, gx = torch.meshgrid(torch.linspace(0, 1, 14), torch.linspace(0, 1, 14), indexing="ij")
+        freq = torch.linspace(0.5, 2.0, 192)
+        grid = torch.sin(gy.reshape(-1, 1) * freq * 3) + torch.cos(gx.reshape(-1, 1) * freq * 2)
+        reference.pos_embed[0, 1:] = grid
+    model = adapt(from_timm(reference), image_size=384).eval()
+    expected = resample_abs_pos_embed(reference.pos_embed.detach(), new_size=[24, 24], num_prefix_tokens=1)
+    assert model.pos_embed.weight.shape == (1, 1 + 24 * 24, 192)
+    assert (model.pos_embed.weight - expected).abs().max().item() < 1e-5
+    # and the 384 model gives timm's logits for timm's own 384 model built from the resampled table
+    big = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=1, img_size=384).eval()
+    state = reference.state_dict()
+    state["pos_embed"] = expected
+    big.load_state_dict(state)
+    x = images(384, n=1)
+    with torch.no_grad():
+        assert (model(x) - big(x)).abs().max().item() < 1e-4
+
+
+def test_errors_name_the_problem():
+    state = perturbed("vit_tiny_patch16_224", depth=2).state_dict()
+    bad = dict(state)
+    bad["blocks.1.mlp.fc1.weight"] = bad["blocks.1.mlp.fc1.weight"][:100]
+    with pytest.raises(
+        CheckpointError, match=r"blocks\.1\.mlp\.fc1\.weight: expected \(768, 192\), found \(100, 192\)"
+    ):
+        from_timm(bad)
+    missing = {k: v for k, v in state.items() if not k.startswith("blocks.1.attn")}
+    with pytest.raises(CheckpointError, match=r"missing tensor\(s\), first: blocks\.1\.attn\.qkv\.weight"):
+        from_timm(missing)
+    with pytest.raises(InteropError, match="LayerScale"):
+        from_timm(perturbed("vit_tiny_patch16_224", depth=1, init_values=1e-5))
+    with pytest.raises(InteropError, match="not a timm ViT state dict"):
+        from_timm({"conv1.weight": torch.zeros(3)})
+    with pytest.raises(InteropError, match="width 192 does not match"):
+        from_timm(state, name="vit_small_patch16_224")
