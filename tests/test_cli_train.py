@@ -1,0 +1,150 @@
+"""End to end through the CLI: train on digits, evaluate, predict, resume; and the errors."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vitkit.cli import main
+from vitkit.data import load_dataset
+
+TINY = ["--set", "width=64", "--set", "depth=2", "--set", "num_heads=2", "--set", "mlp_dim=128"]
+TINY += ["--set", "patch_size=2", "--set", "pool=gap"]
+FAST = [
+    "--batch-size",
+    "32",
+    "--crop-padding",
+    "0",
+    "--lr",
+    "2e-3",
+    "--label-smoothing",
+    "0",
+    "--threads",
+    "1",
+    "--no-progress",
+]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    argv = ["train", "--data", "digits", "--epochs", "8", "--out", str(out), *TINY, *FAST]
+    assert main(argv) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def digit_pngs(tmp_path_factory):
+    """Test digits saved as PNGs in another size and mode than training saw (RGB, 32x32)."""
+    folder = tmp_path_factory.mktemp("pngs")
+    ds = load_dataset("digits", "test")
+    for i in range(12):
+        cls = ds.class_names[int(ds.labels[i])]
+        (folder / cls).mkdir(exist_ok=True)
+        img = Image.fromarray(ds.images[i, 0].numpy(), "L").resize((32, 32), Image.Resampling.NEAREST)
+        img.convert("RGB").save(folder / cls / f"{i}.png")
+    return folder
+
+
+def test_train_writes_a_complete_run(run_dir, capsys):
+    for name in (
+        "train_config.json",
+        "metrics.jsonl",
+        "summary.json",
+        "last/model.safetensors",
+        "best/preprocess.json",
+    ):
+        assert (run_dir / name).is_file(), name
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["accuracy"] > 0.5 and summary["epochs_done"] == 8
+
+
+def test_train_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "--time-budget" in out and "--resume" in out and "(default: 0.001)" in out
+
+
+def test_evaluate_through_the_cli(run_dir, capsys):
+    assert main(["evaluate", str(run_dir), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 359 and result["top1"] > 0.5 and result["top5"] >= result["top1"]
+    assert set(result["per_class"]) == {str(i) for i in range(10)}
+    assert (run_dir / "eval-test" / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["evaluate", str(run_dir / "last"), "--out", str(run_dir / "ev")]) == 0
+    assert "top-1" in capsys.readouterr().out and (run_dir / "ev" / "summary.json").is_file()
+
+
+def test_evaluate_an_image_folder(run_dir, digit_pngs, capsys):
+    assert main(["evaluate", str(run_dir), "--data", str(digit_pngs), "--json", "--out", str(run_dir / "evf")]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 12
+
+
+def test_predict_table_and_json(run_dir, digit_pngs, capsys):
+    files = sorted(digit_pngs.rglob("*.png"))
+    assert main(["predict", str(run_dir), str(files[0]), str(digit_pngs), "--json", "--top-k", "3"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert len(results) == 1 + len(files)
+    assert all(len(r["predictions"]) == 3 for r in results)
+    assert all(abs(sum(p["probability"] for p in r["predictions"])) <= 1.0 + 1e-6 for r in results)
+    right = sum(r["predictions"][0]["class"] == r["path"].split("/")[-2] for r in results[1:])
+    assert right >= 6, results  # the model reads the converted PNGs, not noise
+    assert main(["predict", str(run_dir / "best"), str(files[0])]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(str(files[0])) and "%" in line
+
+
+def test_resume_through_the_cli_continues_to_more_epochs(run_dir, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    assert main(["train", "--resume", str(copy), "--epochs", "9", "--no-progress"]) == 0
+    rows = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, 10))
+
+
+def test_errors_are_one_line(tmp_path, run_dir, capsys):
+    assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert "unknown dataset" in err and err.count("\n") == 1
+    assert main(["train", "--resume", str(tmp_path / "nothing")]) == 1
+    assert "train_config.json not found" in capsys.readouterr().err
+
+    bad = tmp_path / "bad_ckpt"
+    bad.mkdir()
+    (bad / "config.json").write_text((run_dir / "best" / "config.json").read_text())
+    (bad / "model.safetensors").write_bytes((run_dir / "best" / "model.safetensors").read_bytes()[:100])
+    assert main(["evaluate", str(bad), "--data", "digits"]) == 1
+    err = capsys.readouterr().err
+    assert "model.safetensors" in err and "truncated" in err and err.count("\n") == 1
+    assert main(["predict", str(tmp_path), str(tmp_path)]) == 1
+    assert "neither a checkpoint folder" in capsys.readouterr().err
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    assert main(["predict", str(run_dir), str(broken)]) == 1
+    err = capsys.readouterr().err
+    assert "broken.png" in err and err.count("\n") == 1
+    assert main(["predict", str(run_dir), str(tmp_path / "nope.png")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_train_on_an_image_folder_with_a_bad_file(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for c, level in (("dark", 30), ("light", 220)):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(12):
+            px = np.clip(rng.normal(level, 20, (10, 10)), 0, 255).astype(np.uint8)
+            Image.fromarray(px, "L").save(tmp_path / "imgs" / c / f"{i}.png")
+    (tmp_path / "imgs" / "dark" / "bad.png").write_bytes(b"nope")
+    argv = ["train", "--data", str(tmp_path / "imgs"), "--image-size", "8", "--epochs", "2"]
+    argv += ["--out", str(tmp_path / "run"), *TINY, *FAST]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "bad.png" in err and "--skip-bad-images" in err
+    assert main([*argv, "--skip-bad-images", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["eval_split"] == "validation" and summary["eval_images"] == 2

@@ -1,0 +1,166 @@
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import vitkit
+from vitkit import train as T
+from vitkit.train import DivergedError, TrainConfig, train
+
+# A ViT small enough to train on the 8x8 digits in seconds: 16 tokens of width 64.
+TINY = dict(width=64, depth=2, num_heads=2, mlp_dim=128, patch_size=2, pool="gap")
+
+
+def tiny_config(out, **kw) -> TrainConfig:
+    base = dict(
+        data="digits",
+        model="vit_tiny_28",
+        model_overrides=dict(TINY),
+        epochs=3,
+        batch_size=32,
+        lr=2e-3,
+        warmup_epochs=1,
+        label_smoothing=0.0,
+        crop_padding=0,
+        threads=1,
+        out=str(out),
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def losses(run_dir):
+    return [(r["epoch"], r["train_loss"], r["val_acc"]) for r in T.read_metrics(run_dir / "metrics.jsonl")]
+
+
+def test_parse_duration():
+    assert T.parse_duration("10m") == 600 and T.parse_duration("1h30m") == 5400
+    assert T.parse_duration("45") == 45 and T.parse_duration("2.5s") == 2.5
+    with pytest.raises(ValueError, match="10m"):
+        T.parse_duration("ten minutes")
+
+
+def test_schedule_warmup_then_cosine_and_time_budget():
+    cfg = TrainConfig(lr=1e-3, min_lr=1e-5)
+    lrs = [T.learning_rate(cfg, s, 100, 10) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False)) and lrs[-1] < 2e-5
+    timed = TrainConfig(lr=1e-3, min_lr=1e-5, time_budget=60)
+    assert T.learning_rate(timed, 20, 100, 10, elapsed=60) == pytest.approx(1e-5)  # the clock ran out first
+
+
+def test_weight_decay_skips_norms_biases_posemb_and_class_token():
+    model = vitkit.create_model("vit_tiny_28", depth=1)
+    decay, no_decay = T.param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    skipped = {names[id(p)] for p in no_decay["params"]}
+    assert {"cls_token", "pos_embed.weight", "blocks.0.norm1.weight", "head.bias"} <= skipped
+    assert "blocks.0.attn.qkv.weight" in {names[id(p)] for p in decay["params"]}
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+
+
+def test_trains_for_real_on_digits(tmp_path):
+    summary = train(tiny_config(tmp_path / "run", epochs=8), progress=False)
+    assert summary["accuracy"] > 0.75, summary  # chance is 0.10
+    assert summary["eval_images"] == 359 and summary["epochs_done"] == 8
+    run = tmp_path / "run"
+    assert len(T.read_metrics(run / "metrics.jsonl")) == 8
+    cfg = json.loads((run / "train_config.json").read_text())
+    assert cfg["train"]["lr"] == 2e-3 and cfg["model"]["num_classes"] == 10
+    model = vitkit.load(run / "best")
+    assert model.config.class_names == [str(i) for i in range(10)]
+    pre = json.loads((run / "best" / "preprocess.json").read_text())
+    assert pre["image_size"] == [8, 8] and pre["channels"] == 1 and len(pre["mean"]) == 1
+    with pytest.raises(ValueError, match="--resume"):
+        train(tiny_config(run), progress=False)
+
+
+KILLER = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    import vitkit.train as T
+
+    cfg = T.TrainConfig(**json.loads(sys.argv[1]))
+    kill_epoch = int(sys.argv[2])
+    write = T._write_training_state
+
+    def dying(path, state):
+        if state["epoch"] == kill_epoch:  # half a file, then SIGKILL in the middle of the checkpoint
+            path.write_bytes(b"partial")
+            os.kill(os.getpid(), signal.SIGKILL)
+        write(path, state)
+
+    T._write_training_state = dying
+    T.train(cfg, progress=False)
+    """
+)
+
+
+def test_resume_after_sigkill_mid_checkpoint_matches_uninterrupted_run(tmp_path):
+    kw = dict(epochs=4, crop_padding=1, drop_path=0.1, ema_decay=0.9)
+    reference = tmp_path / "reference"
+    train(tiny_config(reference, **kw), progress=False)
+    killed = tmp_path / "killed"
+    cfg = tiny_config(killed, **kw)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLER, json.dumps(cfg.to_dict()), "3"], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == -9, proc.stderr
+    # last/ still holds epoch 2, complete; the half-written epoch-3 folder is not it
+    assert T.find_checkpoint(killed, "last") == killed / "last"
+    assert T.read_training_state(killed / "last" / T.STATE_NAME)["epoch"] == 2
+    train(T.load_run_config(killed), resume=True, progress=False)
+    assert losses(killed) == losses(reference)
+    assert torch.equal(vitkit.load(killed / "last").head.weight, vitkit.load(reference / "last").head.weight), (
+        "final weights differ"
+    )
+
+
+def test_kill_between_the_two_renames_leaves_the_old_checkpoint(tmp_path):
+    model = vitkit.create_model("vit_tiny_28", depth=1)
+    T.save_checkpoint_folder(tmp_path, "last", model, {"x": 1}, {"epoch": 1})
+    (tmp_path / "last").rename(tmp_path / ".last.old")  # killed after the first rename
+    assert T.find_checkpoint(tmp_path, "last") == tmp_path / ".last.old"
+    T.save_checkpoint_folder(tmp_path, "last", model, {"x": 1}, {"epoch": 2})
+    assert T.find_checkpoint(tmp_path, "last") == tmp_path / "last"
+    assert not (tmp_path / ".last.old").exists() and not (tmp_path / ".last.tmp").exists()
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    real_ce = torch.nn.functional.cross_entropy
+    calls = {"n": 0}
+
+    def poisoned(logits, target, **kw):
+        calls["n"] += 1
+        loss = real_ce(logits, target, **kw)
+        return loss * float("nan") if calls["n"] > 50 else loss  # epoch 1 has 44 steps
+
+    class FakeF:
+        cross_entropy = staticmethod(poisoned)
+
+    monkeypatch.setattr(T, "F", FakeF)
+    with pytest.raises(DivergedError, match=r"loss became nan at epoch 2.*last good checkpoint.*--lr"):
+        train(tiny_config(tmp_path / "run"), progress=False)
+    state = T.read_training_state(tmp_path / "run" / "last" / T.STATE_NAME)
+    assert state["epoch"] == 1 and all(p.isfinite().all() for p in vitkit.load(tmp_path / "run" / "last").parameters())
+
+
+def test_time_budget_ends_cleanly_and_still_evaluates(tmp_path):
+    summary = train(tiny_config(tmp_path / "run", epochs=50, time_budget=2.0), progress=False)
+    assert summary["stopped_by_time_budget"] and summary["epochs_done"] < 50
+    assert summary["train_time_s"] < 5 and summary["eval_images"] == 359
+    assert (tmp_path / "run" / "last" / "model.safetensors").is_file()
+
+
+def test_accumulation_mixup_and_held_out_validation(tmp_path):
+    cfg = tiny_config(
+        tmp_path / "run", epochs=1, accum_steps=2, mixup=0.2, cutmix=1.0, erase_prob=0.25, val_fraction=0.2
+    )
+    summary = train(cfg, progress=False)
+    meta = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert meta["data"]["val_is_test"] is False and meta["data"]["val"] == round(1438 * 0.2)
+    assert meta["steps_per_epoch"] == (1438 - 288) // 32 // 2
+    assert summary["eval_split"] == "test"
