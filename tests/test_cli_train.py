@@ -64,7 +64,23 @@ def test_train_help_shows_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = capsys.readouterr().out
-    assert "--time-budget" in out and "--resume" in out and "(default: 0.001)" in out
+    assert "--time-budget" in out and "--resume" in out and "(default: 0.001)" in out and "fmnist-10m" in out
+
+
+def test_recipe_fills_what_the_command_line_leaves_out():
+    from vitkit.cli import build_parser
+    from vitkit.commands.train import config_from_args
+
+    def cfg(*argv):
+        return config_from_args(build_parser().parse_args(["train", *argv]))
+
+    main_job = cfg()
+    assert main_job.data == "fashion-mnist" and main_job.time_budget == 600 and main_job.model_overrides
+    assert cfg("--lr", "0.01").lr == 0.01 and cfg("--epochs", "30").time_budget is None
+    assert cfg("--model", "vit_small_28").model_overrides == {}
+    assert cfg("--data", "digits").model_overrides == {} and cfg("--data", "digits").time_budget is None
+    assert cfg("--recipe", "none").model_overrides == {}
+    assert cfg("--set", "depth=3").model_overrides["depth"] == 3
 
 
 def test_evaluate_through_the_cli(run_dir, capsys):

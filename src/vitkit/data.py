@@ -113,6 +113,12 @@ class ImageDataset:
         std = x.std(dim=1).clamp_min(1e-3)
         return [round(v, 6) for v in x.mean(dim=1).tolist()], [round(v, 6) for v in std.tolist()]
 
+    def padded(self, pad: int) -> ImageDataset:
+        """The same images with a zero border of ``pad`` pixels (28x28 + 2 -> 32x32)."""
+        if pad <= 0:
+            return self
+        return ImageDataset(F.pad(self.images, (pad, pad, pad, pad)), self.labels, self.class_names, self.name)
+
     def resized(self, size: tuple[int, int]) -> ImageDataset:
         """The same images resized (bilinear, antialiased) to ``size``."""
         if tuple(size) == self.image_size:

@@ -62,6 +62,7 @@ def read_preprocess(checkpoint: Path, model: VisionTransformer) -> dict[str, Any
         "std": [1.0] * c.in_channels,
         "class_names": c.class_names or [str(i) for i in range(c.num_classes)],
         "dataset": None,
+        "pad": 0,
     }
     if not path.is_file():
         log.warning("%s has no %s; scaling pixels to [0, 1] without normalisation", checkpoint, PREPROCESS_NAME)
@@ -199,7 +200,8 @@ def predict_files(
 ) -> list[dict[str, Any]]:
     """Top-k (class, probability) per file; each image converted as training saw it."""
     device = torch.device(device)
-    size = tuple(preprocess["image_size"])
+    pad = int(preprocess.get("pad", 0))
+    size = tuple(s - 2 * pad for s in preprocess["image_size"])
     names = list(preprocess["class_names"])
     k = min(top_k, len(names))
     results = []
@@ -207,6 +209,7 @@ def predict_files(
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
         x = torch.stack([torch.from_numpy(open_image(f, preprocess["channels"], size)) for f in chunk]).to(device)
+        x = torch.nn.functional.pad(x, (pad, pad, pad, pad))
         probs = model(normalize(x, preprocess["mean"], preprocess["std"])).float().softmax(1)
         p, i = probs.topk(k, dim=1)
         for f, pr, ix in zip(chunk, p.tolist(), i.tolist(), strict=True):

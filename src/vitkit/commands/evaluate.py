@@ -39,15 +39,17 @@ def run(args: argparse.Namespace) -> int:
     name = args.data or pre.get("dataset")
     if not name:
         raise ValueError(f"{pre['checkpoint']} does not record its dataset; pass --data")
+    pad = int(pre.get("pad", 0))
     ds = load_dataset(
         name,
         args.split,
         data_dir=args.data_dir,
-        image_size=tuple(pre["image_size"]),
+        image_size=tuple(s - 2 * pad for s in pre["image_size"]),
         channels=pre["channels"],
         skip_bad_images=args.skip_bad_images,
         class_names=pre["class_names"],
     )
+    ds = ds.padded(pad)
     if ds.class_names != list(pre["class_names"]):
         raise ValueError(f"{name} has classes {ds.class_names[:5]}..., the model {pre['class_names'][:5]}...")
     if args.limit:

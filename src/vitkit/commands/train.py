@@ -1,4 +1,8 @@
-"""``vitkit train``: train a ViT from scratch on real images (Fashion-MNIST by default)."""
+"""``vitkit train``: train a ViT from scratch on real images (Fashion-MNIST by default).
+
+Options left out take their value from the recipe (``--recipe``; on Fashion-MNIST the default is
+``fmnist-10m``, the main job), then from :class:`vitkit.train.TrainConfig`'s defaults.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,11 @@ import logging
 import sys
 from typing import Any
 
-from ..train import TrainConfig, load_run_config, parse_duration, train
+from ..data import canonical_dataset
+from ..train import RECIPES, TrainConfig, load_run_config, parse_duration, train
 
 _DEFAULTS = TrainConfig()
+_DEFAULT_RECIPE = "fmnist-10m"
 
 
 def _value(text: str) -> Any:
@@ -28,156 +34,178 @@ def _override(text: str) -> tuple[str, Any]:
     return key.strip(), _value(value.strip())
 
 
+def _recipe_text(name: str) -> str:
+    r = RECIPES[name]
+    overrides = ",".join(f"{k}={v}" for k, v in r.get("model_overrides", {}).items())
+    rest = " ".join(f"{k}={v}" for k, v in r.items() if k not in ("model_overrides", "data"))
+    return f"{name}: {rest}" + (f" [{overrides}]" if overrides else "")
+
+
+# (flag, TrainConfig field, type, help); every one defaults to "not given" so that the recipe and
+# then TrainConfig fill it in, and the help shows TrainConfig's default.
+_OPTIONS = {
+    "data": [
+        ("--data", "data", str, "fashion-mnist | mnist | cifar10 | digits | IMAGE_FOLDER | CSV"),
+        (
+            "--data-dir",
+            "data_dir",
+            str,
+            "folder holding the dataset files (else $VITKIT_DATA, Debian's folder, the cache)",
+        ),
+        (
+            "--val-fraction",
+            "val_fraction",
+            float,
+            "hold out this seeded fraction of the training images for validation "
+            "(default: validate on the test split when there is one, else 0.1)",
+        ),
+        (
+            "--image-size",
+            "image_size",
+            int,
+            "resize images to this size (default: the dataset's; image folders: the model's)",
+        ),
+        ("--pad", "pad", int, "zero border in pixels around every image (2 makes 28x28 into 32x32)"),
+        ("--channels", "channels", int, "convert images to 1 or 3 channels"),
+        ("--limit-train", "limit_train", int, "train on a seeded subset of this many images"),
+        ("--limit-val", "limit_val", int, "validate on the first this many images"),
+    ],
+    "model": [
+        ("--model", "model", str, "preset name (see `vitkit presets`); giving one drops the recipe's --set values"),
+        ("--drop-path", "drop_path", float, "stochastic depth rate of the last block (default: the preset's)"),
+    ],
+    "optimisation": [
+        ("--epochs", "epochs", int, "epochs; giving them without --time-budget drops the recipe's budget"),
+        ("--batch-size", "batch_size", int, "images per micro-batch"),
+        ("--lr", "lr", float, "peak learning rate (AdamW)"),
+        ("--min-lr", "min_lr", float, "learning rate at the end of the cosine"),
+        (
+            "--weight-decay",
+            "weight_decay",
+            float,
+            "AdamW weight decay (not on norms, biases, position embeddings, class token)",
+        ),
+        ("--warmup-epochs", "warmup_epochs", float, "linear warm-up length"),
+        ("--label-smoothing", "label_smoothing", float, "label smoothing"),
+        ("--clip-grad", "clip_grad", float, "max global gradient norm (0: off)"),
+        ("--accum-steps", "accum_steps", int, "gradient accumulation: micro-batches per optimiser step"),
+        ("--ema", "ema_decay", float, "EMA decay of the weights, e.g. 0.999 (0: off); evaluation then uses the EMA"),
+    ],
+    "augmentation": [
+        (
+            "--crop-padding",
+            "crop_padding",
+            int,
+            "random crop after padding by this many pixels (0: off; default: 1/8 of the side)",
+        ),
+        ("--erase-prob", "erase_prob", float, "random erasing probability per image"),
+        ("--auto-augment", "auto_augment", str, "none | randaugment | trivialaugment (torchvision v2)"),
+        ("--mixup", "mixup", float, "MixUp alpha (0: off)"),
+        ("--cutmix", "cutmix", float, "CutMix alpha (0: off)"),
+    ],
+    "run": [
+        ("--out", "out", str, "run folder"),
+        ("--seed", "seed", int, "seed of the initial weights, data order and augmentation"),
+        (
+            "--time-budget",
+            "time_budget",
+            str,
+            "stop training after this long (600, 10m, 1h), then evaluate; the cosine follows the clock too",
+        ),
+        ("--device", "device", str, "auto | cpu | cuda | cuda:N"),
+        ("--precision", "precision", str, "auto | bf16 | fp32 (auto: bf16 autocast where the hardware has bf16 units)"),
+        ("--threads", "threads", int, "CPU threads (default: the cores available)"),
+        ("--eval-batch-size", "eval_batch_size", int, "batch size of the evaluations"),
+    ],
+}
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    d = _DEFAULTS
+    recipes = "\n  ".join(_recipe_text(n) for n in RECIPES)
     p = sub.add_parser(
         "train",
         help="train a ViT from scratch (Fashion-MNIST, MNIST, CIFAR-10, digits, your image folders)",
-        description="Train a ViT from scratch; checkpoints last/ and best/, metrics.jsonl and summary.json "
-        "go to --out. Continue a stopped run with --resume RUN.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train a ViT from scratch. Checkpoints last/ and best/, metrics.jsonl, train_config.json and "
+        "summary.json go to --out; continue a stopped run with --resume RUN. Options not given come from the "
+        f"recipe, then from the defaults shown.\n\nrecipes:\n  {recipes}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    g = p.add_argument_group("data")
-    g.add_argument("--data", default=d.data, help="fashion-mnist | mnist | cifar10 | digits | IMAGE_FOLDER | CSV")
-    g.add_argument(
-        "--data-dir",
+    p.add_argument(
+        "--recipe",
+        choices=[*RECIPES, "none"],
         default=None,
-        help="folder holding the dataset files (else $VITKIT_DATA, the Debian package folder, the cache)",
+        help=f"a named set of options (default: {_DEFAULT_RECIPE} on Fashion-MNIST, none elsewhere)",
     )
-    g.add_argument(
-        "--val-fraction",
-        type=float,
-        default=None,
-        help="hold out this seeded fraction of the training images for validation (default: validate on the test split when there is one, else 0.1)",
-    )
-    g.add_argument(
-        "--image-size",
-        type=int,
-        default=None,
-        help="resize images to this size (default: the dataset's; image folders: the model's)",
-    )
-    g.add_argument("--channels", type=int, choices=(1, 3), default=None, help="convert images to 1 or 3 channels")
-    g.add_argument(
-        "--skip-bad-images",
-        action="store_true",
-        help="leave unreadable image files out with a warning instead of stopping",
-    )
-    g.add_argument("--limit-train", type=int, default=None, help="train on a seeded subset of this many images")
-    g.add_argument("--limit-val", type=int, default=None, help="validate on the first this many images")
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default=d.model, help="preset name (see `vitkit presets`)")
-    g.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        type=_override,
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a model config field, e.g. --set stem=conv --set pool=gap (repeatable)",
-    )
-    g.add_argument(
-        "--drop-path", type=float, default=None, help="stochastic depth rate of the last block (default: the preset's)"
-    )
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=d.epochs)
-    g.add_argument("--batch-size", type=int, default=d.batch_size)
-    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (AdamW)")
-    g.add_argument("--min-lr", type=float, default=d.min_lr, help="learning rate at the end of the cosine")
-    g.add_argument(
-        "--weight-decay",
-        type=float,
-        default=d.weight_decay,
-        help="AdamW weight decay (not on norms, biases, position embeddings, class token)",
-    )
-    g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, help="linear warm-up length")
-    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
-    g.add_argument("--clip-grad", type=float, default=d.clip_grad, help="max gradient norm (0: off)")
-    g.add_argument("--accum-steps", type=int, default=d.accum_steps, help="micro-batches per optimiser step")
-    g.add_argument(
-        "--ema", type=float, default=d.ema_decay, dest="ema_decay", help="EMA decay of the weights (0: off), e.g. 0.999"
-    )
-    g = p.add_argument_group("augmentation")
-    g.add_argument(
-        "--crop-padding",
-        type=int,
-        default=d.crop_padding,
-        help="random crop after padding by this many pixels (0: off; default: 1/8 of the image side)",
-    )
-    g.add_argument(
-        "--hflip",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="random horizontal flips (default: on, except for mnist and digits)",
-    )
-    g.add_argument("--erase-prob", type=float, default=d.erase_prob, help="random erasing probability")
-    g.add_argument("--auto-augment", choices=("none", "randaugment", "trivialaugment"), default=d.auto_augment)
-    g.add_argument("--mixup", type=float, default=d.mixup, help="MixUp alpha (0: off)")
-    g.add_argument("--cutmix", type=float, default=d.cutmix, help="CutMix alpha (0: off)")
-    g = p.add_argument_group("run")
-    g.add_argument("--out", default=d.out, help="run folder")
-    g.add_argument(
-        "--resume",
-        metavar="RUN",
-        default=None,
-        help="continue the run in this folder (its saved options are used; --epochs and --time-budget may be raised)",
-    )
-    g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument(
-        "--time-budget", default=None, help="stop training after this long (600, 10m, 1h) and still evaluate"
-    )
-    g.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N")
-    g.add_argument(
-        "--precision",
-        choices=("auto", "bf16", "fp32"),
-        default=d.precision,
-        help="auto: bf16 autocast where the hardware has bf16 units",
-    )
-    g.add_argument("--threads", type=int, default=None, help="CPU threads (default: the cores available)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    for group, options in _OPTIONS.items():
+        g = p.add_argument_group(group)
+        for flag, name, type_, text in options:
+            default = getattr(_DEFAULTS, name)
+            shown = "" if "(default" in text else f" (default: {default})"
+            g.add_argument(flag, dest=name, type=type_, default=None, help=text + shown)
+        if group == "data":
+            g.add_argument(
+                "--skip-bad-images", action="store_true", help="leave unreadable image files out with a warning"
+            )
+        if group == "model":
+            g.add_argument(
+                "--set",
+                dest="overrides",
+                action="append",
+                type=_override,
+                default=[],
+                metavar="KEY=VALUE",
+                help="override a model config field, e.g. --set stem=conv --set pool=gap (repeatable)",
+            )
+        if group == "augmentation":
+            g.add_argument(
+                "--hflip",
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help="random horizontal flips (default: on, except for mnist and digits)",
+            )
+        if group == "run":
+            g.add_argument(
+                "--resume",
+                metavar="RUN",
+                help="continue this run folder with its saved options "
+                "(--epochs and --time-budget may be given to extend it)",
+            )
+            g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+            g.add_argument("--no-progress", action="store_true", help="no progress bar")
+            g.add_argument("--json", action="store_true", help="print the final summary as JSON")
     p.set_defaults(func=run)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(
-        data=args.data,
-        data_dir=args.data_dir,
-        val_fraction=args.val_fraction,
-        image_size=args.image_size,
-        channels=args.channels,
-        skip_bad_images=args.skip_bad_images,
-        limit_train=args.limit_train,
-        limit_val=args.limit_val,
-        model=args.model,
-        model_overrides=dict(args.overrides),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        min_lr=args.min_lr,
-        weight_decay=args.weight_decay,
-        warmup_epochs=args.warmup_epochs,
-        label_smoothing=args.label_smoothing,
-        clip_grad=args.clip_grad,
-        accum_steps=args.accum_steps,
-        drop_path=args.drop_path,
-        ema_decay=args.ema_decay,
-        precision=args.precision,
-        device=args.device,
-        seed=args.seed,
-        time_budget=parse_duration(args.time_budget) if args.time_budget else None,
-        crop_padding=args.crop_padding,
-        hflip=args.hflip,
-        erase_prob=args.erase_prob,
-        auto_augment=args.auto_augment,
-        mixup=args.mixup,
-        cutmix=args.cutmix,
-        eval_batch_size=args.eval_batch_size,
-        threads=args.threads,
-        compile=args.compile,
-        out=args.out,
-    )
+    """TrainConfig defaults <- the recipe <- the options given on the command line."""
+    given = {
+        name: getattr(args, name)
+        for options in _OPTIONS.values()
+        for _, name, _, _ in options
+        if getattr(args, name) is not None
+    }
+    for name in ("hflip", "compile"):
+        if getattr(args, name) is not None:
+            given[name] = getattr(args, name)
+    if args.skip_bad_images:
+        given["skip_bad_images"] = True
+    if "time_budget" in given:
+        given["time_budget"] = parse_duration(given["time_budget"])
+    recipe = args.recipe
+    if recipe is None:
+        data = canonical_dataset(given.get("data", _DEFAULTS.data))
+        recipe = _DEFAULT_RECIPE if data == RECIPES[_DEFAULT_RECIPE]["data"] else "none"
+    values = _DEFAULTS.to_dict()
+    if recipe != "none":
+        values.update(RECIPES[recipe])
+        if "model" in given:
+            values["model_overrides"] = {}
+            values.pop("drop_path", None)
+        if "epochs" in given and "time_budget" not in given:
+            values["time_budget"] = None
+    values.update(given)
+    values["model_overrides"] = dict(values.get("model_overrides") or {}) | dict(args.overrides)
+    return TrainConfig.from_dict(values)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -185,11 +213,11 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         cfg = load_run_config(args.resume)
         cfg.out = args.resume
-        if args.epochs != _DEFAULTS.epochs:
+        if args.epochs is not None:
             cfg.epochs = args.epochs
-        if args.time_budget:
+        if args.time_budget is not None:
             cfg.time_budget = parse_duration(args.time_budget)
-        if args.threads:
+        if args.threads is not None:
             cfg.threads = args.threads
     else:
         cfg = config_from_args(args)
