@@ -140,7 +140,7 @@ def test_npz_errors_are_one_line(tmp_path):
     assert "\n" not in str(e.value)
     foreign = tmp_path / "foreign.npz"
     np.savez(foreign, weights=np.zeros(3))
-    with pytest.raises(InteropError, match=r"expected Flax ViT parameters .*found weights"):
+    with pytest.raises(InteropError, match=r"expected Flax ViT parameters .*found 'weights'"):
         from_jax_npz(foreign)
     incomplete = tmp_path / "incomplete.npz"
     np.savez(incomplete, **{k: v for k, v in flax_arrays().items() if "encoder_norm" not in k})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -53,9 +54,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(e).splitlines()]
+        found = next((line for line in lines if "Unsupported global" in line), lines[0] if lines else "")
+        found = found.split("error:", 1)[-1].split(". ")[0].strip().rstrip(".")
         raise InteropError(
-            f"{path} holds Python objects, not only tensors ({first}); vitkit loads with weights_only=True "
+            f"{path} holds Python objects, not only tensors ({found}); vitkit loads with weights_only=True "
             "so that no code from the file runs: save a plain state dict (torch.save(model.state_dict(), ...))"
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:

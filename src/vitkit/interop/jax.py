@@ -86,7 +86,7 @@ def from_jax_npz(
         if prefix is None:
             raise InteropError(
                 f"{source}: expected Flax ViT parameters ('embedding/kernel', 'Transformer/encoderblock_0/...'), "
-                f"found {', '.join(list(w)[:3]) or 'an empty archive'} ..."
+                f"found {', '.join(repr(k) for k in list(w)[:3]) or 'an empty archive'}"
             )
     if any(k.startswith(f"{prefix}MAPHead_0/") for k in w):
         raise InteropError(f"{source} pools with a MAP head (attention pooling), which vitkit does not have")
