@@ -200,7 +200,7 @@ def test_cli_writes_png_figures_of_the_expected_size(tmp_path):
     expected = {
         "attention_maps_00_fmnist_0.png": (3 * 150, 2 * 150 + 50),  # (heads + 1) x layers
         "attention_maps_05_fmnist_4.png": (3 * 150, 2 * 150 + 50),
-        "attention_maps_07_fashion-mnist_test00001_Pullover.png": (3 * 150, 2 * 150 + 50),
+        "attention_maps_07_test00001_Pullover.png": (3 * 150, 2 * 150 + 50),
         "rollout.png": (4 * 150, 8 * 150 + 50),  # one row per image, at most --per-image (8)
         "mean_attention_distance.png": (600, 450),
         "posemb_similarity.png": (600, 500),

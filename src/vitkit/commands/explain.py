@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         ds = load_dataset(args.data, "test", args.data_dir, c.image_size, c.in_channels, download=False)
         n = min(args.num_images, len(ds))
         pixels += list(ds.images[:n])
-        names += [f"{ds.name or 'data'}_test{i:05d}_{ds.class_names[int(ds.labels[i])]}" for i in range(n)]
+        names += [f"test{i:05d}_{ds.class_names[int(ds.labels[i])]}" for i in range(n)]  # index, true class
     pixels = torch.stack(pixels)
     images = pixels.float() / 255.0  # (B, C, H, W) in [0, 1]: what the figures draw
     inputs = normalize(pixels, pre["mean"], pre["std"])  # what the model sees

@@ -142,9 +142,7 @@ def plot_rollout(
         if i == 0:
             for ax, head in zip(axes[0], heads, strict=True):
                 ax.set_title(head, fontsize=9)
-    fig.suptitle(
-        "Attention rollout (Abnar & Zuidema 2020): attention flowing from each patch to the output", fontsize=9
-    )
+    fig.suptitle("Attention rollout (Abnar & Zuidema 2020): what reaches the output", fontsize=9)
     return fig
 
 

@@ -56,6 +56,10 @@ def _stem(name: str) -> str:
     return root if ext.lower() in IMAGE_SUFFIXES else name
 
 
+def _short(text: str, width: int = 22) -> str:
+    return text if len(text) <= width else text[: width - 1] + "\u2026"
+
+
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "image"
 
@@ -138,7 +142,8 @@ def write_report(
     titles = []
     for idx, logits, *_ in shown:
         pred = _prediction(model, logits)
-        titles.append(f"{_stem(names[idx])}\npredicted: {pred['label']}" if pred else _stem(names[idx]))
+        name = _short(_stem(names[idx]))
+        titles.append(f"{name}\npredicted: {_short(pred['label'])}" if pred else name)
     fig = plot_rollout(
         [images[s[0]] for s in shown],
         torch.stack([s[3] for s in shown]),
