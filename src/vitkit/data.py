@@ -24,6 +24,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -327,18 +328,29 @@ def open_image(path: str | os.PathLike, channels: int, size: tuple[int, int] | N
 
     Pillow's decompression-bomb guard stays on: a huge image is an error like any bad file.
     """
+    return decode_image(Path(path), channels, size, name=str(path))
+
+
+def decode_image(
+    source: Path | BinaryIO, channels: int, size: tuple[int, int] | None, name: str | None = None
+) -> np.ndarray:
+    """:func:`open_image` for a path or an open binary file (an upload held in memory).
+
+    Every failure (not an image, truncated, a decompression bomb) is a one-line DataError that
+    starts with ``name``.
+    """
     from PIL import Image, UnidentifiedImageError
 
-    path = Path(path)
+    name = name or str(source)
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             img.load()
             img = _to_mode(img, channels)
             if size is not None and img.size != (size[1], size[0]):
                 img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            arr = np.array(img, dtype=np.uint8)  # a writable copy
+            arr = np.array(img, dtype=np.uint8)  # a writable copy (torch warns on read-only arrays)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: cannot read the image ({type(e).__name__}: {e})") from None
+        raise DataError(f"{name}: cannot read the image ({type(e).__name__}: {e})") from None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
