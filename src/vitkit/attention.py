@@ -63,9 +63,12 @@ class MultiHeadAttention(nn.Module):
     def forward(self, x: torch.Tensor, return_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: (B, N, D) -> (MSA(x) of shape (B, N, D), A of shape (B, heads, N, N) or None)."""
         b, n, d = x.shape
-        # (B, N, 3D) -> (B, N, 3, heads, D/heads) -> (3, B, heads, N, D/heads)
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
+        # (B, N, 3D) -> (B, N, 3, heads, D/heads) -> q, k, v each (B, heads, N, D/heads).
+        # Views only; in the backward their gradients stack straight back into the (B, N, 3D)
+        # layout of the qkv output, so no extra permuted copy is made (a permute to
+        # (3, B, heads, N, D/heads) would need one).
+        qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim)
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
         dropout_p = self.attention_dropout if self.training else 0.0
         if self.fused and not return_attention:
             out, probs = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p), None
