@@ -1,0 +1,267 @@
+"""Speed measurement: timed repeats, FLOP counts, this device's peak matmul rate, and MFU.
+
+Model FLOPs utilisation (MFU, Chowdhery et al. 2022, app. B) is the FLOP rate a model achieves
+divided by the rate the hardware could deliver. Both numbers come from the same run here:
+
+- the model's FLOPs are counted analytically from its config (:meth:`ViTConfig.flops`, matmuls
+  and attention), checked against ``torch.utils.flop_counter`` by :func:`counted_flops`, and a
+  training step is taken as 3x the forward (the backward computes two products per forward one);
+- the peak is *measured*, not read from a datasheet: :func:`peak_matmul_flops` times a large
+  square matmul in the benchmark's dtype and keeps the best of a few tries.
+
+Timings interleave the candidates (:func:`time_interleaved`): on a machine shared with other jobs
+the load changes from second to second, and alternating A, B, A, B ... exposes both to the same
+load, so their *ratio* is stable even when absolute numbers are not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ViTConfig
+
+MODES = ("train", "infer")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (grad of inputs and of weights: two matmuls each)
+
+
+# ----------------------------------------------------------------------------- device and precision
+def resolve_device(name: str | None = None) -> torch.device:
+    """``"cpu"``, ``"cuda"`` (``"cuda:1"``), or ``None`` / ``"auto"`` for CUDA when present."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA GPU; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r} is not supported; use cpu or cuda")
+    return device
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"dtype {name!r} is not one of {tuple(DTYPES)}")
+    return DTYPES[name]
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CPU or CUDA (matmuls in bf16, reductions in fp32); fp32: nothing to do."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that a wall-clock time covers the work it claims to."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def configure_device(device: torch.device) -> None:
+    """Settings that only make things faster: cuDNN autotuning and TF32 for fp32 matmuls on GPUs
+    that have it (the fp32 peak probe then measures the same TF32 rate). Nothing to do on CPU,
+    where torch already uses one thread per physical core."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+# ----------------------------------------------------------------------------- FLOPs
+def model_flops(config: ViTConfig, mode: str) -> int:
+    """FLOPs of one image: the analytic forward count, times 3 for a training step."""
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r} is not one of {MODES}")
+    forward = config.flops()
+    return forward * (TRAIN_FLOPS_PER_FORWARD if mode == "train" else 1)
+
+
+def counted_flops(config: ViTConfig) -> int:
+    """Forward FLOPs of one image as ``torch.utils.flop_counter`` counts them.
+
+    The model is built and run on the meta device (shapes only, no memory, no arithmetic), with
+    the explicit attention path, because the counter sees nothing inside CPU SDPA.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .model import VisionTransformer
+
+    with torch.device("meta"):
+        model = VisionTransformer(config.replace(fused_attention=False)).eval()
+        x = torch.empty(1, config.in_channels, *config.image_size)
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    return int(counter.get_total_flops())
+
+
+# ----------------------------------------------------------------------------- peak matmul probe
+def peak_matmul_flops(
+    device: torch.device, dtype: torch.dtype, size: int | None = None, repeats: int = 3, min_seconds: float = 0.5
+) -> float:
+    """The best FLOP/s of a large square matmul in ``dtype`` on ``device``, measured now.
+
+    Each try runs enough back-to-back products to last ``min_seconds``; the best of ``repeats``
+    tries is the least disturbed by other work on the machine. Sizes: 4096 on CPU, 8192 on GPU
+    (large enough that the kernel runs at its steady rate).
+    """
+    size = size or (8192 if device.type == "cuda" else 4096)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    flops = 2 * size**3
+    with torch.inference_mode():
+        synchronize(device)
+        start = time.perf_counter()
+        torch.mm(a, b)  # warm-up, and a first estimate of the time of one product
+        synchronize(device)
+        inner = max(1, math.ceil(min_seconds / max(time.perf_counter() - start, 1e-6)))
+        best = math.inf
+        for _ in range(repeats):
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(inner):
+                torch.mm(a, b)
+            synchronize(device)
+            best = min(best, (time.perf_counter() - start) / inner)
+    return flops / best
+
+
+# ----------------------------------------------------------------------------- one step of work
+def make_step(
+    model: nn.Module,
+    mode: str,
+    dtype: torch.dtype,
+    batch_size: int,
+    device: torch.device,
+    image_shape: tuple[int, int, int],
+    num_classes: int,
+    lr: float = 1e-4,
+    seed: int = 0,
+) -> Callable[[], None]:
+    """A function that runs one step on a fixed random batch.
+
+    ``infer``: the forward under ``torch.inference_mode`` (no autograd bookkeeping).
+    ``train``: forward, cross-entropy, backward and an AdamW step (``fused``: one kernel updates
+    every parameter, on CPU and GPU). Works for any model that maps (B, C, H, W) to (B, classes),
+    so timm's and vitkit's models run through exactly the same code.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r} is not one of {MODES}")
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch_size, *image_shape, generator=g).to(device)
+    y = torch.randint(0, max(num_classes, 1), (batch_size,), generator=g).to(device)
+    cast = autocast(device, dtype)
+
+    if mode == "infer":
+        model.eval()
+
+        def infer() -> None:
+            with torch.inference_mode(), cast:
+                model(x)
+
+        return infer
+
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, fused=True)
+
+    def train() -> None:
+        with cast:
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return train
+
+
+# ----------------------------------------------------------------------------- timing
+@dataclass
+class Timing:
+    """Seconds per step of each timed repeat; the median is the figure, the spread its noise."""
+
+    seconds: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def spread(self) -> float:
+        """(slowest - fastest) / median: 0.05 means the repeats lie within 5 % of each other."""
+        return (max(self.seconds) - min(self.seconds)) / self.median
+
+
+def time_interleaved(
+    steps: dict[str, Callable[[], None]], device: torch.device, warmup: int = 2, repeats: int = 5
+) -> dict[str, Timing]:
+    """Run each step ``warmup`` times, then ``repeats`` rounds of one timed run of each, in turn."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    synchronize(device)
+    timings = {name: Timing() for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            synchronize(device)
+            start = time.perf_counter()
+            step()
+            synchronize(device)
+            timings[name].seconds.append(time.perf_counter() - start)
+    return timings
+
+
+@contextlib.contextmanager
+def seeded(seed: int = 0) -> Iterator[None]:
+    """Fixed initial weights, without changing the caller's random state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+@dataclass
+class Result:
+    """One benchmark case's figures; ``to_dict`` is what the JSON files keep."""
+
+    images_per_s: float
+    spread: float
+    tflops: float  # achieved, model FLOPs per second / 1e12
+    peak_tflops: float  # measured matmul peak of this device and dtype
+    seconds: list[float]
+
+    @property
+    def mfu(self) -> float:
+        return self.tflops / self.peak_tflops
+
+    def to_dict(self) -> dict:
+        return dict(
+            images_per_s=round(self.images_per_s, 2),
+            spread=round(self.spread, 3),
+            tflops=round(self.tflops, 4),
+            mfu=round(self.mfu, 4),
+            seconds=[round(s, 5) for s in self.seconds],
+        )
+
+
+def result(timing: Timing, batch_size: int, flops_per_image: int, peak_flops: float) -> Result:
+    images_per_s = batch_size / timing.median
+    return Result(
+        images_per_s=images_per_s,
+        spread=timing.spread,
+        tflops=images_per_s * flops_per_image / 1e12,
+        peak_tflops=peak_flops / 1e12,
+        seconds=timing.seconds,
+    )
+
+
+def compile_model(model: nn.Module) -> nn.Module:
+    """``torch.compile`` with the default Inductor backend. Compiled code is cached on disk by
+    torch (its default Inductor cache), so the next process skips most of the compile time."""
+    return torch.compile(model)

@@ -1,0 +1,81 @@
+"""``vitkit bench``: images/s, achieved TFLOP/s and MFU of one model, mode and dtype."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from .. import bench
+from ..checkpoint import atomic_write_json
+from ..config import get_config
+from ..model import VisionTransformer
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="measure speed: images/s, TFLOP/s and MFU against this device's measured matmul peak",
+        description=(
+            "Time a training step (forward, backward, AdamW) or an inference forward on random data, "
+            "after a warm-up, and report the median with its spread. MFU divides the achieved FLOP rate "
+            "(FLOPs counted from the config) by the peak matmul rate measured in the same run."
+        ),
+    )
+    p.add_argument("--model", default="vit_b16", help="preset name, e.g. vit_b16, ViT-S/16, vit_tiny_28")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--mode", choices=bench.MODES, default="infer")
+    p.add_argument("--dtype", choices=tuple(bench.DTYPES), default="bf16", help="autocast dtype")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (cached by torch)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when present)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--repeats", type=int, default=5, help="timed steps")
+    p.add_argument("--peak-size", type=int, default=None, help="matmul size of the peak probe (4096 CPU, 8192 GPU)")
+    p.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.batch_size < 1 or args.repeats < 1 or args.warmup < 0:
+        raise ValueError("--batch-size and --repeats must be >= 1 and --warmup >= 0")
+    device = bench.resolve_device(args.device)
+    dtype = bench.parse_dtype(args.dtype)
+    bench.configure_device(device)
+    config = get_config(args.model)
+    analytic = config.flops()
+    counted = bench.counted_flops(config)
+    with bench.seeded(0):
+        model = VisionTransformer(config).to(device)
+    if args.compile:
+        model = bench.compile_model(model)
+    step = bench.make_step(
+        model, args.mode, dtype, args.batch_size, device, (config.in_channels, *config.image_size), config.num_classes
+    )
+    where = f"{torch.get_num_threads()} CPU threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
+    compiled = " compiled" if args.compile else ""
+    print(f"{args.model} {args.mode} {args.dtype}{compiled}, batch {args.batch_size}, on {device.type} ({where})")
+    print(
+        f"forward GFLOPs/image: {analytic / 1e9:.3f} counted from the config, {counted / 1e9:.3f} by "
+        f"torch.utils.flop_counter ({100 * (analytic - counted) / counted:+.2f} %)"
+    )
+    timing = bench.time_interleaved({"model": step}, device, warmup=args.warmup, repeats=args.repeats)["model"]
+    peak = bench.peak_matmul_flops(device, dtype, size=args.peak_size)
+    res = bench.result(timing, args.batch_size, bench.model_flops(config, args.mode), peak)
+    print(f"images/s: {res.images_per_s:.1f} (median of {args.repeats}, spread {100 * res.spread:.1f} %)")
+    print(f"achieved: {res.tflops:.3f} TFLOP/s; peak {args.dtype} matmul measured now: {res.peak_tflops:.3f} TFLOP/s")
+    print(f"MFU: {100 * res.mfu:.1f} %")
+    if args.json:
+        record = dict(
+            model=args.model,
+            mode=args.mode,
+            dtype=args.dtype,
+            compile=args.compile,
+            batch_size=args.batch_size,
+            device=device.type,
+            gflops_forward=analytic / 1e9,
+            gflops_counted=counted / 1e9,
+            peak_tflops=round(res.peak_tflops, 4),
+            **res.to_dict(),
+        )
+        atomic_write_json(args.json, record)
+    return 0
