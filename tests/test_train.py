@@ -157,10 +157,18 @@ def test_time_budget_ends_cleanly_and_still_evaluates(tmp_path):
 
 def test_accumulation_mixup_and_held_out_validation(tmp_path):
     cfg = tiny_config(
-        tmp_path / "run", epochs=1, accum_steps=2, mixup=0.2, cutmix=1.0, erase_prob=0.25, val_fraction=0.2
+        tmp_path / "run",
+        epochs=2,
+        eval_every=0,
+        accum_steps=2,
+        mixup=0.2,
+        cutmix=1.0,
+        erase_prob=0.25,
+        val_fraction=0.2,
     )
     summary = train(cfg, progress=False)
     meta = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert meta["data"]["val_is_test"] is False and meta["data"]["val"] == round(1438 * 0.2)
     assert meta["steps_per_epoch"] == (1438 - 288) // 32 // 2
     assert summary["eval_split"] == "test"
+    assert [r["val_acc"] is None for r in T.read_metrics(tmp_path / "run" / "metrics.jsonl")] == [True, False]
