@@ -443,7 +443,9 @@ def train(
         "resize": "bilinear",
         "pad": cfg.pad,
     }
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+    # the fused kernel is ~2.5x faster than the per-tensor loop on a CPU, and exists on CUDA too
+    fused = device.type in ("cpu", "cuda")
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999), fused=fused)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     micro_per_epoch = max(1, len(train_ds) // cfg.batch_size)
     steps_per_epoch = max(1, micro_per_epoch // cfg.accum_steps)
