@@ -80,6 +80,20 @@ def test_convert_npz_and_hf_folder(tmp_path, capsys):
     assert vitkit.load(tmp_path / "from_hf").config.layer_norm_eps == 1e-12
 
 
+def test_convert_timm_hub_folder(tmp_path, capsys, timm_model):
+    """timm's own folders: config.json names the architecture (with a pretrained tag) beside the weights."""
+    (tmp_path / "timm").mkdir()
+    (tmp_path / "timm" / "config.json").write_text(json.dumps({"architecture": "vit_tiny_patch16_224.augreg_in1k"}))
+    save_file({k: v.contiguous() for k, v in timm_model.state_dict().items()}, tmp_path / "timm" / "model.safetensors")
+    assert main(["convert", str(tmp_path / "timm"), str(tmp_path / "out")]) == 0
+    assert "(timm)" in capsys.readouterr().out
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert (vitkit.load(tmp_path / "out")(x) - timm_model(x)).abs().max().item() < 1e-4
+    (tmp_path / "file").write_text("")
+    one_line_error(capsys, ["convert", str(tmp_path / "timm"), str(tmp_path / "file")], "is a file")
+
+
 class NotATensor:
     pass
 

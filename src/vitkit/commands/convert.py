@@ -8,6 +8,7 @@ position embeddings to a new grid, as the paper does before fine-tuning at a hig
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from ..checkpoint import adapt, save
@@ -49,6 +50,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if Path(args.dst).exists() and not Path(args.dst).is_dir():
+        raise ValueError(f"{args.dst} is a file; the destination is a folder (config.json + model.safetensors)")
     model, fmt = load_any(args.src, fmt=args.fmt, image_size=args.source_image_size, name=args.timm_name)
     overrides: dict[str, Any] = {}
     if args.image_size is not None:

@@ -45,9 +45,8 @@ def run(args: argparse.Namespace) -> int:
         model = adapt(model, image_size=args.image_size).eval()
     path = export_onnx(model, args.output, dynamic_image_size=args.dynamic_image_size, opset=args.opset)
     c = model.config
-    print(
-        f"wrote {path}: images (batch, {c.in_channels}, {c.image_size[0]}, {c.image_size[1]}) -> logits (batch, {c.num_classes})"
-    )
+    hw = "height, width" if args.dynamic_image_size else f"{c.image_size[0]}, {c.image_size[1]}"
+    print(f"wrote {path}: images (batch, {c.in_channels}, {hw}) -> logits (batch, {c.num_classes})")
     if args.check:
         sizes = [c.image_size]
         if args.dynamic_image_size:

@@ -46,7 +46,7 @@ _EXPECTED = {
     "vitkit": "a vitkit checkpoint folder (config.json with ViTConfig fields + model.safetensors)",
     "hf": 'a Hugging Face folder (config.json with "model_type": "vit" + model.safetensors or pytorch_model.bin)',
     "jax": "a Google/big_vision .npz file",
-    "timm": "a timm state dict file (.safetensors, .pth, .pt or .bin)",
+    "timm": "a timm state dict file (.safetensors, .pth, .pt or .bin) or timm folder",
 }
 
 
@@ -61,6 +61,8 @@ def _describe(path: Path) -> str:
             return f"a folder whose {CONFIG_NAME} is not valid JSON"
         if isinstance(data, dict) and "model_type" in data:
             return f'a Hugging Face folder with "model_type": {data["model_type"]!r}'
+        if isinstance(data, dict) and "architecture" in data:
+            return f"a timm folder for {data['architecture']!r}"
         return "a vitkit checkpoint folder"
     return f"a {path.suffix or 'suffix-less'} file"
 
@@ -80,7 +82,11 @@ def detect_format(path: str | os.PathLike) -> str:
             data = json.loads(config.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise InteropError(f"{config} is not valid JSON ({e})") from None
-        return "hf" if isinstance(data, dict) and "model_type" in data else "vitkit"
+        if isinstance(data, dict) and "model_type" in data:
+            return "hf"
+        if isinstance(data, dict) and "architecture" in data:  # timm's save/push_to_hub folder
+            return "timm"
+        return "vitkit"
     if path.suffix == ".npz":
         return "jax"
     if path.suffix in (".safetensors", *TORCH_SUFFIXES):
@@ -118,4 +124,11 @@ def load_any(
         return from_jax_npz(path, image_size=image_size), fmt
     if image_size is not None:
         kwargs["image_size"] = image_size
+    if path.is_dir():  # timm folder: config.json names the architecture, beside the weights
+        architecture = json.loads((path / CONFIG_NAME).read_text())["architecture"]
+        name = name or str(architecture).split(".")[0]  # drop the pretrained tag (".augreg_in21k")
+        weights = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), None)
+        if weights is None:
+            raise InteropError(f"{path} has a timm config.json but no model.safetensors or pytorch_model.bin")
+        path = weights
     return from_timm(path, name=name, **kwargs), fmt

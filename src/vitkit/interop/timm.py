@@ -116,6 +116,7 @@ def _module_settings(model: nn.Module, source: str) -> dict[str, Any]:
 def _name_settings(name: str, source: str) -> dict[str, Any]:
     """Settings of a timm architecture name: built on the meta device when timm is installed,
     else from the usual width -> heads table (``*_gap_*`` names pool the patches)."""
+    name = name.split(".")[0]  # "vit_base_patch16_224.augreg_in21k" names the architecture before the dot
     timm = _timm()
     if timm is not None and timm.is_model(name):
         with torch.device("meta"):
