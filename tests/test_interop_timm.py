@@ -112,3 +112,7 @@ def test_errors_name_the_problem():
         from_timm({"conv1.weight": torch.zeros(3)})
     with pytest.raises(InteropError, match="width 192 does not match"):
         from_timm(state, name="vit_small_patch16_224")
+    with pytest.raises(InteropError, match="'resnet18' is not a timm ViT architecture"):
+        from_timm(state, name="resnet18")
+    with pytest.raises(InteropError, match="expected timm's VisionTransformer"):
+        from_timm(torch.nn.Linear(2, 2))

@@ -149,13 +149,19 @@ def _state_from_hf(state: Mapping[str, torch.Tensor], depth: int, source: str) -
             f"{source} is not a Hugging Face ViT state dict: expected "
             f"'vit.embeddings.patch_embeddings.projection.weight', found {', '.join(list(state)[:3])} ..."
         )
+
+    def take(name: str) -> torch.Tensor:
+        if name not in state:
+            raise InteropError(f"{source}: missing tensor 'vit.{name}'; the checkpoint is incomplete")
+        return state.pop(name)
+
     out: dict[str, torch.Tensor] = {
-        "patch_embed.proj.weight": state.pop("embeddings.patch_embeddings.projection.weight"),
-        "patch_embed.proj.bias": state.pop("embeddings.patch_embeddings.projection.bias"),
-        "cls_token": state.pop("embeddings.cls_token"),
-        "pos_embed.weight": state.pop("embeddings.position_embeddings"),
-        "norm.weight": state.pop("layernorm.weight"),
-        "norm.bias": state.pop("layernorm.bias"),
+        "patch_embed.proj.weight": take("embeddings.patch_embeddings.projection.weight"),
+        "patch_embed.proj.bias": take("embeddings.patch_embeddings.projection.bias"),
+        "cls_token": take("embeddings.cls_token"),
+        "pos_embed.weight": take("embeddings.position_embeddings"),
+        "norm.weight": take("layernorm.weight"),
+        "norm.bias": take("layernorm.bias"),
     }
     state.pop("embeddings.mask_token", None)  # masked-image-modelling only; unused when classifying
     for i in range(depth):
@@ -188,6 +194,8 @@ def from_hf(model_or_folder: nn.Module | str | os.PathLike) -> VisionTransformer
     """
     if isinstance(model_or_folder, nn.Module):
         source = f"Hugging Face {type(model_or_folder).__name__}"
+        if not hasattr(getattr(model_or_folder, "config", None), "to_dict"):
+            raise InteropError(f"{source} has no transformers config; expected ViTModel or ViTForImageClassification")
         hf_config = model_or_folder.config.to_dict()
         if hf_config.get("model_type") != "vit":
             raise InteropError(f"{source}: expected model_type 'vit', found {hf_config.get('model_type')!r}")

@@ -93,6 +93,13 @@ def _check_supported(state: Mapping[str, torch.Tensor], source: str) -> None:
         )
 
 
+def _require_timm_vit(model: nn.Module, source: str) -> None:
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+    if not isinstance(model, TimmViT):
+        raise InteropError(f"{source} is a {type(model).__name__}; expected timm's VisionTransformer")
+
+
 def _module_settings(model: nn.Module, source: str) -> dict[str, Any]:
     """What a timm model object says about itself beyond its tensor shapes."""
     block = model.blocks[0]
@@ -119,8 +126,12 @@ def _name_settings(name: str, source: str) -> dict[str, Any]:
     name = name.split(".")[0]  # "vit_base_patch16_224.augreg_in21k" names the architecture before the dot
     timm = _timm()
     if timm is not None and timm.is_model(name):
-        with torch.device("meta"):
-            model = timm.create_model(name, pretrained=False, depth=1)
+        try:
+            with torch.device("meta"):
+                model = timm.create_model(name, pretrained=False, depth=1)
+        except (TypeError, ValueError) as e:
+            raise InteropError(f"{source}: {name!r} is not a timm ViT architecture ({e})") from None
+        _require_timm_vit(model, f"timm architecture {name!r}")
         settings = _module_settings(model, f"timm architecture {name!r}")
         settings.pop("grid")  # the state dict's own table decides the grid
         settings["width"] = model.embed_dim
@@ -205,6 +216,7 @@ def from_timm(
         settings: dict[str, Any] | None = None
     elif isinstance(model_or_state_dict, nn.Module):
         source = f"timm model {type(model_or_state_dict).__name__}"
+        _require_timm_vit(model_or_state_dict, source)
         state = model_or_state_dict.state_dict()
         _check_supported(state, source)
         settings = _module_settings(model_or_state_dict, source)
