@@ -112,6 +112,13 @@ _OPTIONS = {
             str,
             "stop training after this long (600, 10m, 1h), then evaluate; the cosine follows the clock too",
         ),
+        (
+            "--budget-clock",
+            "budget_clock",
+            str,
+            "wall | cpu: count the budget in wall time, or in process CPU "
+            "time / threads (the time on cores of its own, for a machine shared with other jobs)",
+        ),
         ("--device", "device", str, "auto | cpu | cuda | cuda:N"),
         ("--precision", "precision", str, "auto | bf16 | fp32 (auto: bf16 autocast where the hardware has bf16 units)"),
         ("--threads", "threads", int, "CPU threads (default: the cores available)"),
