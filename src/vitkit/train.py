@@ -149,14 +149,29 @@ RECIPES: dict[str, dict[str, Any]] = {
     "fmnist-10m": dict(
         data="fashion-mnist",
         model="vit_tiny_28",
-        model_overrides=dict(stem="conv", pool="gap", class_token=False, stem_channels=32),
-        epochs=10,
-        batch_size=128,
+        # the paper's hybrid: a small conv stem (28 -> 14 -> 7), then a narrow ViT on the 7x7 grid
+        model_overrides=dict(
+            stem="conv",
+            patch_size=4,
+            stem_channels=32,
+            width=128,
+            depth=6,
+            num_heads=4,
+            mlp_dim=256,
+            pool="gap",
+            class_token=False,
+            fused_attention=False,  # the explicit path is faster than SDPA for 49 tokens on a CPU
+        ),
+        epochs=30,  # an upper bound: the 10-minute budget ends the run and the cosine follows it
+        batch_size=256,
         lr=2e-3,
+        min_lr=0.0,
         weight_decay=0.05,
-        warmup_epochs=1.0,
+        warmup_epochs=0.5,
         label_smoothing=0.1,
+        crop_padding=2,
         time_budget=600.0,
+        eval_every=5,
     ),
     # The long CPU recipe: >= 93 % within 60 minutes.
     "fmnist-60m": dict(
