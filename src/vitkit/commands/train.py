@@ -148,7 +148,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         g = p.add_argument_group(group)
         for flag, name, type_, text in options:
             default = getattr(_DEFAULTS, name)
-            shown = "" if "(default" in text else f" (default: {default})"
+            shown = "" if "default:" in text else f" (default: {default})"
             g.add_argument(flag, dest=name, type=type_, default=None, help=text + shown)
         if group == "data":
             g.add_argument(
