@@ -1,0 +1,302 @@
+"""``vitkit serve``: a local web page that classifies an image and shows where the model looks.
+
+A small ASGI app (Starlette, served by uvicorn) rather than Gradio: the page is one static HTML
+file with plain JavaScript, so it works offline with nothing fetched from a CDN, and the whole
+server is a few endpoints that a test can call directly. The numbers come from
+:mod:`vitkit.explain.analysis`, the same code as ``vitkit explain``; the model-wide figures come
+from :mod:`vitkit.explain.figures`.
+
+Endpoints:
+    GET  /                   the page (and /static/app.js, /static/style.css)
+    GET  /api/model          the model card
+    POST /api/predict        raw image bytes in the body; ``?patch=K`` adds the attention of
+                             patch K (as query) over the image, for every layer and head
+    GET  /api/figure/NAME    model-wide PNGs: posemb, distance, filters
+Nothing uploaded is written to disk; no path in a request reaches the file system.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data import DataError, decode_image, normalize
+from ..evaluate import load_for_inference
+from ..explain import analysis, figures
+
+log = logging.getLogger(__name__)
+
+STATIC_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
+FIGURES = ("posemb", "distance", "filters")
+
+
+class ServeError(ValueError):
+    """A request the server refuses, with the HTTP status to answer it with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _static(name: str) -> bytes:
+    return resources.files("vitkit.serve").joinpath("static", name).read_bytes()
+
+
+def _run_accuracy(checkpoint: Path) -> float | None:
+    """Test (or validation) accuracy recorded by ``vitkit train`` in the run folder, if any."""
+    for folder in (checkpoint, checkpoint.parent):
+        for name in ("results.json", "eval.json", "summary.json"):
+            path = folder / name
+            if path.is_file():
+                try:
+                    data = json.loads(path.read_text())
+                except (OSError, json.JSONDecodeError):
+                    continue
+                for key in ("test_accuracy", "accuracy", "top1", "val_accuracy", "best_val_accuracy"):
+                    value = data.get(key) if isinstance(data, dict) else None
+                    if isinstance(value, (int, float)):
+                        return float(value)
+        metrics = folder / "metrics.jsonl"
+        if metrics.is_file():
+            best = None
+            for line in metrics.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                for key in ("test_accuracy", "val_accuracy", "val_acc"):
+                    if isinstance(row.get(key), (int, float)):
+                        best = max(best or 0.0, float(row[key]))
+            if best is not None:
+                return best
+    return None
+
+
+class Explorer:
+    """The loaded model and everything the endpoints compute with it (no web code here)."""
+
+    def __init__(self, checkpoint: str | Path, max_upload_bytes: int = 20 * 1024 * 1024) -> None:
+        self.model, self.preprocess = load_for_inference(checkpoint)
+        self.checkpoint = Path(self.preprocess["checkpoint"])
+        self.max_upload_bytes = max_upload_bytes
+        self.lock = threading.Lock()  # one forward at a time: the CPU has few cores to share
+        self._figures: dict[str, bytes] = {}
+        self._distance_sum = torch.zeros(self.model.config.depth, self.model.config.num_heads)
+        self._distance_count = 0
+        c = self.model.config
+        self.card = {
+            "checkpoint": str(self.checkpoint),
+            "image_size": list(c.image_size),
+            "channels": c.in_channels,
+            "patch_size": c.patch_size,
+            "grid": list(c.grid_size),
+            "width": c.width,
+            "depth": c.depth,
+            "heads": c.num_heads,
+            "mlp_dim": c.mlp_dim,
+            "posemb": c.posemb,
+            "pool": c.pool,
+            "class_token": c.class_token,
+            "stem": c.stem,
+            "params": self.model.num_params(),
+            "gflops": c.flops() / 1e9,
+            "classes": list(self.preprocess["class_names"]),
+            "dataset": self.preprocess.get("dataset"),
+            "accuracy": _run_accuracy(self.checkpoint),
+        }
+
+    # ------------------------------------------------------------------ per image
+    def decode(self, data: bytes) -> np.ndarray:
+        """Upload bytes -> (C, H, W) uint8 as training saw its images, or a one-line ServeError."""
+        if not data:
+            raise ServeError("the upload is empty (0 bytes); choose an image file")
+        if len(data) > self.max_upload_bytes:
+            raise ServeError(f"the upload is {len(data) / 2**20:.1f} MB, over the {self._limit_text()} limit", 413)
+        size = tuple(self.preprocess["image_size"])
+        try:
+            return decode_image(io.BytesIO(data), self.preprocess["channels"], size, name="the upload")
+        except DataError as e:
+            raise ServeError(str(e)) from None
+
+    def _limit_text(self) -> str:
+        return f"{self.max_upload_bytes / 2**20:g} MB"
+
+    def predict(self, data: bytes, patch: int | None = None, top: int = 5) -> dict[str, Any]:
+        """Top classes, the image as the model saw it, rollout and per-layer/head attention maps."""
+        image = self.decode(data)
+        c = self.model.config
+        n = c.num_patches
+        if patch is not None and not 0 <= patch < n:
+            raise ServeError(f"patch={patch} is outside the {c.grid_size[0]}x{c.grid_size[1]} grid (0..{n - 1})")
+        x = normalize(torch.from_numpy(image.copy())[None], self.preprocess["mean"], self.preprocess["std"])
+        with self.lock, torch.inference_mode():
+            logits, attn = self.model(x, return_attention=True)
+        attn = tuple(a.float() for a in attn)
+        grid, p = c.grid_size, c.num_prefix_tokens
+        query = analysis.default_query(p, c.pool)
+        probs = logits.float().softmax(-1)[0]
+        k = min(top, probs.numel())
+        values, index = probs.topk(k)
+        names = self.preprocess["class_names"]
+        distance = analysis.mean_attention_distance(attn, grid, c.patch_size, p)
+        self._distance_sum += distance
+        self._distance_count += 1
+        out: dict[str, Any] = {
+            "top": [{"label": names[i], "index": int(i), "prob": float(v)} for v, i in zip(values, index, strict=True)],
+            "image": image.tolist(),  # (C, H, W) uint8 as the model saw it
+            "grid": list(grid),
+            "query": query,
+            "rollout": _rounded(analysis.rollout_map(attn, grid, p, query)[0]),
+            "maps": _rounded(analysis.attention_maps(attn, grid, p, query)[0]),  # (L, heads, gh, gw)
+        }
+        if patch is not None:
+            # Row p + patch of every layer's attention: where that patch looks, (L, heads, N) -> grid.
+            rows = torch.stack([a[0, :, p + patch, p:] for a in attn])
+            out["patch"] = patch
+            out["patch_maps"] = _rounded(rows.reshape(len(attn), c.num_heads, *grid))
+        return out
+
+    # ------------------------------------------------------------------ model-wide figures
+    def figure(self, name: str) -> bytes:
+        if name not in FIGURES:
+            raise ServeError(f"unknown figure {name!r}; choose one of {', '.join(FIGURES)}", 404)
+        if name == "distance" or name not in self._figures:
+            self._figures[name] = self._render(name)
+        return self._figures[name]
+
+    def _render(self, name: str) -> bytes:
+        c = self.model.config
+        if name == "posemb":
+            pos = analysis.model_posemb(self.model)
+            sim = None if pos is None else analysis.posemb_similarity(pos, c.grid_size)
+            fig = figures.plot_posemb_similarity(sim, reason="this model has no position embedding (posemb='none')")
+        elif name == "filters":
+            try:
+                filters = analysis.patch_filters_pca(analysis.model_patch_filters(self.model))
+                fig = figures.plot_patch_filters(filters)
+            except ValueError as e:
+                fig = figures.plot_patch_filters(None, reason=str(e))
+        else:
+            if self._distance_count == 0:
+                self._seed_distance()
+            mean = self._distance_sum / max(self._distance_count, 1)
+            fig = figures.plot_mean_attention_distance(
+                mean, c.grid_size, c.patch_size, self._distance_count, title="Mean attention distance"
+            )
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=figures.DPI)
+        return buf.getvalue()
+
+    def _seed_distance(self, count: int = 64) -> None:
+        """Average the attention distance over test images of the training set, when available."""
+        dataset = self.preprocess.get("dataset")
+        if not dataset:
+            return
+        try:
+            from ..data import load_dataset
+
+            images = load_dataset(dataset, "test").images[:count]
+        except Exception as e:  # the figure then covers the uploaded images only
+            log.info("no %s test images for the distance figure: %s", dataset, e)
+            return
+        size = tuple(self.preprocess["image_size"])
+        if tuple(images.shape[-2:]) != size:
+            return
+        x = normalize(images, self.preprocess["mean"], self.preprocess["std"])
+        c = self.model.config
+        with self.lock, torch.inference_mode():
+            _, attn = self.model(x, return_attention=True)
+        batch_mean = analysis.mean_attention_distance(attn, c.grid_size, c.patch_size, c.num_prefix_tokens)
+        self._distance_sum += batch_mean * len(x)  # a running sum over images
+        self._distance_count += len(x)
+
+
+def _rounded(t: torch.Tensor, digits: int = 4) -> list:
+    return torch.round(t.float(), decimals=digits).tolist()
+
+
+# ---------------------------------------------------------------------------------- the web app
+def create_app(explorer: Explorer):  # noqa: ANN201 - a Starlette app
+    """The Starlette app around ``explorer``: every error is JSON ``{"error": "one line"}``."""
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    def error(message: str, status: int = 400) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    async def index(request: Request) -> Response:
+        return Response(_static("index.html"), media_type="text/html")
+
+    async def static(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in STATIC_FILES:  # a fixed list: no request path reaches the file system
+            return error(f"no such file: {name}", 404)
+        return Response(_static(name), media_type=STATIC_FILES[name])
+
+    async def model_card(request: Request) -> Response:
+        return JSONResponse(explorer.card)
+
+    async def read_body(request: Request) -> bytes:
+        """The body, refused as soon as it passes the size limit (never held whole beyond it)."""
+        limit = explorer.max_upload_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise ServeError(
+                f"the upload is {int(declared) / 2**20:.1f} MB, over the {explorer._limit_text()} limit", 413
+            )
+        chunks, total = [], 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise ServeError(f"the upload is over the {explorer._limit_text()} limit", 413)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def predict(request: Request) -> Response:
+        try:
+            patch_arg = request.query_params.get("patch")
+            patch = None
+            if patch_arg not in (None, ""):
+                if not patch_arg.lstrip("-").isdigit():
+                    raise ServeError(f"patch={patch_arg!r} is not a patch number")
+                patch = int(patch_arg)
+            data = await read_body(request)
+            result = await run_in_threadpool(explorer.predict, data, patch)
+        except ServeError as e:
+            return error(str(e), e.status)
+        return JSONResponse(result)
+
+    async def figure(request: Request) -> Response:
+        try:
+            png = await run_in_threadpool(explorer.figure, request.path_params["name"])
+        except ServeError as e:
+            return error(str(e), e.status)
+        return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+    routes = [
+        Route("/", index),
+        Route("/static/{name}", static),
+        Route("/api/model", model_card),
+        Route("/api/predict", predict, methods=["POST"]),
+        Route("/api/figure/{name}", figure),
+    ]
+    return Starlette(routes=routes)
+
+
+def run_server(app, host: str = "127.0.0.1", port: int = 7860) -> None:  # noqa: ANN001
+    """Serve ``app`` with uvicorn until Ctrl-C (uvicorn shuts down cleanly on SIGINT/SIGTERM)."""
+    import uvicorn
+
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.Server(config).run()

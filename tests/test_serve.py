@@ -1,0 +1,286 @@
+"""`vitkit serve`: endpoints on real digits and Fashion-MNIST images, bad uploads, and a real browser."""
+
+import io
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vitkit.data import load_dataset, normalize
+from vitkit.train import TrainConfig, train
+
+starlette = pytest.importorskip("starlette", reason="vitkit[serve] extra not installed")
+from starlette.testclient import TestClient  # noqa: E402
+
+from vitkit.serve import Explorer, create_app  # noqa: E402
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def _png(image: np.ndarray) -> bytes:
+    """(C, H, W) or (H, W) uint8 -> PNG bytes."""
+    arr = image[0] if image.ndim == 3 and image.shape[0] == 1 else image
+    if arr.ndim == 3:
+        arr = arr.transpose(1, 2, 0)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _train(out: Path, **kw) -> Path:
+    cfg = TrainConfig(out=str(out), seed=0, threads=2, label_smoothing=0.0, warmup_epochs=0.5, **kw)
+    train(cfg, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("serve") / "digits"
+    tiny = dict(width=64, depth=2, num_heads=2, mlp_dim=128, patch_size=2, pool="gap")
+    return _train(
+        out, data="digits", model="vit_tiny_28", model_overrides=tiny, epochs=8, batch_size=32, lr=2e-3, crop_padding=0
+    )
+
+
+@pytest.fixture(scope="module")
+def fashion_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("serve") / "fashion"
+    # the hybrid stem learns fastest on a small budget (and this model has no class token)
+    small = dict(
+        width=64, depth=2, num_heads=2, mlp_dim=128, stem="conv", stem_channels=16, pool="gap", class_token=False
+    )
+    return _train(
+        out,
+        data="fashion-mnist",
+        model="vit_tiny_28",
+        model_overrides=small,
+        epochs=4,
+        batch_size=64,
+        lr=3e-3,
+        limit_train=5000,
+        limit_val=500,
+    )
+
+
+def test_predicts_real_digits_and_fashion_images(digits_run, fashion_run):
+    for run, name, least in [(digits_run, "digits", 0.7), (fashion_run, "fashion-mnist", 0.5)]:
+        explorer = Explorer(run)
+        client = TestClient(create_app(explorer))
+        card = client.get("/api/model").json()
+        assert card["classes"] == load_dataset(name, "test").class_names
+        test = load_dataset(name, "test").subset(range(60))
+        with torch.no_grad():  # the same images straight from memory, without PNG, HTTP or the page
+            x = normalize(test.images, explorer.preprocess["mean"], explorer.preprocess["std"])
+            direct = explorer.model(x).argmax(1)
+        served = []
+        for i in range(len(test)):
+            r = client.post("/api/predict", content=_png(test.images[i].numpy()))
+            assert r.status_code == 200, r.text
+            body = r.json()
+            probs = [t["prob"] for t in body["top"]]
+            assert len(probs) == 5 and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-5
+            served.append(body["top"][0]["index"])
+            assert body["top"][0]["label"] == test.class_names[served[-1]]
+        assert served == direct.tolist()
+        accuracy = (torch.tensor(served) == test.labels).float().mean().item()
+        assert accuracy >= least, f"{name}: {accuracy:.2f} of 60 test images right (chance 0.10)"
+    gh, gw = body["grid"]
+    assert (gh, gw) == (7, 7) and len(body["rollout"]) == 7 and len(body["maps"]) == 2  # fashion: 2 layers
+
+
+def test_patch_query_and_any_size_or_mode(fashion_run):
+    client = TestClient(create_app(Explorer(fashion_run)))
+    rgb = (np.random.default_rng(0).random((3, 100, 60)) * 255).astype(np.uint8)  # colour, other size
+    r = client.post("/api/predict?patch=10", content=_png(rgb))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert np.array(body["image"]).shape == (1, 28, 28)  # converted as training saw its images
+    maps = np.array(body["patch_maps"])  # (layers, heads, gh, gw): where patch 10 looks
+    assert maps.shape == (2, 2, 7, 7)
+    assert np.allclose(maps.reshape(2, 2, -1).sum(-1), 1, atol=0.02)  # no class token: rows over patches sum to 1
+    assert client.post("/api/predict?patch=49", content=_png(rgb)).status_code == 400
+
+
+def _bomb_png() -> bytes:
+    """A valid 1x1 PNG whose header claims 30000x30000 pixels (Pillow's bomb guard must refuse it)."""
+    raw = _png(np.zeros((1, 1), np.uint8))
+    ihdr = bytearray(raw[16:29])  # IHDR data: width, height, depth, colour type, ...
+    ihdr[0:8] = struct.pack(">II", 30000, 30000)
+    chunk = b"IHDR" + bytes(ihdr)
+    return raw[:12] + chunk + struct.pack(">I", zlib.crc32(chunk)) + raw[33:]
+
+
+def test_bad_uploads_get_one_line_errors(digits_run):
+    explorer = Explorer(digits_run, max_upload_bytes=200_000)
+    client = TestClient(create_app(explorer))
+    good = _png(load_dataset("digits", "test").images[0].numpy())
+    cases = {
+        "not an image": (b"this is not an image at all", 400, "cannot read the image"),
+        "truncated": (good[: len(good) // 2], 400, "cannot read the image"),
+        "bomb": (_bomb_png(), 400, "DecompressionBomb"),
+        "empty": (b"", 400, "empty"),
+        "too big": (b"\0" * 300_000, 413, "over the"),
+    }
+    for name, (data, status, text) in cases.items():
+        r = client.post("/api/predict", content=data)
+        assert r.status_code == status, (name, r.text)
+        message = r.json()["error"]
+        assert text in message and "\n" not in message, (name, message)
+    assert client.post("/api/predict", content=good).status_code == 200  # still serving
+    assert client.get("/static/../../etc/passwd").status_code == 404
+    assert client.get("/static/config.json").status_code == 404
+    assert client.get("/api/figure/nope").status_code == 404
+    for name in ("posemb", "distance", "filters"):
+        r = client.get(f"/api/figure/{name}")
+        assert r.status_code == 200 and r.content[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_missing_or_corrupt_checkpoint_exits_before_opening_a_port(tmp_path, digits_run):
+    out = subprocess.run(
+        [sys.executable, "-m", "vitkit", "serve", str(tmp_path / "nope")], capture_output=True, text=True
+    )
+    assert out.returncode == 1 and "does not exist" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    bad = tmp_path / "bad"
+    shutil.copytree(Path(digits_run) / "best", bad)
+    (bad / "model.safetensors").write_bytes(b"garbage")
+    out = subprocess.run([sys.executable, "-m", "vitkit", "serve", str(bad)], capture_output=True, text=True)
+    assert out.returncode == 1 and "safetensors" in out.stderr and "Traceback" not in out.stderr
+
+
+# ------------------------------------------------------------------------------------ live server
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def live_server(fashion_run):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vitkit", "serve", str(fashion_run), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    line = proc.stdout.readline()
+    assert f"http://127.0.0.1:{port}/" in line, line
+    import urllib.request
+
+    for _ in range(100):  # the address is printed just before uvicorn binds
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/model", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield proc, f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_fifty_requests_in_a_row_leave_the_server_alive(live_server):
+    import urllib.request
+
+    proc, url = live_server
+    test = load_dataset("fashion-mnist", "test")
+    bodies = [_png(test.images[i].numpy()) for i in range(5)] + [b"junk"]
+    rss = []
+    for i in range(50):
+        req = urllib.request.Request(f"{url}/api/predict", data=bodies[i % len(bodies)], method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                assert r.status == 200
+        except urllib.error.HTTPError as e:
+            assert e.code == 400 and i % len(bodies) == 5
+        if i in (10, 49):
+            rss.append(_rss_kb(proc.pid))
+    assert proc.poll() is None
+    assert rss[1] - rss[0] < 30_000, f"resident memory grew by {rss[1] - rss[0]} kB over 39 requests"
+
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+needs_browser = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER) and not os.environ.get("CI"),
+    reason="Debian's chromium and chromium-driver are not installed (CI installs them)",
+)
+
+
+@needs_browser
+def test_in_a_real_browser(live_server, tmp_path):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _, url = live_server
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1180,760",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    try:
+        driver.get(url)
+        wait = WebDriverWait(driver, 30)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#card tr"))
+        test = load_dataset("fashion-mnist", "test")
+        image = tmp_path / "shoe.png"
+        index = int((test.labels == 9).nonzero()[0])  # an ankle boot
+        image.write_bytes(_png(test.images[index].numpy()))
+        driver.find_element(By.ID, "file").send_keys(str(image))
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#top li")) == 5)
+        top = driver.find_element(By.CSS_SELECTOR, "#top li .label").text
+        assert top in test.class_names
+        canvas = driver.find_element(By.ID, "canvas")
+        before = driver.execute_script("return arguments[0].toDataURL()", canvas)
+        assert "rollout" in driver.find_element(By.ID, "caption").text
+        webdriver.ActionChains(driver).move_to_element_with_offset(canvas, 40, 30).click().perform()
+        wait.until(lambda d: "where patch" in d.find_element(By.ID, "caption").text)
+        after = driver.execute_script("return arguments[0].toDataURL()", canvas)
+        assert after != before, "the overlay did not change after clicking a patch"
+        assert not driver.find_element(By.ID, "error").is_displayed()
+        shot = tmp_path / "serve.png"
+        driver.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+        if os.environ.get("VITKIT_DOCS_SCREENSHOT"):
+            shutil.copy(shot, DOCS / "serve.png")
+        # A bad file in the page: a one-line error, and the page keeps working.
+        bad = tmp_path / "bad.png"
+        bad.write_bytes(b"not a png")
+        driver.find_element(By.ID, "file").send_keys(str(bad))
+        wait.until(lambda d: d.find_element(By.ID, "error").is_displayed())
+        assert "cannot read the image" in driver.find_element(By.ID, "error").text
+    finally:
+        driver.quit()
+
+
+def test_torch_is_not_left_in_grad_mode(digits_run):
+    explorer = Explorer(digits_run)
+    explorer.predict(_png(load_dataset("digits", "test").images[0].numpy()))
+    assert torch.is_grad_enabled()
