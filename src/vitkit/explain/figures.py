@@ -13,6 +13,7 @@ import math
 import os
 from collections.abc import Sequence
 
+import matplotlib
 import numpy as np
 import torch
 from matplotlib.figure import Figure
@@ -162,12 +163,13 @@ def plot_mean_attention_distance(
     fig = Figure(figsize=MEAN_DISTANCE_SIZE, dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
     layers = np.arange(1, depth + 1)
-    colours = [f"C{h % 10}" for h in range(heads)]
+    palette = matplotlib.colormaps["tab10" if heads <= 10 else "tab20"]
+    colours = [palette(h % palette.N) for h in range(heads)]
     for h in range(heads):
         label = f"head {h + 1}" if heads <= 16 else None
         ax.scatter(layers, distances[:, h].numpy(), s=28, color=colours[h], label=label, alpha=0.85)
     ceiling = float(patch_distances(grid, patch_size).double().mean())
-    ax.axhline(ceiling, color="gray", linestyle="--", linewidth=1, label=f"uniform attention ({ceiling:.1f} px)")
+    ax.axhline(ceiling, color="gray", linestyle="--", linewidth=1, label=f"uniform attention\n({ceiling:.1f} px)")
     top = max(ceiling, float(distances.max()) if distances.numel() else 0.0)
     ax.set_ylim(0, top * 1.1 + 1e-6)
     ax.set_xlim(0.5, depth + 0.5)
@@ -175,9 +177,9 @@ def plot_mean_attention_distance(
     ax.set_xlabel("Network depth (layer)")
     ax.set_ylabel("Mean attention distance (pixels)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right", ncol=2 if heads > 6 else 1)
+    fig.legend(fontsize=7, loc="outside right center")  # beside the axes: never over a point
     image_px = f"{grid[0] * patch_size}x{grid[1] * patch_size} px, patch {patch_size}"
-    ax.set_title(title or f"Mean attention distance, {num_images} image(s) ({image_px})", fontsize=10)
+    fig.suptitle(title or f"Mean attention distance, {num_images} image(s) ({image_px})", fontsize=10)
     return fig
 
 
@@ -219,8 +221,6 @@ def plot_posemb_similarity(similarity: torch.Tensor | None, reason: str = "", ti
 
 
 def _cmap_with_white_gaps(name: str):
-    import matplotlib
-
     return matplotlib.colormaps[name].with_extremes(bad="white")
 
 
