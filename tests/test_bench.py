@@ -41,7 +41,7 @@ def test_interleaved_timing_runs_every_step_in_turn():
     calls = []
     steps = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
     timings = bench.time_interleaved(steps, torch.device("cpu"), warmup=1, repeats=3)
-    assert calls == ["a", "b"] * 4
+    assert calls == ["a", "b"] + ["a", "b", "b", "a", "a", "b"]  # warm-up, then alternating order
     assert all(len(t.seconds) == 3 and t.median >= 0 and t.spread >= 0 for t in timings.values())
 
 

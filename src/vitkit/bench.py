@@ -118,9 +118,10 @@ def peak_matmul_flops(
     b = torch.randn(size, size, device=device, dtype=dtype)
     flops = 2 * size**3
     with torch.inference_mode():
+        torch.mm(a, b)  # warm-up: library initialisation, kernel selection
         synchronize(device)
         start = time.perf_counter()
-        torch.mm(a, b)  # warm-up, and a first estimate of the time of one product
+        torch.mm(a, b)  # a first estimate of the time of one product
         synchronize(device)
         inner = max(1, math.ceil(min_seconds / max(time.perf_counter() - start, 1e-6)))
         best = math.inf
@@ -202,20 +203,31 @@ class Timing:
 def time_interleaved(
     steps: dict[str, Callable[[], None]], device: torch.device, warmup: int = 2, repeats: int = 5
 ) -> dict[str, Timing]:
-    """Run each step ``warmup`` times, then ``repeats`` rounds of one timed run of each, in turn."""
+    """Run each step ``warmup`` times, then ``repeats`` rounds of one timed run of each, in turn.
+
+    Odd rounds go in reverse order (A B, B A, A B, ...), so that a drift in the machine's load
+    or clock during a round does not favour whichever step always comes first.
+    """
     for _ in range(warmup):
         for step in steps.values():
             step()
     synchronize(device)
     timings = {name: Timing() for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
+    for r in range(repeats):
+        order = list(steps.items())
+        for name, step in order[::-1] if r % 2 else order:
             synchronize(device)
             start = time.perf_counter()
             step()
             synchronize(device)
             timings[name].seconds.append(time.perf_counter() - start)
     return timings
+
+
+def speedup(baseline: Timing, candidate: Timing) -> float:
+    """How many times faster ``candidate`` is: the median over rounds of baseline / candidate
+    seconds. Pairing the two runs of each round cancels load that lasts the round."""
+    return statistics.median(b / c for b, c in zip(baseline.seconds, candidate.seconds, strict=True))
 
 
 @contextlib.contextmanager

@@ -1,0 +1,210 @@
+"""vitkit against timm: the same architecture, the same step, timed in one process.
+
+For each case (model, mode, batch) both libraries' models run through the same step function
+(:func:`vitkit.bench.make_step`: random batch, autocast dtype, AdamW for training), and their
+timed repeats are interleaved in one loop with fp32 and bf16 side by side, so every ratio in
+the table, including "vitkit's fastest mode over timm's fp32", comes from one interleaved run.
+timm runs with its own best settings (fused attention on, as it is by default).
+
+    python benchmarks/vs_timm.py                       # the full CPU table (about 10 minutes)
+    python benchmarks/vs_timm.py --cases vit_tiny_28   # only the cases whose name contains this
+    python benchmarks/vs_timm.py --compile --cases vit_tiny_28:train   # add torch.compile'd runs
+    python benchmarks/vs_timm.py --device cuda         # on a GPU: results/vs_timm-cuda.json
+
+Writes ``benchmarks/results/vs_timm-<device>.json`` (or ``--out``) and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+
+import timm
+import torch
+from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+import vitkit
+from vitkit import bench
+from vitkit.checkpoint import atomic_write_json
+from vitkit.config import get_config
+
+RESULTS = Path(__file__).parent / "results"
+
+# (preset, mode, batch, repeats): the issue's cases. Fewer repeats where one step takes seconds.
+CASES = [
+    ("vit_tiny_28", "train", 256, 5),
+    ("vit_tiny_28", "infer", 256, 5),
+    ("vit_ti16", "infer", 64, 5),
+    ("vit_ti16", "train", 32, 4),
+    ("vit_s16", "infer", 64, 4),
+    ("vit_s16", "train", 32, 3),
+    ("vit_b16", "infer", 16, 3),
+]
+TIMM_NAMES = {"vit_ti16": "vit_tiny_patch16_224", "vit_s16": "vit_small_patch16_224", "vit_b16": "vit_base_patch16_224"}
+
+
+def timm_model(preset: str) -> torch.nn.Module:
+    """timm's model of the same architecture (same parameter count, same FLOPs)."""
+    if preset == "vit_tiny_28":
+        c = get_config(preset)
+        return TimmViT(
+            img_size=28,
+            patch_size=c.patch_size,
+            in_chans=c.in_channels,
+            num_classes=c.num_classes,
+            embed_dim=c.width,
+            depth=c.depth,
+            num_heads=c.num_heads,
+            mlp_ratio=c.mlp_dim / c.width,
+        )
+    return timm.create_model(TIMM_NAMES[preset])
+
+
+def run_case(preset, mode, batch, repeats, dtypes, compile_, device, peak):
+    config = get_config(preset)
+    flops = bench.model_flops(config, mode)
+    image_shape = (config.in_channels, *config.image_size)
+    steps, fused = {}, None
+    variants = [(dt, False) for dt in dtypes] + ([(dt, True) for dt in dtypes] if compile_ else [])
+    for dtype, compiled in variants:
+        for lib in ("timm", "vitkit"):
+            with bench.seeded(0):
+                model = timm_model(preset) if lib == "timm" else vitkit.create_model(preset)
+            if lib == "timm":
+                fused = all(b.attn.fused_attn for b in model.blocks)
+            model = model.to(device)
+            if compiled:
+                model = bench.compile_model(model)
+            key = f"{lib}/{dtype}{'/compiled' if compiled else ''}"
+            steps[key] = bench.make_step(
+                model, mode, bench.DTYPES[dtype], batch, device, image_shape, config.num_classes
+            )
+    start = time.perf_counter()
+    if compile_:  # compile (or load from torch's cache) before the timed loop, and say how long it took
+        for key, step in steps.items():
+            if key.endswith("compiled"):
+                t = time.perf_counter()
+                step()
+                print(f"  {preset} {mode} {key}: first (compiling) step {time.perf_counter() - t:.0f} s", flush=True)
+    timings = bench.time_interleaved(steps, device, warmup=1, repeats=repeats)
+    rows = []
+    for dtype, compiled in variants:
+        suffix = f"/{dtype}{'/compiled' if compiled else ''}"
+        t_timm, t_vitkit = timings["timm" + suffix], timings["vitkit" + suffix]
+        r_timm = bench.result(t_timm, batch, flops, peak[dtype])
+        r_vitkit = bench.result(t_vitkit, batch, flops, peak[dtype])
+        rows.append(
+            dict(
+                model=preset,
+                mode=mode,
+                batch_size=batch,
+                dtype=dtype,
+                compiled=compiled,
+                timm=r_timm.to_dict(),
+                vitkit=r_vitkit.to_dict(),
+                ratio=round(r_vitkit.images_per_s / r_timm.images_per_s, 3),  # of the medians
+                ratio_paired=round(bench.speedup(t_timm, t_vitkit), 3),  # median of per-round ratios
+            )
+        )
+    # vitkit's fastest variant against timm's fp32, from the same interleaved rounds
+    extra = {}
+    if "timm/fp32" in timings:
+        best = min((k for k in timings if k.startswith("vitkit/")), key=lambda k: timings[k].median)
+        extra = dict(
+            vitkit_fastest=best,
+            vitkit_fastest_vs_timm_fp32=round(bench.speedup(timings["timm/fp32"], timings[best]), 3),
+        )
+    print(f"  ({preset} {mode}: {time.perf_counter() - start:.0f} s)", flush=True)
+    return rows, extra, fused
+
+
+def print_table(rows: list[dict]) -> None:
+    header = (
+        f"{'case':<24} {'dtype':<13} {'timm img/s':>10} {'vitkit img/s':>12} {'timm MFU':>8} {'vitkit MFU':>10} "
+        f"{'vitkit/timm':>11} {'paired':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        case = f"{r['model']} {r['mode']} b{r['batch_size']}"
+        dtype = r["dtype"] + (" compiled" if r["compiled"] else "")
+        print(
+            f"{case:<24} {dtype:<13} {r['timm']['images_per_s']:>10.1f} {r['vitkit']['images_per_s']:>12.1f} "
+            f"{100 * r['timm']['mfu']:>7.1f}% {100 * r['vitkit']['mfu']:>9.1f}% {r['ratio']:>10.2f}x "
+            f"{r['ratio_paired']:>5.2f}x"
+        )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtypes", default="fp32,bf16")
+    p.add_argument("--cases", default="", help="run only cases whose 'preset:mode' contains this text")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile'd models (both libraries)")
+    p.add_argument("--repeats-scale", type=float, default=1.0, help="multiply every case's repeat count")
+    p.add_argument("--note", default="", help="free text kept in the JSON, e.g. that the machine was shared")
+    p.add_argument("--out", help="JSON path (default: benchmarks/results/vs_timm-<device>.json)")
+    args = p.parse_args()
+
+    device = bench.resolve_device(args.device)
+    bench.configure_device(device)
+    dtypes = args.dtypes.split(",")
+    for d in dtypes:
+        bench.parse_dtype(d)
+    cases = [c for c in CASES if args.cases in f"{c[0]}:{c[1]}"]
+    if not cases:
+        raise SystemExit(f"no case matches --cases {args.cases!r}")
+    load_start = os.getloadavg()
+    # The peak is probed before and after the cases; the best of the two is the least disturbed.
+    peak = {d: bench.peak_matmul_flops(device, bench.DTYPES[d]) for d in dtypes}
+    print("peak matmul TFLOP/s (first probe):", {d: round(v / 1e12, 3) for d, v in peak.items()}, flush=True)
+    rows, fastest, fused = [], {}, {}
+    for preset, mode, batch, repeats in cases:
+        n = max(2, round(repeats * args.repeats_scale))
+        case_rows, extra, fused[preset] = run_case(preset, mode, batch, n, dtypes, args.compile, device, peak)
+        rows += case_rows
+        if extra:
+            fastest[f"{preset}:{mode}"] = extra
+    peak_end = {d: bench.peak_matmul_flops(device, bench.DTYPES[d]) for d in dtypes}
+    peak_best = {d: max(peak[d], peak_end[d]) for d in dtypes}
+    for r in rows:  # MFU against the best probe of the run
+        for lib in ("timm", "vitkit"):
+            r[lib]["mfu"] = round(r[lib]["tflops"] / (peak_best[r["dtype"]] / 1e12), 4)
+
+    print()
+    print_table(rows)
+    print("ratio: of the median img/s; paired: median over rounds of timm time / vitkit time (same round).")
+    for k, v in fastest.items():
+        print(f"{k}: vitkit's fastest ({v['vitkit_fastest']}) is {v['vitkit_fastest_vs_timm_fp32']:.2f}x timm fp32")
+
+    if device.type == "cuda":
+        where = torch.cuda.get_device_name(device)
+    else:
+        where = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    record = dict(
+        device=device.type,
+        hardware=where,
+        cpu_count=os.cpu_count(),
+        torch=torch.__version__,
+        timm=timm.__version__,
+        vitkit=vitkit.__version__,
+        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        note=args.note,
+        load_average_start=[round(x, 2) for x in load_start],
+        load_average_end=[round(x, 2) for x in os.getloadavg()],
+        timm_fused_attention=fused,
+        peak_tflops={d: dict(start=round(peak[d] / 1e12, 4), end=round(peak_end[d] / 1e12, 4)) for d in dtypes},
+        cases=rows,
+        fastest_vs_timm_fp32=fastest,
+    )
+    out = Path(args.out) if args.out else RESULTS / f"vs_timm-{device.type}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, record)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
