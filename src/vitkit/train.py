@@ -520,6 +520,7 @@ def train(
     )
     tb = _tensorboard(run_dir)
     stopped_by_budget = False
+    val: dict[str, Any] | None = None  # the latest validation, of the weights as they are now
     images_seen_this_run, compute_time_this_run = 0, 0.0
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -654,7 +655,10 @@ def train(
     if find_checkpoint(run_dir, "last") is None:
         raise ValueError(f"{run_dir}: no epoch finished, nothing to evaluate")
     eval_set = data.test if data.test is not None else data.val
-    result = evaluate_model(final_model, eval_set, mean, std, cfg.eval_batch_size, device, bf16)
+    if val is not None and val["top1"] is not None and eval_set is data.val:
+        result = val  # the last epoch was just evaluated on this very set
+    else:
+        result = evaluate_model(final_model, eval_set, mean, std, cfg.eval_batch_size, device, bf16)
     summary = {
         "data": cfg.data,
         "model": cfg.model,
