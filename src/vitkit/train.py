@@ -173,21 +173,37 @@ RECIPES: dict[str, dict[str, Any]] = {
         time_budget=600.0,
         eval_every=5,
     ),
-    # The long CPU recipe: >= 93 % within 60 minutes.
+    # The long CPU recipe (target >= 93 % within 60 minutes): fmnist-10m's model for six times as
+    # long, with random erasing against the over-fitting that more epochs bring. Not measured yet.
     "fmnist-60m": dict(
         data="fashion-mnist",
         model="vit_tiny_28",
-        model_overrides=dict(stem="conv", pool="gap", class_token=False, stem_channels=32),
-        epochs=60,
-        batch_size=128,
+        model_overrides=dict(
+            stem="conv",
+            patch_size=4,
+            stem_channels=32,
+            width=128,
+            depth=6,
+            num_heads=4,
+            mlp_dim=256,
+            pool="gap",
+            class_token=False,
+            fused_attention=False,
+        ),
+        epochs=100,
+        batch_size=256,
         lr=2e-3,
+        min_lr=0.0,
         weight_decay=0.05,
         warmup_epochs=2.0,
         label_smoothing=0.1,
+        crop_padding=2,
         erase_prob=0.25,
         time_budget=3600.0,
+        eval_every=5,
     ),
-    # A GPU recipe aiming at >= 95 %: a wider model, more epochs, stronger augmentation.
+    # A GPU recipe aiming at >= 95 %: a wider model, more epochs, stronger augmentation. Not measured
+    # yet (no GPU was lent to the session that wrote it).
     "fmnist-gpu": dict(
         data="fashion-mnist",
         model="vit_small_28",
