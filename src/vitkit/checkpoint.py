@@ -7,6 +7,7 @@ either the old complete file or the new complete one, never half of either.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -41,7 +42,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+@functools.cache
 def _default_mode() -> int:
+    """0666 less the umask, read once (reading it means setting it, which is not thread-safe)."""
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
