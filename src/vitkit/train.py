@@ -149,19 +149,22 @@ RECIPES: dict[str, dict[str, Any]] = {
     "fmnist-10m": dict(
         data="fashion-mnist",
         model="vit_tiny_28",
-        # the paper's hybrid: a small conv stem (28 -> 14 -> 7), then a narrow ViT on the 7x7 grid
+        # the paper's hybrid (sec. 3.1): 28x28 images zero-padded to 32x32, a conv stem of three
+        # stride-2 3x3 convolutions (32 -> 64 -> 128 channels) down to a 4x4 grid of 1x1 "patches",
+        # then a width-192 ViT over 16 tokens, mean-pooled
         model_overrides=dict(
             stem="conv",
-            patch_size=4,
+            patch_size=8,
             stem_channels=32,
-            width=128,
+            width=192,
             depth=6,
-            num_heads=4,
-            mlp_dim=256,
+            num_heads=3,
+            mlp_dim=384,
             pool="gap",
             class_token=False,
-            fused_attention=False,  # the explicit path is faster than SDPA for 49 tokens on a CPU
+            fused_attention=False,  # the explicit path trains ~2x faster than SDPA on a CPU here
         ),
+        pad=2,
         epochs=30,  # an upper bound: the 10-minute budget ends the run and the cosine follows it
         batch_size=256,
         lr=2e-3,
@@ -461,8 +464,8 @@ def train(
     bf16 = use_bf16(cfg.precision, device)
 
     # --- model config first (folders are resized to its image size), then data, then model
-    base = get_config(cfg.model, **{k: v for k, v in cfg.model_overrides.items() if k != "class_names"})
-    data = prepare_data(cfg, base.image_size)
+    size = cfg.model_overrides.get("image_size") or get_config(cfg.model).image_size
+    data = prepare_data(cfg, tuple(size) if not isinstance(size, int) else (size, size))
     train_ds = data.train
     mean, std = train_ds.mean_std()
     torch.manual_seed(derive_seed(cfg.seed, 0, 9))  # initial weights
