@@ -17,7 +17,6 @@ load, so their *ratio* is stable even when absolute numbers are not.
 from __future__ import annotations
 
 import contextlib
-import math
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -109,9 +108,10 @@ def peak_matmul_flops(
 ) -> float:
     """The best FLOP/s of a large square matmul in ``dtype`` on ``device``, measured now.
 
-    Each try runs enough back-to-back products to last ``min_seconds``; the best of ``repeats``
-    tries is the least disturbed by other work on the machine. Sizes: 4096 on CPU, 8192 on GPU
-    (large enough that the kernel runs at its steady rate).
+    Each try runs back-to-back products until ``min_seconds`` have passed, checking the clock
+    every ~50 ms of work; the best of ``repeats`` tries is the least disturbed by other work on
+    the machine. Sizes: 4096 on CPU, 8192 on GPU (large enough that the kernel runs at its
+    steady rate).
     """
     size = size or (8192 if device.type == "cuda" else 4096)
     a = torch.randn(size, size, device=device, dtype=dtype)
@@ -123,16 +123,20 @@ def peak_matmul_flops(
         start = time.perf_counter()
         torch.mm(a, b)  # a first estimate of the time of one product
         synchronize(device)
-        inner = max(1, math.ceil(min_seconds / max(time.perf_counter() - start, 1e-6)))
-        best = math.inf
+        chunk = max(1, int(0.05 / max(time.perf_counter() - start, 1e-6)))  # products per clock check
+        best = 0.0
         for _ in range(repeats):
-            synchronize(device)
-            start = time.perf_counter()
-            for _ in range(inner):
-                torch.mm(a, b)
-            synchronize(device)
-            best = min(best, (time.perf_counter() - start) / inner)
-    return flops / best
+            count, start = 0, time.perf_counter()
+            while True:
+                for _ in range(chunk):
+                    torch.mm(a, b)
+                synchronize(device)
+                count += chunk
+                elapsed = time.perf_counter() - start
+                if elapsed >= min_seconds:
+                    break
+            best = max(best, count * flops / elapsed)
+    return best
 
 
 # ----------------------------------------------------------------------------- one step of work
