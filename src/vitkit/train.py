@@ -36,6 +36,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from . import distributed
 from .checkpoint import _fsync_dir, atomic_write, atomic_write_json, read_weights, save
 from .config import get_config
 from .data import (
@@ -50,7 +51,7 @@ from .data import (
     load_dataset,
     split_dataset,
 )
-from .evaluate import PREPROCESS_NAME, autocast, evaluate_model
+from .evaluate import PREPROCESS_NAME, autocast
 from .model import VisionTransformer
 
 log = logging.getLogger(__name__)
@@ -183,17 +184,18 @@ RECIPES: dict[str, dict[str, Any]] = {
         model="vit_tiny_28",
         model_overrides=dict(
             stem="conv",
-            patch_size=4,
+            patch_size=8,
             stem_channels=32,
-            width=128,
+            width=192,
             depth=6,
-            num_heads=4,
-            mlp_dim=256,
+            num_heads=3,
+            mlp_dim=384,
             pool="gap",
             class_token=False,
             fused_attention=False,
         ),
-        epochs=100,
+        pad=2,
+        epochs=150,
         batch_size=256,
         lr=2e-3,
         min_lr=0.0,
@@ -460,7 +462,9 @@ def train(
     wall_start = time.perf_counter()
     run_dir = Path(cfg.out)
     torch.set_num_threads(cfg.threads or available_cores())
-    device = resolve_device(cfg.device)
+    world = distributed.current()  # one process, or the torchrun group joined by distributed.session
+    world.check_batch(cfg.batch_size)
+    device = world.device(resolve_device(cfg.device))
     bf16 = use_bf16(cfg.precision, device)
 
     # --- model config first (folders are resized to its image size), then data, then model
@@ -498,33 +502,45 @@ def train(
             raise FileNotFoundError(f"{run_dir} holds no complete last/ checkpoint to resume from")
         state = read_training_state(ckpt / STATE_NAME)
         weights = read_weights(ckpt / "model.safetensors")
-        model.load_state_dict(weights)
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as e:
+            raise ValueError(
+                f"{ckpt} holds a different model than {run_dir / CONFIG_NAME} describes "
+                f"({str(e).splitlines()[-1].strip()}); resume a run with the checkpoint it wrote"
+            ) from None
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
         start_epoch, step = int(state["epoch"]), int(state["step"])
         train_time, best_acc = float(state["train_time"]), float(state["best_acc"])
-        _truncate_metrics(run_dir / METRICS_NAME, start_epoch)
+        if world.is_main:
+            _truncate_metrics(run_dir / METRICS_NAME, start_epoch)
         log.info("resuming %s from %s: epoch %d, step %d", run_dir, ckpt, start_epoch, step)
     else:
         if find_checkpoint(run_dir, "last") is not None:
             raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pick a new --out")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / METRICS_NAME).unlink(missing_ok=True)
-    atomic_write_json(
-        run_dir / CONFIG_NAME,
-        {
-            "train": cfg.to_dict(),
-            "model": model.config.to_dict(),
-            "preprocess": preprocess,
-            "data": {"train": len(train_ds), "val": len(data.val), "val_is_test": data.val_is_test},
-            "steps_per_epoch": steps_per_epoch,
-            "device": str(device),
-            "bf16": bf16,
-            "threads": torch.get_num_threads(),
-        },
-    )
-    forward = torch.compile(model) if cfg.compile else model
+        if world.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / METRICS_NAME).unlink(missing_ok=True)
+    world.barrier()  # every rank has checked the folder before rank 0 writes to it
+    if world.is_main:
+        atomic_write_json(
+            run_dir / CONFIG_NAME,
+            {
+                "train": cfg.to_dict(),
+                "model": model.config.to_dict(),
+                "preprocess": preprocess,
+                "data": {"train": len(train_ds), "val": len(data.val), "val_is_test": data.val_is_test},
+                "steps_per_epoch": steps_per_epoch,
+                "device": str(device),
+                "bf16": bf16,
+                "threads": torch.get_num_threads(),
+                "processes": world.world_size,
+            },
+        )
+    forward = world.wrap(model)  # DistributedDataParallel under torchrun
+    forward = torch.compile(forward) if cfg.compile else forward
     log.info(
         "training %s (%.2f M params) on %d %s images, validating on %d (%s); %s, %s, %d thread(s)",
         cfg.model,
@@ -537,7 +553,7 @@ def train(
         "bf16 autocast" if bf16 else "fp32",
         torch.get_num_threads(),
     )
-    tb = _tensorboard(run_dir)
+    tb = _tensorboard(run_dir) if world.is_main else None
     stopped_by_budget = False
     val: dict[str, Any] | None = None  # the latest validation, of the weights as they are now
     images_seen_this_run, compute_time_this_run = 0, 0.0
@@ -547,10 +563,11 @@ def train(
             stopped_by_budget = True
             break
         model.train()
-        torch.manual_seed(derive_seed(cfg.seed, epoch, 2))  # stochastic depth, dropout
+        # stochastic depth, dropout (each rank its own draws for its slice of the batch)
+        torch.manual_seed(derive_seed(cfg.seed, epoch, 2, *([world.rank] if world.active else [])))
         order = epoch_order(len(train_ds), cfg.seed, epoch)
         batches = list(iterate_batches(len(order), cfg.batch_size, order, drop_last=len(order) >= cfg.batch_size))
-        bar = _progress_bar(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", progress)
+        bar = _progress_bar(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", progress and world.is_main)
         loss_sum = torch.zeros((), dtype=torch.float64)
         correct, seen = 0, 0
         epoch_start = time.perf_counter()
@@ -567,14 +584,19 @@ def train(
                 x_u8 = train_ds.images[index].to(device, non_blocking=True)
                 y = train_ds.labels[index].to(device, non_blocking=True)
                 x, target = augment(x_u8, y, epoch, b)
-                with autocast(device, bf16):
-                    logits = forward(x)
-                loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
-                (loss / cfg.accum_steps).backward()
+                # each rank: its slice of the global batch, augmented as in one process
+                x, target = world.shard(x), world.shard(target)
+                with world.no_sync(m < cfg.accum_steps - 1):
+                    with autocast(device, bf16):
+                        logits = forward(x)
+                    loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
+                    (loss / cfg.accum_steps).backward()
                 step_loss += loss.item() / cfg.accum_steps
                 hard = target if target.ndim == 1 else target.argmax(1)
                 correct += (logits.argmax(1) == hard).sum().item()
-                seen += len(index)
+                seen += len(target)
+            if world.active:  # the global batch's loss, the same on every rank
+                (step_loss,) = world.mean_all([step_loss])
             if not math.isfinite(step_loss):
                 bar.close()
                 raise DivergedError(
@@ -593,6 +615,8 @@ def train(
             dt = time.perf_counter() - t0
             if cfg.budget_clock == "cpu":  # what the step would take with the cores to itself
                 dt = min(dt, (time.process_time() - c0) / torch.get_num_threads())
+            if world.active:  # one clock for all ranks, so they stop at the same step
+                (dt,) = world.mean_all([dt])
             train_time += dt
             compute_time_this_run += dt
             images_seen_this_run += cfg.batch_size * cfg.accum_steps
@@ -611,10 +635,12 @@ def train(
         bar.close()
         steps_done = s + 1
         epoch_time = time.perf_counter() - epoch_start
+        if world.active:
+            correct, seen = (round(v) for v in world.sum_all([correct, seen]))
         eval_model = ema.model if ema is not None else model
         last_epoch = epoch + 1 == cfg.epochs or stopped_by_budget
         if last_epoch or (cfg.eval_every > 0 and (epoch + 1) % cfg.eval_every == 0):
-            val = evaluate_model(eval_model, data.val, mean, std, cfg.eval_batch_size, device, bf16)
+            val = world.evaluate(eval_model, data.val, mean, std, cfg.eval_batch_size, device, bf16)
         else:  # validation skipped this epoch (--eval-every): it costs wall time on a small CPU
             val = {"loss": None, "top1": None, "top5": None}
         improved = val["top1"] is not None and val["top1"] > best_acc
@@ -633,7 +659,8 @@ def train(
             "train_time": train_time,
             "partial_epoch": steps_done < steps_per_epoch,
         }
-        _append_jsonl(run_dir / METRICS_NAME, metrics)
+        if world.is_main:
+            _append_jsonl(run_dir / METRICS_NAME, metrics)
         if tb is not None:
             for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s"):
                 if metrics[k] is not None:
@@ -647,9 +674,11 @@ def train(
             "ema": ema.state_dict() if ema is not None else None,
             "torch_rng": torch.get_rng_state(),
         }
-        save_checkpoint_folder(run_dir, "last", model, preprocess, state)
-        if improved:
-            save_checkpoint_folder(run_dir, "best", eval_model, preprocess)
+        if world.is_main:
+            save_checkpoint_folder(run_dir, "last", model, preprocess, state)
+            if improved:
+                save_checkpoint_folder(run_dir, "best", eval_model, preprocess)
+        world.barrier()  # no rank races ahead of a checkpoint it may have to resume from
         log.info(
             "epoch %d/%d  loss %.4f  train acc %.4f  val acc %s  lr %.2e  %.0f img/s  (%.0fs)",
             epoch + 1,
@@ -677,7 +706,7 @@ def train(
     if val is not None and val["top1"] is not None and eval_set is data.val:
         result = val  # the last epoch was just evaluated on this very set
     else:
-        result = evaluate_model(final_model, eval_set, mean, std, cfg.eval_batch_size, device, bf16)
+        result = world.evaluate(final_model, eval_set, mean, std, cfg.eval_batch_size, device, bf16)
     summary = {
         "data": cfg.data,
         "model": cfg.model,
@@ -697,9 +726,11 @@ def train(
         "device": str(device),
         "bf16": bf16,
         "threads": torch.get_num_threads(),
+        "processes": world.world_size,
         "checkpoint": str(run_dir / "last"),
     }
-    atomic_write_json(run_dir / "summary.json", summary)
+    if world.is_main:
+        atomic_write_json(run_dir / "summary.json", summary)
     return summary
 
 
