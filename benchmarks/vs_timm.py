@@ -82,6 +82,15 @@ def run_case(preset, mode, batch, repeats, dtypes, compile_, device, peak):
             steps[key] = bench.make_step(
                 model, mode, bench.DTYPES[dtype], batch, device, image_shape, config.num_classes
             )
+    if mode == "train" and device.type == "cpu":
+        # vitkit's CPU training recipes use the explicit attention path: torch's CPU flash-attention
+        # backward is the slowest kernel of a small ViT's step. Timed in the same rounds.
+        for dtype in dtypes:
+            with bench.seeded(0):
+                model = vitkit.create_model(preset, fused_attention=False).to(device)
+            steps[f"vitkit/{dtype}/explicit"] = bench.make_step(
+                model, mode, bench.DTYPES[dtype], batch, device, image_shape, config.num_classes
+            )
     start = time.perf_counter()
     if compile_:  # compile (or load from torch's cache) before the timed loop, and say how long it took
         for key, step in steps.items():
@@ -116,7 +125,12 @@ def run_case(preset, mode, batch, repeats, dtypes, compile_, device, peak):
         extra = dict(
             vitkit_fastest=best,
             vitkit_fastest_vs_timm_fp32=round(bench.speedup(timings["timm/fp32"], timings[best]), 3),
+            vitkit_fastest_images_per_s=round(batch / timings[best].median, 2),
+            timm_fp32_images_per_s=round(batch / timings["timm/fp32"].median, 2),
         )
+        for key in timings:
+            if key.endswith("/explicit"):  # the explicit-attention variants, against the same-dtype SDPA one
+                extra[f"{key}_vs_sdpa"] = round(bench.speedup(timings[key.removesuffix("/explicit")], timings[key]), 3)
     print(f"  ({preset} {mode}: {time.perf_counter() - start:.0f} s)", flush=True)
     return rows, extra, fused
 
