@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
+from .. import distributed
 from ..data import canonical_dataset
 from ..train import RECIPES, TrainConfig, load_run_config, parse_duration, train
 
@@ -181,6 +184,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
             g.add_argument("--no-progress", action="store_true", help="no progress bar")
             g.add_argument("--json", action="store_true", help="print the final summary as JSON")
+            g.add_argument(
+                "--nproc",
+                type=int,
+                default=None,
+                metavar="N",
+                help="train with N processes on this machine: hands the same command over to "
+                "`torchrun --standalone --nproc_per_node N` (DDP; gloo on CPU, NCCL on GPU)",
+            )
+            g.add_argument(
+                "--dist-timeout",
+                type=float,
+                default=None,
+                metavar="SECONDS",
+                help="under torchrun: how long to wait for the rendezvous and for each exchange with "
+                f"the other processes (default: ${distributed.TIMEOUT_ENV} or {distributed.DEFAULT_TIMEOUT_S:.0f})",
+            )
     p.set_defaults(func=run)
 
 
@@ -216,8 +235,31 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict(values)
 
 
+def torchrun_argv(argv: Sequence[str], nproc: int) -> list[str]:
+    """The torchrun command that runs ``vitkit <argv>`` (``--nproc`` removed) in ``nproc`` processes."""
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    return [*launcher, "--max-restarts=0", "-m", "vitkit", *rest]
+
+
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if args.nproc is not None:
+        if args.nproc < 1:
+            raise ValueError(f"--nproc {args.nproc}: give a number of processes >= 1")
+        if distributed.env_world_size() > 1:
+            raise ValueError("--nproc is for a plain `vitkit train`; under torchrun the processes already exist")
+        argv = torchrun_argv(sys.argv[1:], args.nproc)
+        sys.stderr.flush()
+        os.execv(argv[0], argv)  # torchrun takes over this process: its exit status is the job's
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    logging.basicConfig(level=logging.INFO if rank0 else logging.WARNING, format="%(message)s", stream=sys.stderr)
     if args.resume:
         cfg = load_run_config(args.resume)
         cfg.out = args.resume
@@ -229,7 +271,14 @@ def run(args: argparse.Namespace) -> int:
             cfg.threads = args.threads
     else:
         cfg = config_from_args(args)
-    summary = train(cfg, resume=bool(args.resume), progress=not args.no_progress and sys.stderr.isatty())
+    try:
+        with distributed.session(cfg.device, args.dist_timeout):
+            summary = train(cfg, resume=bool(args.resume), progress=not args.no_progress and sys.stderr.isatty())
+    except distributed.DistributedError as e:
+        print(f"vitkit train: error: {e}", file=sys.stderr)
+        return 1
+    if not rank0:
+        return 0
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
