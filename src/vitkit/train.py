@@ -3,10 +3,11 @@
 One function, :func:`train`, driven by a :class:`TrainConfig` that is saved as JSON in the run
 folder, so ``--resume`` rebuilds exactly the same run. The loop is device-agnostic (the batch
 lives where the model lives, augmentation included) and every random draw depends only on
-``(seed, epoch)``: the data order (:func:`vitkit.data.epoch_order`, which is also where a
-distributed split would go), the augmentation and the model's own randomness (stochastic
-depth, dropout). So a run resumed from the checkpoint of epoch k computes the same losses an
-uninterrupted run computes.
+``(seed, epoch)``: the data order (:func:`vitkit.data.epoch_order`), the augmentation and the
+model's own randomness (stochastic depth, dropout). So a run resumed from the checkpoint of
+epoch k computes the same losses an uninterrupted run computes. Under torchrun every process
+walks the same global batches and trains on its slice of each (:mod:`vitkit.distributed`), so
+N processes compute the losses of one process with the same ``--batch-size``.
 
 Run folder::
 
