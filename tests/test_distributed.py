@@ -175,3 +175,33 @@ def test_resume_with_a_checkpoint_of_another_model_says_so(tmp_path):
     (run / "train_config.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"holds a different model than .*train_config.json describes"):
         train(T.load_run_config(run), resume=True, progress=False)
+
+
+def test_a_peer_that_dies_is_a_clear_error_for_the_survivor(tmp_path):
+    """Without torchrun's agent (e.g. the other machine of a two-node job went down): rank 0's next
+    collective fails, and it stops with one line that says what happened and how to go on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "vitkit", "train", *COMMON, "--epochs", "30", "--out", str(run)]
+    base = os.environ | dict(WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    ranks = [
+        subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=base | dict(RANK=str(r), LOCAL_RANK=str(r)))
+        for r in (0, 1)
+    ]
+    try:
+        deadline = time.monotonic() + 120
+        while T.find_checkpoint(run, "last") is None:
+            assert ranks[0].poll() is None, ranks[0].communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no checkpoint after 120 s"
+            time.sleep(0.1)
+        ranks[1].kill()
+        _, err = ranks[0].communicate(timeout=60)
+    finally:
+        for p in ranks:
+            if p.poll() is None:
+                p.kill()
+            p.communicate()
+    assert ranks[0].returncode == 1
+    assert "vitkit train: error: rank 0 of 2 lost the other processes" in err and "--resume RUN" in err, err[-3000:]

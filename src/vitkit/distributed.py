@@ -226,7 +226,9 @@ def session(device: str = "auto", timeout: float | None = None) -> Iterator[Worl
     log.info("process group: %d processes, backend %s, rendezvous %s", world, backend, where)
     try:
         yield current()
-    except dist.DistError as e:
+    except RuntimeError as e:
+        if not _lost_peer(e):
+            raise
         raise DistributedError(
             f"rank {rank} of {world} lost the other processes ({type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}); one of them stopped or was killed. "
@@ -234,3 +236,12 @@ def session(device: str = "auto", timeout: float | None = None) -> Iterator[Worl
         ) from None
     finally:
         dist.destroy_process_group()
+
+
+def _lost_peer(error: RuntimeError) -> bool:
+    """A failed collective: torch's DistError, or the plain RuntimeError gloo raises from C++ when a
+    peer's socket closes ("Connection reset by peer" from ``gloo/transport``)."""
+    text = str(error)
+    return isinstance(error, dist.DistError) or any(
+        k in text for k in ("gloo/", "NCCL", "Connection reset", "Connection closed")
+    )
