@@ -75,6 +75,7 @@ class World:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1  # processes on this machine
     ddp: torch.nn.parallel.DistributedDataParallel | None = None
 
     @property
@@ -194,7 +195,8 @@ def current() -> World:
     """The world this process belongs to: the initialised process group, else one process."""
     if not (dist.is_available() and dist.is_initialized()):
         return World()
-    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), local)
 
 
 @contextlib.contextmanager

@@ -477,8 +477,9 @@ def train(
     """
     wall_start = time.perf_counter()
     run_dir = Path(cfg.out)
-    torch.set_num_threads(cfg.threads or default_threads())
     world = distributed.current()  # one process, or the torchrun group joined by distributed.session
+    # the processes on this machine share its idle cores
+    torch.set_num_threads(cfg.threads or max(1, default_threads() // world.local_world_size))
     world.check_batch(cfg.batch_size)
     device = world.device(resolve_device(cfg.device))
     bf16 = use_bf16(cfg.precision, device)
