@@ -39,6 +39,7 @@ async function loadCard() {
     tr.children[1].textContent = v;
     $("card").appendChild(tr);
   }
+  $("clear-patch").textContent = c.pool === "cls" && c.class_token ? "back to the class token" : "back to the mean over patches";
   const layer = $("layer"), head = $("head");
   for (let l = 0; l < c.depth; l++) layer.add(new Option(`${l + 1}`, l));
   head.add(new Option("mean of heads", "mean"));
