@@ -110,6 +110,31 @@ def test_npz_matches_timm_loader(tmp_path, layout, timm_kw):
     assert diff < 1e-4, diff
 
 
+def test_npz_with_the_tanh_gelu_of_the_jax_originals(tmp_path):
+    """Flax's nn.gelu is the tanh approximation: with gelu_approximate=True vitkit computes what the
+    JAX code computes (checked against timm built with the same activation), and that differs
+    from the exact-GELU default of the timm and Hugging Face ports."""
+    from functools import partial
+
+    path = tmp_path / "vit.npz"
+    np.savez(path, **flax_arrays())
+    reference = timm_model(num_classes=CLASSES, act_layer=partial(torch.nn.GELU, approximate="tanh"))
+    _load_weights(reference, str(path))
+    model = from_jax_npz(path, gelu_approximate=True)
+    exact = from_jax_npz(path)
+    x = images()
+    with torch.no_grad():
+        assert (model(x) - reference(x)).abs().max().item() < 1e-4
+        assert (exact(x) - reference(x)).abs().max().item() > 1e-4
+    # and the setting survives the round trips through timm and Hugging Face
+    from vitkit.interop import from_hf, from_timm, to_hf, to_timm
+
+    assert from_timm(to_timm(model)).config.gelu_approximate
+    to_hf(model, tmp_path / "hf")
+    with torch.no_grad():
+        assert torch.allclose(from_hf(tmp_path / "hf")(x), model(x), atol=1e-5)
+
+
 def test_npz_with_pre_logits_layer(tmp_path):
     """timm's loader ignores pre_logits, so its features are finished by hand: tanh(x W + b) W_h + b_h."""
     arrays = flax_arrays(pre_logits=True)

@@ -50,6 +50,7 @@ class ViTConfig:
     stem: str = "patch"  # "patch": one linear map per patch; "conv": the paper's hybrid (sec. 3.1)
     stem_channels: int = 64  # width of the convolutional stem when stem="conv"
     qkv_bias: bool = True
+    gelu_approximate: bool = False  # tanh-approximated GELU, as Flax's nn.gelu in Google's JAX models
     layer_norm_eps: float = 1e-6
     dropout: float = 0.0
     attention_dropout: float = 0.0

@@ -26,10 +26,10 @@ from .embed import ConvStem, PatchEmbed, PositionEmbedding, lecun_normal_
 class MLP(nn.Module):
     """Two layers with a GELU non-linearity (paper sec. 3.1): D -> mlp_dim -> D."""
 
-    def __init__(self, width: int, mlp_dim: int, dropout: float = 0.0) -> None:
+    def __init__(self, width: int, mlp_dim: int, dropout: float = 0.0, gelu_approximate: bool = False) -> None:
         super().__init__()
         self.fc1 = nn.Linear(width, mlp_dim)
-        self.act = nn.GELU()
+        self.act = nn.GELU(approximate="tanh" if gelu_approximate else "none")
         self.fc2 = nn.Linear(mlp_dim, width)
         self.drop = nn.Dropout(dropout)
 
@@ -67,7 +67,7 @@ class Block(nn.Module):
             c.width, c.num_heads, c.qkv_bias, c.attention_dropout, c.dropout, fused=c.fused_attention
         )
         self.norm2 = nn.LayerNorm(c.width, eps=c.layer_norm_eps)
-        self.mlp = MLP(c.width, c.mlp_dim, c.dropout)
+        self.mlp = MLP(c.width, c.mlp_dim, c.dropout, c.gelu_approximate)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, return_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:

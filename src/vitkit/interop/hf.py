@@ -104,10 +104,14 @@ def _pair(value: Any) -> tuple[int, int]:
     return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
+# Hugging Face's names for the exact GELU and for its tanh approximation.
+_HF_GELUS = {"gelu": False, "gelu_pytorch_tanh": True, "gelu_new": True}
+
+
 def _config_from_hf(hf: Mapping[str, Any], state: Mapping[str, torch.Tensor], source: str) -> ViTConfig:
     act = hf.get("hidden_act", "gelu")
-    if act != "gelu":
-        raise InteropError(f"{source}: hidden_act={act!r}; vitkit's MLP uses the exact GELU ('gelu')")
+    if act not in _HF_GELUS:
+        raise InteropError(f"{source}: hidden_act={act!r}; vitkit's MLP takes one of {sorted(_HF_GELUS)}")
     patch = _pair(hf.get("patch_size", 16))
     if patch[0] != patch[1]:
         raise InteropError(f"{source}: non-square patches {patch} are not supported")
@@ -138,6 +142,7 @@ def _config_from_hf(hf: Mapping[str, Any], state: Mapping[str, torch.Tensor], so
         representation_size=representation,
         qkv_bias=bool(hf.get("qkv_bias", True)),
         layer_norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
+        gelu_approximate=_HF_GELUS[act],
         class_names=class_names,
     )
 
@@ -263,7 +268,7 @@ def hf_config_dict(config: ViTConfig) -> dict[str, Any]:
         "num_hidden_layers": config.depth,
         "num_attention_heads": config.num_heads,
         "intermediate_size": config.mlp_dim,
-        "hidden_act": "gelu",
+        "hidden_act": "gelu_pytorch_tanh" if config.gelu_approximate else "gelu",
         "hidden_dropout_prob": config.dropout,
         "attention_probs_dropout_prob": config.attention_dropout,
         "initializer_range": 0.02,

@@ -21,9 +21,9 @@ Parameters may sit under a prefix (``params/``, ``opt/target/``, ``params/img/``
 kernels are (in, out) and become (out, in). A big_vision file without ``pos_embedding`` used
 the fixed 2-D sine-cosine embedding, which vitkit's ``sincos2d`` computes identically.
 
-Flax's ``nn.gelu`` defaults to the tanh approximation while vitkit (like timm and Hugging Face
-ports of these weights) uses the exact GELU; the two differ by under 1e-3 per activation, so
-logits match the JAX originals closely but not bit for bit.
+Flax's ``nn.gelu`` defaults to the tanh approximation, while the timm and Hugging Face ports of
+these weights use the exact GELU (under 1e-3 apart per activation). vitkit's default follows the
+ports; ``gelu_approximate=True`` reproduces the JAX code's own numbers.
 """
 
 from __future__ import annotations
@@ -71,12 +71,15 @@ def from_jax_npz(
     path: str | os.PathLike,
     image_size: int | tuple[int, int] | None = None,
     prefix: str | None = None,
+    gelu_approximate: bool = False,
 ) -> VisionTransformer:
     """A vitkit model from a Google ViT ``.npz`` checkpoint, architecture read from the file.
 
     ``image_size``: the size the checkpoint was trained at, needed only for non-square grids
     (it is otherwise read from the position table). ``prefix``: where the parameters sit inside
-    the archive, detected when omitted.
+    the archive, detected when omitted. ``gelu_approximate=True`` uses the tanh GELU of the
+    JAX code that trained these weights (its numbers exactly); the default exact GELU gives the
+    numbers of the timm and Hugging Face ports of the same files.
     """
     path = Path(path)
     source = str(path)
@@ -199,5 +202,6 @@ def from_jax_npz(
         representation_size=representation,
         qkv_bias=True,
         layer_norm_eps=1e-6,  # Flax LayerNorm's default
+        gelu_approximate=gelu_approximate,
     )
     return build(config, state, source)

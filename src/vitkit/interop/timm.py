@@ -104,8 +104,8 @@ def _module_settings(model: nn.Module, source: str) -> dict[str, Any]:
     """What a timm model object says about itself beyond its tensor shapes."""
     block = model.blocks[0]
     act = getattr(block.mlp, "act", None)
-    if not isinstance(act, nn.GELU) or act.approximate != "none":
-        raise InteropError(f"{source}: MLP activation {act!r} is not the exact GELU that vitkit uses")
+    if not isinstance(act, nn.GELU):
+        raise InteropError(f"{source}: MLP activation {act!r} is not a GELU, which vitkit's MLP uses")
     if getattr(model, "pool_include_prefix", False):
         raise InteropError(f"{source} averages the class token into its pool (pool_include_prefix=True)")
     if not isinstance(block.norm1, nn.LayerNorm):
@@ -117,6 +117,7 @@ def _module_settings(model: nn.Module, source: str) -> dict[str, Any]:
         global_pool=model.global_pool,
         grid=tuple(model.patch_embed.grid_size),
         layer_norm_eps=block.norm1.eps,
+        gelu_approximate=act.approximate == "tanh",
     )
 
 
@@ -192,6 +193,7 @@ def _config_from_state(
         fc_norm=fc_norm,
         qkv_bias="blocks.0.attn.qkv.bias" in state,
         layer_norm_eps=settings.get("layer_norm_eps", 1e-6),
+        gelu_approximate=settings.get("gelu_approximate", False),
     )
     return config, out
 
@@ -288,6 +290,8 @@ def timm_kwargs(config: ViTConfig, no_embed_class: bool = False) -> dict[str, An
     )
     if config.layer_norm_eps != 1e-6:
         kwargs["norm_layer"] = partial(nn.LayerNorm, eps=config.layer_norm_eps)
+    if config.gelu_approximate:
+        kwargs["act_layer"] = partial(nn.GELU, approximate="tanh")
     return kwargs
 
 
