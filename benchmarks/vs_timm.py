@@ -30,6 +30,7 @@ import vitkit
 from vitkit import bench
 from vitkit.checkpoint import atomic_write_json
 from vitkit.config import get_config
+from vitkit.interop.timm import timm_kwargs
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -48,18 +49,8 @@ TIMM_NAMES = {"vit_ti16": "vit_tiny_patch16_224", "vit_s16": "vit_small_patch16_
 
 def timm_model(preset: str) -> torch.nn.Module:
     """timm's model of the same architecture (same parameter count, same FLOPs)."""
-    if preset == "vit_tiny_28":
-        c = get_config(preset)
-        return TimmViT(
-            img_size=28,
-            patch_size=c.patch_size,
-            in_chans=c.in_channels,
-            num_classes=c.num_classes,
-            embed_dim=c.width,
-            depth=c.depth,
-            num_heads=c.num_heads,
-            mlp_ratio=c.mlp_dim / c.width,
-        )
+    if preset == "vit_tiny_28":  # no timm name for it: the interop's mapping of the config
+        return TimmViT(**timm_kwargs(get_config(preset)))
     return timm.create_model(TIMM_NAMES[preset])
 
 

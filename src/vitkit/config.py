@@ -18,6 +18,15 @@ POSEMBS = ("learned", "learned2d", "sincos2d", "none")
 STEMS = ("patch", "conv")
 
 
+def from_known_fields(cls: type, d: dict[str, Any]) -> Any:
+    """``cls(**d)`` for a dataclass, with a ValueError naming any key that is not one of its fields."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(known)}")
+    return cls(**d)
+
+
 def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     if isinstance(value, int):
         return (value, value)
@@ -174,11 +183,7 @@ class ViTConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ViTConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown ViTConfig field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**d)
+        return from_known_fields(cls, d)
 
     def replace(self, **overrides: Any) -> ViTConfig:
         """A copy with some fields changed; an unknown field is a ValueError naming it."""

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from . import distributed
 from .checkpoint import _fsync_dir, atomic_write, atomic_write_json, read_weights, save
-from .config import get_config
+from .config import from_known_fields, get_config
 from .data import (
     AugmentConfig,
     BatchAugment,
@@ -138,11 +138,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig field(s) {unknown}")
-        return cls(**d)
+        return from_known_fields(cls, d)
 
 
 # The CPU recipes' model: the paper's hybrid (sec. 3.1). 28x28 images zero-padded to 32x32, a conv
