@@ -101,6 +101,17 @@ def save(model: VisionTransformer, directory: str | os.PathLike, metadata: Mappi
     return directory
 
 
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """A checkpoint's JSON file that must hold an object (of ``what``), or a one-line CheckpointError."""
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is corrupt, save it again") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} should hold a JSON object of {what}, found {type(data).__name__}")
+    return data
+
+
 def read_config(directory: str | os.PathLike) -> ViTConfig:
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
@@ -108,12 +119,7 @@ def read_config(directory: str | os.PathLike) -> ViTConfig:
             f"{path} not found: a vitkit checkpoint is a folder holding {CONFIG_NAME} and {WEIGHTS_NAME} "
             "(written by vitkit.save or `vitkit train`)"
         )
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is corrupt, save it again") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} should hold a JSON object of ViTConfig fields, found {type(data).__name__}")
+    data = read_json_object(path, "ViTConfig fields")
     try:
         return ViTConfig.from_dict(data)
     except (TypeError, ValueError) as e:

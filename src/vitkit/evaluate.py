@@ -8,7 +8,6 @@ from one pass over an in-memory dataset.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -18,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CheckpointError, atomic_write, atomic_write_json, load
+from .checkpoint import CheckpointError, atomic_write, atomic_write_json, load, read_json_object
 from .data import IMAGE_EXTENSIONS, ImageDataset, iterate_batches, normalize, open_image
 from .model import VisionTransformer
 
@@ -67,13 +66,7 @@ def read_preprocess(checkpoint: Path, model: VisionTransformer) -> dict[str, Any
     if not path.is_file():
         log.warning("%s has no %s; scaling pixels to [0, 1] without normalisation", checkpoint, PREPROCESS_NAME)
         return defaults
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is corrupt") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} should hold a JSON object")
-    defaults.update(data)
+    defaults.update(read_json_object(path, "preprocessing settings"))
     if len(defaults["mean"]) != c.in_channels or len(defaults["std"]) != c.in_channels:
         raise CheckpointError(f"{path}: mean/std have {len(defaults['mean'])} entries for {c.in_channels} channel(s)")
     return defaults
