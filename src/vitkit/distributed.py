@@ -93,6 +93,8 @@ class World:
         if self.active and device.type == "cuda" and device.index is None:
             device = torch.device("cuda", self.local_rank)
         if device.type == "cuda":
+            if device.index is None:  # set_device needs an index: the current GPU
+                device = torch.device("cuda", torch.cuda.current_device())
             torch.cuda.set_device(device)
         return device
 
