@@ -50,6 +50,9 @@ def test_schedule_warmup_then_cosine_and_time_budget():
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False)) and lrs[-1] < 2e-5
     timed = TrainConfig(lr=1e-3, min_lr=1e-5, time_budget=60)
     assert T.learning_rate(timed, 20, 100, 10, elapsed=60) == pytest.approx(1e-5)  # the clock ran out first
+    # the clock does not cut the warm-up short: it lasts its steps, then the cosine follows the clock
+    assert T.learning_rate(timed, 4, 100, 10, elapsed=50) == pytest.approx(5e-4)
+    assert T.learning_rate(timed, 10, 100, 10, elapsed=30) < T.learning_rate(timed, 10, 100, 10, elapsed=3)
 
 
 def test_weight_decay_skips_norms_biases_posemb_and_class_token():
