@@ -1,0 +1,304 @@
+"""What the experiments share: the data, the models, one step-budgeted training loop, the results file.
+
+Every run of every experiment trains through :func:`fit`: the same AdamW (no decay on norms, biases,
+position embeddings, class token), linear warm-up then cosine, label smoothing, bf16 autocast and
+vitkit's batched augmentation (random crop and flip, seeded by run). Runs are budgeted in
+optimiser steps, not seconds, so a result does not depend on how busy the machine was; the wall
+time is recorded beside it. A ViT and a ResNet go through the very same loop, so in the
+data-efficiency experiment only the architecture differs.
+
+Results are kept per experiment in ``docs/experiments/<name>.json``, one record per run, written
+atomically after each run: a stopped experiment continues where it stopped when started again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.resnet import BasicBlock
+
+from vitkit import VisionTransformer
+from vitkit.checkpoint import atomic_write_json, read_json_object
+from vitkit.config import get_config
+from vitkit.data import AugmentConfig, BatchAugment, ImageDataset, derive_seed, epoch_order, load_dataset
+from vitkit.evaluate import autocast, evaluate_model
+from vitkit.train import TrainConfig, cpu_has_bf16, learning_rate, param_groups, resolve_device, use_bf16
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs" / "experiments"
+
+# The experiments' ViT: patch 4 on 28x28 (a 7x7 grid, 49 tokens + class token), width 128, six
+# blocks of four heads. Small enough that one run is two minutes on one CPU core.
+VIT_BASE: dict[str, Any] = dict(
+    width=128, depth=6, num_heads=4, mlp_dim=256, patch_size=4, fused_attention=False, pool="cls"
+)
+
+
+@dataclass
+class Budget:
+    """One run's training budget: steps of ``batch_size`` images, peak learning rate."""
+
+    steps: int = 600
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_frac: float = 0.05
+    label_smoothing: float = 0.1
+
+
+# ============================================================================ data
+def fashion_mnist(
+    data_dir: str | None, train_size: int | None = None, seed: int = 0
+) -> tuple[ImageDataset, ImageDataset]:
+    """Fashion-MNIST train (optionally a seeded random subset of ``train_size``) and the 10,000 test images."""
+    train = load_dataset("fashion-mnist", "train", data_dir=data_dir)
+    test = load_dataset("fashion-mnist", "test", data_dir=data_dir)
+    if train_size is not None and train_size < len(train):
+        g = torch.Generator().manual_seed(derive_seed(seed, 0, 8))
+        train = train.subset(torch.randperm(len(train), generator=g)[:train_size])
+    return train, test
+
+
+# ============================================================================ models
+def vit(num_classes: int = 10, **overrides: Any) -> VisionTransformer:
+    """The experiments' ViT (:data:`VIT_BASE`) on 28x28 grayscale, with ``overrides``."""
+    cfg = get_config("vit_tiny_28", **(VIT_BASE | overrides | dict(num_classes=num_classes, in_channels=1)))
+    return VisionTransformer(cfg)
+
+
+class ResNet(nn.Module):
+    """A CIFAR-style ResNet (He et al. 2016, sec. 4.2): a 3x3 conv, then three stages of basic
+    blocks at full, 1/2 and 1/4 resolution, global average pooling and a linear head. The CNN
+    that ViT is measured against: local 3x3 receptive fields that grow with depth."""
+
+    def __init__(
+        self, widths: tuple[int, ...] = (32, 64, 128), blocks: tuple[int, ...] = (1, 1, 1), num_classes: int = 10
+    ):
+        super().__init__()
+        c = widths[0]
+        self.stem = nn.Sequential(nn.Conv2d(1, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True))
+        layers: list[nn.Module] = []
+        for stage, (w, n) in enumerate(zip(widths, blocks, strict=True)):
+            for i in range(n):
+                stride = 2 if stage > 0 and i == 0 else 1
+                down = None
+                if stride != 1 or c != w:
+                    down = nn.Sequential(nn.Conv2d(c, w, 1, stride, bias=False), nn.BatchNorm2d(w))
+                layers.append(BasicBlock(c, w, stride, down))
+                c = w
+        self.layers = nn.Sequential(*layers)
+        self.head = nn.Linear(c, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.layers(self.stem(x)).mean(dim=(2, 3)))
+
+
+def forward_flops(model: nn.Module, image_shape: tuple[int, int, int] = (1, 28, 28)) -> int:
+    """Forward FLOPs of one image as ``torch.utils.flop_counter`` counts them (multiply-add = 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    with FlopCounterMode(display=False) as counter:  # (not under no_grad: its module hooks need autograd)
+        model(torch.zeros(1, *image_shape))
+    model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ============================================================================ training
+def fit(
+    model: nn.Module,
+    train: ImageDataset,
+    test: ImageDataset,
+    budget: Budget,
+    seed: int,
+    hflip: bool = True,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Train ``model`` for ``budget.steps`` steps on ``train`` and return its test accuracy and costs."""
+    torch.manual_seed(derive_seed(seed, 0, 3))
+    device = torch.device(device)
+    model.to(device)
+    bf16 = use_bf16("auto", device)
+    mean, std = train.mean_std()
+    augment = BatchAugment(AugmentConfig(crop_padding=2, hflip=hflip), mean, std, train.num_classes, seed)
+    optimizer = torch.optim.AdamW(param_groups(model, budget.weight_decay), lr=budget.lr, betas=(0.9, 0.999))
+    schedule = TrainConfig(lr=budget.lr, min_lr=0.0)
+    warmup = max(1, round(budget.warmup_frac * budget.steps))
+    model.train()
+    start = time.perf_counter()
+    step, epoch, losses = 0, 0, []
+    batch = min(budget.batch_size, len(train))
+    while step < budget.steps:
+        order = epoch_order(len(train), seed, epoch)
+        for b in range(len(order) // batch):
+            if step >= budget.steps:
+                break
+            index = order[b * batch : (b + 1) * batch]
+            x, y = augment(train.images[index].to(device), train.labels[index].to(device), epoch, b)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(schedule, step, budget.steps, warmup)
+            with autocast(device, bf16):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=budget.label_smoothing)
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"the loss became {loss.item()} at step {step}; lower the learning rate")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            step += 1
+        epoch += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    train_s = time.perf_counter() - start
+    result = evaluate_model(model, test, mean, std, batch_size=500, device=device, bf16=False)
+    model.cpu()
+    tail = losses[-max(1, len(losses) // 10) :]
+    return {
+        "test_top1": result["top1"],
+        "test_loss": result["loss"],
+        "train_loss_end": sum(tail) / len(tail),
+        "steps": step,
+        "epochs": step * batch / len(train),
+        "images_seen": step * batch,
+        "train_images": len(train),
+        "train_s": round(train_s, 1),
+        "images_per_s": round(step * batch / train_s, 1),
+        "params": num_params(model),
+        "gflops_forward": forward_flops(model, tuple(train.images.shape[1:])) / 1e9,
+    }
+
+
+# ============================================================================ results
+class Results:
+    """One experiment's runs in a JSON file: ``done(key)`` lets a restarted script skip them."""
+
+    def __init__(self, path: Path, meta: dict[str, Any]):
+        self.path = path
+        old = read_json_object(path, "experiment results") if path.is_file() else {}
+        self.runs: dict[str, Any] = old.get("runs", {})
+        self.meta = meta | {"machine": machine()}
+
+    def done(self, key: str) -> bool:
+        return key in self.runs
+
+    def add(self, key: str, record: dict[str, Any]) -> None:
+        self.runs[key] = record | {"finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+        self.save()
+
+    def run(
+        self, key: str, labels: dict[str, Any], train: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any
+    ) -> dict[str, Any]:
+        """The record of run ``key``: from an earlier start of the script, or ``train(*args, **kwargs)``
+        now (with ``labels`` added, the values the figures group the runs by)."""
+        if key not in self.runs:
+            self.add(key, train(*args, **kwargs) | labels)
+            r = self.runs[key]
+            log(f"{key}: {100 * r['test_top1']:.2f} %" + (f" in {r['train_s']} s" if "train_s" in r else ""))
+        return self.runs[key]
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.path, {"meta": self.meta, "runs": self.runs})
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "bf16": cpu_has_bf16(),
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+    }
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default=None, help="folder holding the Fashion-MNIST IDX files")
+    p.add_argument("--out", type=Path, default=DOCS, help="folder for the JSON results and PNG figures")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (1: run two experiments side by side)")
+    p.add_argument("--tiny", action="store_true", help="a few steps on a tiny model: checks the script works")
+    p.add_argument("--fresh", action="store_true", help="forget earlier results of this experiment")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda for the larger-budget GPU version")
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps per run (default: the experiment's)")
+    return p
+
+
+def setup(args: argparse.Namespace, name: str, meta: dict[str, Any]) -> Results:
+    torch.set_num_threads(args.threads)
+    args.device = resolve_device(args.device)
+    path = args.out / f"{name}.json"
+    if args.fresh and path.exists():
+        path.unlink()
+    results = Results(path, meta | {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "tiny": args.tiny})
+    return results
+
+
+def budget(args: argparse.Namespace, steps: int) -> Budget:
+    """The experiment's budget: ``steps`` (or ``--steps``); with ``--tiny``, 3 steps of 16 images."""
+    if args.tiny:
+        return Budget(steps=3, batch_size=16)
+    return Budget(steps=args.steps or steps)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+TINY_VIT: dict[str, Any] = dict(width=32, depth=2, num_heads=2, mlp_dim=64)
+
+
+def data(args: argparse.Namespace, train_size: int | None = None, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
+    """Fashion-MNIST as the experiment asks; with ``--tiny``, 256 training and 200 test images."""
+    if args.tiny:
+        train_size = min(train_size or 256, 256)
+    train, test = fashion_mnist(args.data_dir, train_size, seed)
+    if args.tiny:
+        test = test.subset(torch.arange(200))
+    return train, test
+
+
+def figure(rows: int = 1, cols: int = 1, size: tuple[float, float] = (6.0, 4.0)):  # noqa: ANN201
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(rows, cols, figsize=size, squeeze=False)
+    return fig, axes
+
+
+def save_figure(fig, path: Path) -> Path:  # noqa: ANN001
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    return float(t.mean()), float(t.std()) if len(values) > 1 else 0.0

@@ -1,0 +1,98 @@
+"""Each experiment script of docs/experiments.md, in its tiny configuration: the scripts keep working."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from vitkit.data import candidate_dirs, find_dataset_dir
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "benchmarks" / "experiments"
+sys.path.insert(0, str(EXPERIMENTS))
+
+import attention_distance  # noqa: E402
+import common  # noqa: E402
+import data_efficiency  # noqa: E402
+import patch_size  # noqa: E402
+import pooling  # noqa: E402
+import posemb  # noqa: E402
+
+
+def _have_fashion_mnist() -> bool:
+    try:
+        find_dataset_dir("fashion-mnist", download=False)
+    except Exception:
+        return False
+    return True
+
+
+pytestmark = pytest.mark.skipif(
+    not _have_fashion_mnist(), reason=f"Fashion-MNIST not found in {candidate_dirs('fashion-mnist')}"
+)
+
+
+def _runs(path: Path) -> dict:
+    return json.loads(path.read_text())["runs"]
+
+
+def test_posemb_runs_every_variant_and_resumes(tmp_path):
+    posemb.main(["--tiny", "--seeds", "2", "--out", str(tmp_path)])
+    runs = _runs(tmp_path / "posemb.json")
+    assert sorted(runs) == sorted(f"{p}/seed{s}" for p in posemb.VARIANTS.values() for s in (0, 1))
+    assert all(0.0 <= r["test_top1"] <= 1.0 and r["steps"] == 3 for r in runs.values())
+    assert (tmp_path / "posemb.png").stat().st_size > 10_000
+    posemb.main(["--tiny", "--seeds", "2", "--out", str(tmp_path)])  # everything is done: nothing retrains
+    assert _runs(tmp_path / "posemb.json") == runs
+
+
+def test_pooling_tries_every_learning_rate_for_both_poolings(tmp_path):
+    pooling.main(["--tiny", "--out", str(tmp_path)])
+    runs = _runs(tmp_path / "pooling.json")
+    assert len(runs) == 2 * len(pooling.LRS) and {r["pool"] for r in runs.values()} == {"cls", "gap"}
+    assert (tmp_path / "pooling.png").is_file()
+
+
+def test_patch_size_records_tokens_and_compute(tmp_path):
+    patch_size.main(["--tiny", "--out", str(tmp_path)])
+    runs = _runs(tmp_path / "patch_size.json")
+    assert {r["tokens"] for r in runs.values()} == {16, 49, 196}
+    # 4x the tokens: more than 3x the forward FLOPs at the same width and depth
+    g = {r["patch_size"]: r["gflops_forward"] for r in runs.values()}
+    assert g[2] > 3 * g[4] > 9 * g[7]
+    assert (tmp_path / "patch_size.png").is_file()
+
+
+def test_data_efficiency_trains_both_models_on_each_size(tmp_path):
+    data_efficiency.main(["--tiny", "--seeds", "1", "--out", str(tmp_path)])
+    runs = _runs(tmp_path / "data_efficiency.json")
+    assert {(r["model"], r["train_images"]) for r in runs.values()} == {
+        (m, n) for m in ("ViT", "ResNet") for n in (64, 256)
+    }
+    assert (tmp_path / "data_efficiency.png").is_file()
+
+
+def test_attention_distance_per_layer_and_head(tmp_path):
+    attention_distance.main(["--tiny", "--images", "16", "--out", str(tmp_path), "--models", str(tmp_path / "m")])
+    runs = _runs(tmp_path / "attention_distance.json")
+    assert set(runs) == {"n60000", "n1000", "n0"}
+    for r in runs.values():
+        layers, heads = len(r["distance"]), len(r["distance"][0])
+        assert (layers, heads) == (common.TINY_VIT["depth"], common.TINY_VIT["num_heads"])
+        # a distance is a weighted mean of patch distances: between 0 and the 7x7 grid's diagonal
+        assert all(0 < d < 6 * 4 * 2**0.5 for row in r["distance"] for d in row)
+    assert (tmp_path / "m" / "tiny-n1000" / "config.json").is_file()
+
+
+def test_resnet_flops_equal_a_hand_count():
+    """Counted by hand, per image: each conv is 2 x H x W x k^2 x C_in x C_out; the head 2 x 128 x 10."""
+
+    def conv(hw, k, cin, cout):
+        return 2 * hw * hw * k * k * cin * cout
+
+    stem = conv(28, 3, 1, 32)
+    stage1 = 2 * conv(28, 3, 32, 32)
+    stage2 = conv(14, 3, 32, 64) + conv(14, 3, 64, 64) + conv(14, 1, 32, 64)
+    stage3 = conv(7, 3, 64, 128) + conv(7, 3, 128, 128) + conv(7, 1, 64, 128)
+    head = 2 * 128 * 10
+    assert common.forward_flops(common.ResNet()) == stem + stage1 + stage2 + stage3 + head
