@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vitkit.data import candidate_dirs, find_dataset_dir
+from vitkit.data import DataError, candidate_dirs, find_dataset_dir
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "benchmarks" / "experiments"
 sys.path.insert(0, str(EXPERIMENTS))
@@ -22,7 +22,7 @@ import posemb  # noqa: E402
 def _have_fashion_mnist() -> bool:
     try:
         find_dataset_dir("fashion-mnist", download=False)
-    except Exception:
+    except DataError:
         return False
     return True
 

@@ -35,8 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     budget = common.budget(args, 800)
     res = common.setup(args, "attention_distance", {"budget": vars(budget), "vit": common.VIT_BASE})
-    _, test = common.data(args)
-    full_train, _ = common.data(args)
+    full_train, test = common.data(args)
     mean, std = full_train.mean_std()  # one normalisation for every model: the full training set's
     images = normalize(test.images[: args.images], mean, std)
     for label, size in MODELS.items():
@@ -51,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
             torch.manual_seed(0)
             model = common.vit(**(common.TINY_VIT if args.tiny else {}))
             if size:
-                train, _ = common.data(args, size, 0)
+                train = common.subset(full_train, size, 0)
                 record |= common.fit(model, train, test, budget, seed=0, device=args.device)
             save(model, folder)
         with torch.no_grad():

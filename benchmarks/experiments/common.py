@@ -65,10 +65,15 @@ def fashion_mnist(
     """Fashion-MNIST train (optionally a seeded random subset of ``train_size``) and the 10,000 test images."""
     train = load_dataset("fashion-mnist", "train", data_dir=data_dir)
     test = load_dataset("fashion-mnist", "test", data_dir=data_dir)
-    if train_size is not None and train_size < len(train):
-        g = torch.Generator().manual_seed(derive_seed(seed, 0, 8))
-        train = train.subset(torch.randperm(len(train), generator=g)[:train_size])
-    return train, test
+    return subset(train, train_size, seed), test
+
+
+def subset(train: ImageDataset, size: int | None, seed: int) -> ImageDataset:
+    """A seeded random ``size`` images of ``train`` (all of it when ``size`` is None or larger)."""
+    if size is None or size >= len(train):
+        return train
+    g = torch.Generator().manual_seed(derive_seed(seed, 0, 8))
+    return train.subset(torch.randperm(len(train), generator=g)[:size])
 
 
 # ============================================================================ models
@@ -157,13 +162,14 @@ def fit(
             with autocast(device, bf16):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=budget.label_smoothing)
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"the loss became {loss.item()} at step {step}; lower the learning rate")
+            value = loss.item()
+            if not math.isfinite(value):
+                raise FloatingPointError(f"the loss became {value} at step {step}; lower the learning rate")
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
+            losses.append(value)
             step += 1
         epoch += 1
     if device.type == "cuda":
@@ -267,11 +273,9 @@ def log(msg: str) -> None:
 TINY_VIT: dict[str, Any] = dict(width=32, depth=2, num_heads=2, mlp_dim=64)
 
 
-def data(args: argparse.Namespace, train_size: int | None = None, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
-    """Fashion-MNIST as the experiment asks; with ``--tiny``, 256 training and 200 test images."""
-    if args.tiny:
-        train_size = min(train_size or 256, 256)
-    train, test = fashion_mnist(args.data_dir, train_size, seed)
+def data(args: argparse.Namespace) -> tuple[ImageDataset, ImageDataset]:
+    """Fashion-MNIST's 60,000 training and 10,000 test images; with ``--tiny``, 256 and 200."""
+    train, test = fashion_mnist(args.data_dir, 256 if args.tiny else None)
     if args.tiny:
         test = test.subset(torch.arange(200))
     return train, test

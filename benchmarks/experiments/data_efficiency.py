@@ -31,9 +31,10 @@ def main(argv: list[str] | None = None) -> None:
         {"budget": vars(budget), "vit": common.VIT_BASE, "resnet": "widths (32, 64, 128), one basic block per stage"},
     )
     sizes = (64, 256) if args.tiny else SIZES
+    full_train, test = common.data(args)  # read once; each (size, seed) is a seeded subset of it
     for seed in range(args.seeds):
         for size in sizes:
-            train, test = common.data(args, size, seed)
+            train = common.subset(full_train, size, seed)
             for name, make in MODELS.items():
                 labels = dict(model=name, size=size, seed=seed)
                 res.run(
