@@ -16,15 +16,16 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 @pytest.mark.parametrize("fused", [True, False])
-def test_fp32_logits_on_the_gpu_equal_the_cpu(fused):
+def test_fp32_logits_on_the_gpu_equal_the_cpu(fused, monkeypatch):
+    # true fp32 matmuls on the GPU (TF32 would round them); restored after the test
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     torch.manual_seed(0)
     model = create_model("vit_s16", num_classes=10, fused_attention=fused).eval()
     torch.nn.init.normal_(model.head.weight, std=0.02)  # the head starts at zero
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         cpu = model(x)
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
         gpu = model.cuda()(x.cuda()).cpu()
     torch.testing.assert_close(gpu, cpu, atol=1e-4, rtol=1e-4)
 
