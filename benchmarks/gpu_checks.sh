@@ -17,7 +17,6 @@ rm -rf "$R" && mkdir -p "$R" "$OUT"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 LOG="$OUT/log.txt"
 say() { echo "[$(date +%T)] $*" | tee -a "$LOG"; }
-vk() { python -m vitkit "$@"; }
 
 say "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
 say "torch $(python -c 'import torch, timm; print(torch.__version__, "timm", timm.__version__)')"
@@ -38,12 +37,11 @@ train gpu --recipe fmnist-gpu --time-budget "${GPU_BUDGET:-360s}" & pids+=($!)
 fi
 wait "${pids[@]}"
 say "pytest: $(tail -n 1 "$R/pytest.log")"
-for d in "$R"/gpu; do
-    [ -d "$d" ] || continue
-    say "$(basename "$d"): $(python -c "import json,sys; s=json.load(open(sys.argv[1])); print({k: s.get(k) for k in ('accuracy','epochs_done','wall_time_s','images_per_s','best_val_accuracy')})" "$d/summary.json" 2>&1 | tail -n 1)"
-    cp "$d/metrics.jsonl" "$R/$(basename "$d").metrics.jsonl" 2>/dev/null
+d="$R/gpu"
+if [ -d "$d" ]; then
+    say "gpu: $(python -c "import json,sys; s=json.load(open(sys.argv[1])); print({k: s.get(k) for k in ('accuracy','epochs_done','wall_time_s','images_per_s','best_val_accuracy')})" "$d/summary.json" 2>&1 | tail -n 1)"
     rm -rf "$d/last" "$d/best"  # weights stay on the device machine: only the figures come back
-done
+fi
 tar czf "$OUT/gpu_checks.tgz" -C "$R" .
 # 2. timings, the GPU to themselves
 [[ $PARTS == *" timings "* ]] || { say "done"; exit 0; }
