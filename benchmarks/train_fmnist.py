@@ -21,18 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from vitkit.checkpoint import atomic_write_json
-from vitkit.data import BatchAugment, epoch_order, iterate_batches, load_dataset, normalize
-from vitkit.evaluate import autocast
-from vitkit.train import (
-    RECIPES,
-    TrainConfig,
-    available_cores,
-    build_model,
-    param_groups,
-    resolve_device,
-    train,
-    use_bf16,
-)
+from vitkit.data import BatchAugment, epoch_order, iterate_batches, load_dataset
+from vitkit.preprocess import Preprocess, normalize
+from vitkit.runtime import autocast, available_cores, resolve_device, use_bf16
+from vitkit.train import RECIPES, TrainConfig, build_model, param_groups, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -89,7 +81,7 @@ def pipeline_check(name: str, steps: int, threads: int | None, device_name: str)
     torch.set_num_threads(cfg.threads or available_cores())
     device = resolve_device(cfg.device)
     bf16 = use_bf16(cfg.precision, device)
-    ds = load_dataset(cfg.data, "train", data_dir=cfg.data_dir).padded(cfg.pad)
+    ds = load_dataset(cfg.data, "train", cfg.data_dir, Preprocess((28, 28), 1, pad=cfg.pad))
     mean, std = ds.mean_std()
     model = build_model(cfg, ds).to(device).train()
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=1e-4)

@@ -10,6 +10,8 @@ from PIL import Image
 
 from vitkit import data as D
 from vitkit.data import AugmentConfig, BatchAugment, DataError
+from vitkit.data import builtin as B
+from vitkit.preprocess import Preprocess
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -33,7 +35,7 @@ def fake_idx_folder(folder: Path, n_train: int = 20, n_test: int = 10, compress:
 @pytest.fixture
 def no_system_data(monkeypatch, tmp_path):
     """Hide the Debian folder, $VITKIT_DATA, and point the cache at an empty folder."""
-    monkeypatch.setattr(D, "SYSTEM_DIRS", {})
+    monkeypatch.setattr(B, "SYSTEM_DIRS", {})
     monkeypatch.delenv("VITKIT_DATA", raising=False)
     monkeypatch.setenv("VITKIT_CACHE", str(tmp_path / "cache"))
 
@@ -64,13 +66,13 @@ def test_search_order_data_dir_then_env_then_system_then_cache(tmp_path, monkeyp
     b = fake_idx_folder(tmp_path / "b" / "fashion-mnist")
     c = fake_idx_folder(tmp_path / "c")
     cache = fake_idx_folder(tmp_path / "cache" / "FashionMNIST" / "raw", compress=False)
-    monkeypatch.setattr(D, "SYSTEM_DIRS", {"fashion-mnist": (str(c),)})
+    monkeypatch.setattr(B, "SYSTEM_DIRS", {"fashion-mnist": (str(c),)})
     monkeypatch.setenv("VITKIT_DATA", str(tmp_path / "b"))
     assert D.find_dataset_dir("fashion-mnist", a) == a
     assert D.find_dataset_dir("fashion-mnist") == b.resolve()
     monkeypatch.delenv("VITKIT_DATA")
     assert D.find_dataset_dir("fashion-mnist") == c
-    monkeypatch.setattr(D, "SYSTEM_DIRS", {})
+    monkeypatch.setattr(B, "SYSTEM_DIRS", {})
     assert D.find_dataset_dir("fashion-mnist") == cache.resolve()
     ds = D.load_dataset("fashion-mnist", "test")
     assert ds.images.shape == (10, 1, 28, 28) and ds.class_names[9] == "Ankle boot"
@@ -80,7 +82,7 @@ def test_missing_dataset_says_how_to_get_it(monkeypatch, no_system_data):
     def offline(name, root):
         raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: no network")
 
-    monkeypatch.setattr(D, "download_dataset", offline)
+    monkeypatch.setattr(B, "download_dataset", offline)
     with pytest.raises(DataError) as e:
         D.load_dataset("fashion-mnist")
     msg = str(e.value)
@@ -94,7 +96,7 @@ def test_search_falls_back_to_download_into_the_cache(monkeypatch, tmp_path, no_
         calls.append((name, Path(root)))
         return fake_idx_folder(Path(root) / "FashionMNIST" / "raw")
 
-    monkeypatch.setattr(D, "download_dataset", fake_download)
+    monkeypatch.setattr(B, "download_dataset", fake_download)
     ds = D.load_dataset("fashion-mnist", "train")
     assert calls == [("fashion-mnist", tmp_path / "cache")] and len(ds) == 20
 
@@ -151,26 +153,33 @@ def _write_images(root: Path) -> None:
     Image.new("P", (8, 8)).save(root / "dog" / "d.gif")
 
 
+RGB8 = Preprocess((8, 8), channels=3)
+
+
 def test_image_folder_any_size_and_mode(tmp_path):
     _write_images(tmp_path / "imgs")
-    ds = D.load_dataset(str(tmp_path / "imgs"), image_size=(12, 12))
+    assert D.native_format(str(tmp_path / "imgs")) == (None, 3)  # colour images among them
+    ds = D.load_dataset(str(tmp_path / "imgs"), preprocess=Preprocess((12, 12), channels=3))
     assert ds.images.shape == (4, 3, 12, 12) and ds.class_names == ["cat", "dog"]
     assert ds.labels.tolist() == [0, 0, 1, 1]
-    gray = D.load_dataset(str(tmp_path / "imgs"), image_size=(12, 12), channels=1)
-    assert gray.images.shape == (4, 1, 12, 12)
+    assert ds.images[0, :, 6, 6].tolist() == [200, 10, 10]  # a uniform red image stays that red
+    assert ds.images[2, :, 6, 6].tolist() == [127, 127, 255]  # half-transparent blue over white
+    gray = D.load_dataset(str(tmp_path / "imgs"), preprocess=Preprocess((12, 12), channels=1, pad=2))
+    assert gray.images.shape == (4, 1, 16, 16) and gray.images[:, :, :2].max() == 0  # the zero border
+    assert gray.images[0, 0, 8, 8] == round(0.299 * 200 + 0.587 * 10 + 0.114 * 10)  # ITU-R 601-2 luma
 
 
 def test_image_folder_all_grayscale_gives_one_channel(tmp_path):
     for c in ("a", "b"):
         (tmp_path / c).mkdir()
         Image.new("L", (10, 10), 7).save(tmp_path / c / "x.png")
-    assert D.load_dataset(str(tmp_path), image_size=(8, 8)).channels == 1
+    assert D.native_format(str(tmp_path)) == (None, 1)
 
 
 def test_csv_of_paths_and_labels(tmp_path):
     _write_images(tmp_path / "imgs")
     (tmp_path / "list.csv").write_text("path,label\nimgs/cat/a.png,cat\nimgs/dog/c.png,dog\n")
-    ds = D.load_dataset(str(tmp_path / "list.csv"), image_size=(8, 8))
+    ds = D.load_dataset(str(tmp_path / "list.csv"), preprocess=RGB8)
     assert len(ds) == 2 and ds.class_names == ["cat", "dog"]
 
 
@@ -180,11 +189,11 @@ def test_corrupt_image_error_names_the_file_or_is_skipped(tmp_path):
     bad.write_bytes((tmp_path / "imgs" / "cat" / "a.png").read_bytes()[:40])
     (tmp_path / "imgs" / "cat" / "text.jpg").write_text("not an image")
     with pytest.raises(DataError, match=r"broken\.png|text\.jpg") as e:
-        D.load_dataset(str(tmp_path / "imgs"), image_size=(8, 8))
+        D.load_dataset(str(tmp_path / "imgs"), preprocess=RGB8)
     assert "--skip-bad-images" in str(e.value)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        ds = D.load_dataset(str(tmp_path / "imgs"), image_size=(8, 8), skip_bad_images=True)
+        ds = D.load_dataset(str(tmp_path / "imgs"), preprocess=RGB8, skip_bad_images=True)
     assert len(ds) == 4 and len(ds.skipped) == 2 and len(w) == 2
 
 
@@ -192,14 +201,14 @@ def test_decompression_bomb_guard_stays_on(tmp_path, monkeypatch):
     _write_images(tmp_path / "imgs")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 40x30 is then "a bomb"
     with pytest.raises(DataError, match=r"a\.png.*DecompressionBomb"):
-        D.load_dataset(str(tmp_path / "imgs"), image_size=(8, 8))
+        D.load_dataset(str(tmp_path / "imgs"), preprocess=RGB8)
 
 
 def test_unknown_dataset_and_empty_folder(tmp_path):
     with pytest.raises(DataError, match="unknown dataset 'nope'"):
         D.load_dataset("nope")
     with pytest.raises(DataError, match="no class sub-folders"):
-        D.load_dataset(str(tmp_path), image_size=(8, 8))
+        D.load_dataset(str(tmp_path), preprocess=RGB8)
 
 
 # ---------------------------------------------------------------------------- order, split, augmentation
@@ -207,8 +216,13 @@ def test_epoch_order_depends_only_on_seed_and_epoch():
     a, b = D.epoch_order(100, 3, 5), D.epoch_order(100, 3, 5)
     assert torch.equal(a, b) and sorted(a.tolist()) == list(range(100))
     assert not torch.equal(a, D.epoch_order(100, 3, 6))
-    shards = [D.epoch_order(101, 3, 5, rank=r, world_size=4) for r in range(4)]
-    assert len({len(s) for s in shards}) == 1 and set(torch.cat(shards).tolist()) == set(range(101))
+
+
+def test_mean_std_equals_numpy_on_the_whole_set():
+    ds = D.load_dataset("digits")
+    mean, std = ds.mean_std(chunk=100)  # chunked sums, never a float copy of the set
+    x = ds.images.numpy() / 255.0
+    assert mean == pytest.approx([x.mean()], abs=1e-6) and std == pytest.approx([x.std(ddof=1)], abs=1e-6)
 
 
 def test_split_is_seeded_and_disjoint():

@@ -1,6 +1,7 @@
 """`vitkit serve`: endpoints on real digits and Fashion-MNIST images, bad uploads, and a real browser."""
 
 import io
+import json
 import os
 import shutil
 import socket
@@ -14,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import needs_fashion_mnist, perturbed, sample_photo
 from PIL import Image
 
-from vitkit.data import load_dataset, normalize
+from vitkit.data import load_dataset
 from vitkit.train import TrainConfig, train
 
 starlette = pytest.importorskip("starlette", reason="vitkit[serve] extra not installed")
@@ -80,7 +82,7 @@ def test_predicts_real_digits_and_fashion_images(digits_run, fashion_run):
         assert card["classes"] == load_dataset(name, "test").class_names
         test = load_dataset(name, "test").subset(range(60))
         with torch.no_grad():  # the same images straight from memory, without PNG, HTTP or the page
-            x = normalize(test.images, explorer.preprocess["mean"], explorer.preprocess["std"])
+            x = explorer.preprocess.normalize(test.images)
             direct = explorer.model(x).argmax(1)
         served = []
         for i in range(len(test)):
@@ -284,3 +286,40 @@ def test_torch_is_not_left_in_grad_mode(digits_run):
     explorer = Explorer(digits_run)
     explorer.predict(_png(load_dataset("digits", "test").images[0].numpy()))
     assert torch.is_grad_enabled()
+
+
+@needs_fashion_mnist
+def test_explorer_explain_and_predict_see_the_same_image_on_a_padded_model(tmp_path, capsys):
+    """28x28 images padded to 32x32, as the main job's model sees them: the web page, `explain` and
+    `predict` prepare a file the same way, so they give the same classes and probabilities."""
+    import vitkit
+    from vitkit.cli import main
+    from vitkit.preprocess import Preprocess
+
+    torch.manual_seed(0)
+    hybrid = dict(stem="conv", patch_size=8, stem_channels=8, pool="gap", class_token=False)
+    model = vitkit.create_model("vit_tiny_28", image_size=32, width=32, depth=2, num_heads=2, mlp_dim=64, **hybrid)
+    ckpt = tmp_path / "ckpt"
+    vitkit.save(perturbed(model, 0.1), ckpt)
+    test = load_dataset("fashion-mnist", "test")
+    Preprocess((28, 28), 1, pad=2, mean=[0.286], std=[0.353], class_names=test.class_names).save(ckpt)
+    files = []
+    for i in range(5):
+        files.append(tmp_path / f"fmnist{i}.png")
+        files[-1].write_bytes(_png(test.images[i].numpy()))
+    files.append(sample_photo())  # a colour photograph, 640x427: converted and resized too
+
+    assert main(["predict", str(ckpt), *map(str, files), "--json", "--top-k", "10"]) == 0
+    predicted = [{p["class"]: p["probability"] for p in r["predictions"]} for r in json.loads(capsys.readouterr().out)]
+    assert main(["explain", str(ckpt), *map(str, files), "--out", str(tmp_path / "explain")]) == 0
+    client = TestClient(create_app(Explorer(ckpt)))
+    for i, (f, probs) in enumerate(zip(files, predicted, strict=True)):
+        served = client.post("/api/predict", content=f.read_bytes()).json()["top"]
+        (maps,) = (tmp_path / "explain").glob(f"attention_maps_{i:02d}_*.json")
+        explained = torch.tensor(json.loads(maps.read_text())["prediction"]["logits"]).softmax(0)
+        top = max(probs, key=probs.get)
+        assert served[0]["label"] == top == test.class_names[int(explained.argmax())], f.name
+        for s in served:
+            assert s["prob"] == pytest.approx(probs[s["label"]], abs=1e-4), f.name
+        for c, p in probs.items():
+            assert float(explained[test.class_names.index(c)]) == pytest.approx(p, abs=1e-4), f.name

@@ -8,6 +8,7 @@ import torch
 
 import vitkit
 from vitkit import train as T
+from vitkit.preprocess import Preprocess
 from vitkit.train import DivergedError, TrainConfig, train
 
 # A ViT small enough to train on the 8x8 digits in seconds: 16 tokens of width 64.
@@ -124,10 +125,11 @@ def test_resume_after_sigkill_mid_checkpoint_matches_uninterrupted_run(tmp_path)
 
 def test_kill_between_the_two_renames_leaves_the_old_checkpoint(tmp_path):
     model = vitkit.create_model("vit_tiny_28", depth=1)
-    T.save_checkpoint_folder(tmp_path, "last", model, {"x": 1}, {"epoch": 1})
+    pre = Preprocess((28, 28), channels=1)
+    T.save_checkpoint_folder(tmp_path, "last", model, pre, {"epoch": 1})
     (tmp_path / "last").rename(tmp_path / ".last.old")  # killed after the first rename
     assert T.find_checkpoint(tmp_path, "last") == tmp_path / ".last.old"
-    T.save_checkpoint_folder(tmp_path, "last", model, {"x": 1}, {"epoch": 2})
+    T.save_checkpoint_folder(tmp_path, "last", model, pre, {"epoch": 2})
     assert T.find_checkpoint(tmp_path, "last") == tmp_path / "last"
     assert not (tmp_path / ".last.old").exists() and not (tmp_path / ".last.tmp").exists()
 

@@ -17,8 +17,8 @@ import common
 import torch
 
 from vitkit import load, save
-from vitkit.data import normalize
 from vitkit.explain.analysis import explain_batch, uniform_attention_distance
+from vitkit.preprocess import normalize
 
 MODELS = {"trained on 60,000 images": 60000, "trained on 1,000 images": 1000, "untrained": 0}
 

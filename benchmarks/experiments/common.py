@@ -33,8 +33,10 @@ from vitkit import VisionTransformer
 from vitkit.checkpoint import atomic_write_json, read_json_object
 from vitkit.config import get_config
 from vitkit.data import AugmentConfig, BatchAugment, ImageDataset, derive_seed, epoch_order, load_dataset
-from vitkit.evaluate import autocast, evaluate_model
-from vitkit.train import TrainConfig, cpu_has_bf16, learning_rate, param_groups, resolve_device, use_bf16
+from vitkit.evaluate import evaluate_model
+from vitkit.preprocess import Preprocess
+from vitkit.runtime import autocast, cpu_has_bf16, resolve_device, use_bf16
+from vitkit.train import TrainConfig, learning_rate, param_groups
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "experiments"
@@ -175,7 +177,8 @@ def fit(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     train_s = time.perf_counter() - start
-    result = evaluate_model(model, test, mean, std, batch_size=500, device=device, bf16=False)
+    preprocess = Preprocess(train.image_size, train.channels, mean=mean, std=std)
+    result = evaluate_model(model, test, preprocess, batch_size=500, device=device, bf16=False).to_dict()
     model.cpu()
     tail = losses[-max(1, len(losses) // 10) :]
     return {

@@ -24,22 +24,19 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from .data import ImageDataset
-from .evaluate import evaluate_model
+from .errors import DistributedError
+from .evaluate import Evaluation, evaluate_model
+from .preprocess import Preprocess
 
 log = logging.getLogger(__name__)
 
 TIMEOUT_ENV = "VITKIT_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 600.0  # the rendezvous and every collective; a dead peer ends the job after this at worst
-
-
-class DistributedError(RuntimeError):
-    """The process group could not form, or lost a member; the message says which and what to do."""
 
 
 def env_world_size() -> int:
@@ -161,32 +158,17 @@ class World:
         self,
         model: torch.nn.Module,
         dataset: ImageDataset,
-        mean: Sequence[float],
-        std: Sequence[float],
+        preprocess: Preprocess,
         batch_size: int = 512,
         device: str | torch.device = "cpu",
         bf16: bool = False,
-    ) -> dict[str, Any]:
+    ) -> Evaluation:
         """:func:`vitkit.evaluate.evaluate_model` on a strided 1/world of ``dataset`` per rank, its
-        sums (loss, top-5 hits, confusion matrix) added up: the same result as one process."""
+        counts (loss, top-5 hits, confusion matrix) added up: the same result as one process."""
         if not self.active:
-            return evaluate_model(model, dataset, mean, std, batch_size, device, bf16)
+            return evaluate_model(model, dataset, preprocess, batch_size, device, bf16)
         part = dataset.subset(torch.arange(self.rank, len(dataset), self.world_size))
-        r = evaluate_model(model, part, mean, std, batch_size, device, bf16)
-        k = dataset.num_classes
-        local = [r["loss"] * r["images"], r["top5"] * r["images"], *torch.tensor(r["confusion"]).flatten().tolist()]
-        total = self.sum_all(local)
-        confusion = torch.tensor(total[2:]).round().long().view(k, k)
-        n = int(confusion.sum())
-        per_class = (confusion.diag().float() / confusion.sum(1).clamp_min(1).float()).tolist()
-        return {
-            "images": n,
-            "loss": total[0] / max(n, 1),
-            "top1": confusion.diag().sum().item() / max(n, 1),
-            "top5": round(total[1]) / max(n, 1),
-            "per_class": dict(zip(dataset.class_names, per_class, strict=True)),
-            "confusion": confusion.tolist(),
-        }
+        return evaluate_model(model, part, preprocess, batch_size, device, bf16, reduce=self.sum_all)
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

@@ -1,36 +1,33 @@
 """Evaluation and prediction with a trained checkpoint.
 
-A checkpoint written by ``vitkit train`` is a ``vitkit.save`` folder plus ``preprocess.json``:
-image size, channels, normalisation and class names, everything ``predict`` needs to see a new
-image the way training saw its images. Accuracy, per-class accuracy and the confusion matrix come
-from one pass over an in-memory dataset.
+A checkpoint written by ``vitkit train`` is a ``vitkit.save`` folder plus ``preprocess.json``
+(:class:`~vitkit.preprocess.Preprocess`): everything ``predict`` needs to see a new image the way
+training saw its images. Accuracy, per-class accuracy and the confusion matrix come from one
+pass over an in-memory dataset.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .checkpoint import CheckpointError, atomic_write, atomic_write_json, load, read_json_object
-from .data import IMAGE_EXTENSIONS, ImageDataset, iterate_batches, normalize, open_image
+from .checkpoint import atomic_write, atomic_write_json, load
+from .data import ImageDataset, iterate_batches
+from .errors import CheckpointError
+from .images import decode_image
 from .model import VisionTransformer
+from .preprocess import Preprocess
+from .runtime import autocast
 
 log = logging.getLogger(__name__)
 
-PREPROCESS_NAME = "preprocess.json"
-
-
-def autocast(device: torch.device, enabled: bool):  # noqa: ANN201 - a context manager
-    """bf16 autocast on ``device`` when ``enabled``, else a no-op context."""
-    if not enabled:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+SUMMARY_NAME = "summary.json"
 
 
 # ============================================================================ locating checkpoints
@@ -50,47 +47,69 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     )
 
 
-def read_preprocess(checkpoint: Path, model: VisionTransformer) -> dict[str, Any]:
-    """The checkpoint's ``preprocess.json``, or defaults from the config (plain /255 scaling)."""
-    path = checkpoint / PREPROCESS_NAME
-    c = model.config
-    defaults = {
-        "image_size": list(c.image_size),
-        "channels": c.in_channels,
-        "mean": [0.0] * c.in_channels,
-        "std": [1.0] * c.in_channels,
-        "class_names": c.class_names or [str(i) for i in range(c.num_classes)],
-        "dataset": None,
-        "pad": 0,
-    }
-    if not path.is_file():
-        log.warning("%s has no %s; scaling pixels to [0, 1] without normalisation", checkpoint, PREPROCESS_NAME)
-        return defaults
-    defaults.update(read_json_object(path, "preprocessing settings"))
-    if len(defaults["mean"]) != c.in_channels or len(defaults["std"]) != c.in_channels:
-        raise CheckpointError(f"{path}: mean/std have {len(defaults['mean'])} entries for {c.in_channels} channel(s)")
-    return defaults
+@dataclass
+class Classifier:
+    """A checkpoint ready to classify: the model in eval mode, how to prepare its images, and
+    the folder it came from."""
+
+    model: VisionTransformer
+    preprocess: Preprocess
+    checkpoint: Path
 
 
-def load_for_inference(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[VisionTransformer, dict]:
-    """(model in eval mode, preprocessing) from a run folder or a checkpoint folder."""
+def load_for_inference(path: str | os.PathLike, device: str | torch.device = "cpu") -> Classifier:
+    """The model and its preprocessing from a run folder or a checkpoint folder."""
     checkpoint = resolve_checkpoint(path)
     model = load(checkpoint, map_location=device)
-    return model, read_preprocess(checkpoint, model) | {"checkpoint": str(checkpoint)}
+    return Classifier(model, Preprocess.load(checkpoint, model.config), checkpoint)
 
 
 # ============================================================================ evaluation
+@dataclass
+class Evaluation:
+    """Loss, top-1/top-5 accuracy, per-class accuracy and the confusion matrix of one pass."""
+
+    images: int
+    loss: float
+    top1: float
+    top5: float
+    per_class: dict[str, float]
+    confusion: list[list[int]]
+
+    @classmethod
+    def from_counts(
+        cls, confusion: torch.Tensor, loss_sum: float, top5_hits: float, names: Sequence[str]
+    ) -> Evaluation:
+        n = int(confusion.sum())
+        per_class = (confusion.diag().float() / confusion.sum(1).clamp_min(1).float()).tolist()
+        return cls(
+            images=n,
+            loss=loss_sum / max(n, 1),
+            top1=confusion.diag().sum().item() / max(n, 1),
+            top5=round(top5_hits) / max(n, 1),
+            per_class=dict(zip(names, per_class, strict=True)),
+            confusion=confusion.tolist(),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @torch.no_grad()
 def evaluate_model(
     model: torch.nn.Module,
     dataset: ImageDataset,
-    mean: Sequence[float],
-    std: Sequence[float],
+    preprocess: Preprocess,
     batch_size: int = 512,
     device: str | torch.device = "cpu",
     bf16: bool = False,
-) -> dict[str, Any]:
-    """Loss, top-1/top-5 accuracy, per-class accuracy and the confusion matrix on ``dataset``."""
+    reduce: Callable[[list[float]], list[float]] | None = None,
+) -> Evaluation:
+    """Evaluate ``model`` on ``dataset`` (pixels as ``preprocess`` prepared them).
+
+    ``reduce`` sums the counts over processes (``World.sum_all``) when each evaluated its part of
+    a dataset, so that the result is the whole set's.
+    """
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -98,27 +117,21 @@ def evaluate_model(
     confusion = torch.zeros(k, k, dtype=torch.long)
     loss_sum, top5 = 0.0, 0
     for index in iterate_batches(len(dataset), batch_size):
-        x = normalize(dataset.images[index].to(device, non_blocking=True), mean, std)
+        x = preprocess.normalize(dataset.images[index].to(device, non_blocking=True))
         y = dataset.labels[index].to(device)
         with autocast(device, bf16):
             logits = model(x)
         logits = logits.float()
         loss_sum += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
-        pred = logits.argmax(1)
-        confusion += torch.bincount((y * k + pred).cpu(), minlength=k * k).view(k, k)
+        confusion += torch.bincount((y * k + logits.argmax(1)).cpu(), minlength=k * k).view(k, k)
         topk = logits.topk(min(5, logits.shape[1]), dim=1).indices
         top5 += (topk == y[:, None]).any(1).sum().item()
     model.train(was_training)
-    n = len(dataset)
-    per_class = (confusion.diag().float() / confusion.sum(1).clamp_min(1).float()).tolist()
-    return {
-        "images": n,
-        "loss": loss_sum / max(n, 1),
-        "top1": confusion.diag().sum().item() / max(n, 1),
-        "top5": top5 / max(n, 1),
-        "per_class": dict(zip(dataset.class_names, per_class, strict=True)),
-        "confusion": confusion.tolist(),
-    }
+    if reduce is not None:
+        total = reduce([loss_sum, top5, *confusion.flatten().tolist()])
+        loss_sum, top5 = total[0], total[1]
+        confusion = torch.tensor(total[2:]).round().long().view(k, k)
+    return Evaluation.from_counts(confusion, loss_sum, top5, dataset.class_names)
 
 
 def confusion_png(confusion: Sequence[Sequence[int]], class_names: Sequence[str], path: str | os.PathLike) -> Path:
@@ -160,56 +173,32 @@ def write_report(result: dict[str, Any], class_names: Sequence[str], out: str | 
     """``summary.json`` and ``confusion.png`` in ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "summary.json", result)
+    atomic_write_json(out / SUMMARY_NAME, result)
     png = confusion_png(result["confusion"], class_names, out / "confusion.png")
-    return {"summary": out / "summary.json", "confusion": png}
+    return {"summary": out / SUMMARY_NAME, "confusion": png}
 
 
 # ============================================================================ prediction
-def collect_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
-    """Image files named directly, plus every image file under the folders named."""
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
-            if not found:
-                raise FileNotFoundError(f"folder {p} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-            files += found
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"{p} does not exist")
-    return files
-
-
 @torch.no_grad()
 def predict_files(
-    model: VisionTransformer,
-    preprocess: dict[str, Any],
+    classifier: Classifier,
     files: Sequence[Path],
     top_k: int = 5,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
 ) -> list[dict[str, Any]]:
-    """Top-k (class, probability) per file; each image converted as training saw it."""
+    """Top-k (class, probability) per file; each image prepared as training saw it."""
+    model, preprocess = classifier.model, classifier.preprocess
     device = torch.device(device)
-    pad = int(preprocess.get("pad", 0))
-    size = tuple(s - 2 * pad for s in preprocess["image_size"])
-    names = list(preprocess["class_names"])
+    names = list(preprocess.class_names)
     k = min(top_k, len(names))
     results = []
     model.eval()
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
-        x = torch.stack([torch.from_numpy(open_image(f, preprocess["channels"], size)) for f in chunk]).to(device)
-        x = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-        probs = model(normalize(x, preprocess["mean"], preprocess["std"])).float().softmax(1)
-        p, i = probs.topk(k, dim=1)
+        x = torch.stack([preprocess(decode_image(f)) for f in chunk]).to(device)
+        p, i = model(x).float().softmax(1).topk(k, dim=1)
         for f, pr, ix in zip(chunk, p.tolist(), i.tolist(), strict=True):
-            results.append(
-                {
-                    "path": str(f),
-                    "predictions": [{"class": names[j], "probability": q} for j, q in zip(ix, pr, strict=True)],
-                }
-            )
+            predictions = [{"class": names[j], "probability": q} for j, q in zip(ix, pr, strict=True)]
+            results.append({"path": str(f), "predictions": predictions})
     return results

@@ -50,10 +50,13 @@ from .data import (
     has_test_split,
     iterate_batches,
     load_dataset,
+    native_format,
     split_dataset,
 )
-from .evaluate import PREPROCESS_NAME, autocast
+from .errors import DivergedError
 from .model import VisionTransformer
+from .preprocess import Preprocess
+from .runtime import autocast, available_cores, resolve_device, use_bf16
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +64,6 @@ STATE_NAME = "training_state.pt"
 CONFIG_NAME = "train_config.json"
 METRICS_NAME = "metrics.jsonl"
 _NO_HFLIP = ("mnist", "digits")  # digits are not mirror-symmetric
-
-
-class DivergedError(ValueError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 @dataclass
@@ -230,42 +229,6 @@ def default_threads() -> int:
     return max(1, min(cores, int(cores - busy + 0.5)))
 
 
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available here; use --device cpu")
-    return device
-
-
-def cpu_has_bf16() -> bool:
-    """True when the CPU has native bf16 arithmetic (AVX512-BF16 or AMX); elsewhere bf16 autocast
-    is emulated and slower than fp32 (LESSONS 6)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-def use_bf16(precision: str, device: torch.device) -> bool:
-    if precision == "fp32":
-        return False
-    if precision == "bf16":
-        return True
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and cpu_has_bf16()
-
-
 # ============================================================================ optimiser and schedule
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: decay on weight matrices and conv kernels; none on norms, biases, position
@@ -330,7 +293,7 @@ def save_checkpoint_folder(
     run_dir: Path,
     name: str,
     model: VisionTransformer,
-    preprocess: dict[str, Any],
+    preprocess: Preprocess,
     state: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``run_dir/name`` as a whole: build it in a temporary sibling, then swap it in.
@@ -343,7 +306,7 @@ def save_checkpoint_folder(
     if tmp.exists():
         shutil.rmtree(tmp)
     save(model, tmp)
-    atomic_write_json(tmp / PREPROCESS_NAME, preprocess)
+    preprocess.save(tmp)
     if state is not None:
         _write_training_state(tmp / STATE_NAME, state)
     if final.exists():
@@ -387,20 +350,25 @@ class RunData:
     val: ImageDataset
     test: ImageDataset | None
     val_is_test: bool
+    preprocess: Preprocess
+
+
+def run_preprocess(cfg: TrainConfig, model_image_size: tuple[int, int]) -> Preprocess:
+    """How this run prepares its images, before their statistics are known: the dataset's own
+    size and channels unless the config says otherwise (an image folder: the model's size)."""
+    native_size, native_channels = native_format(cfg.data)
+    size = (cfg.image_size, cfg.image_size) if cfg.image_size else (native_size or model_image_size)
+    return Preprocess(size, cfg.channels or native_channels, pad=cfg.pad, dataset=cfg.data)
 
 
 def prepare_data(cfg: TrainConfig, model_image_size: tuple[int, int]) -> RunData:
     """Load train / validation / test as the config says (sizes, channels, split, limits)."""
-    size = (cfg.image_size, cfg.image_size) if cfg.image_size else None
-    key = canonical_dataset(cfg.data)
-    is_folder = key not in ("fashion-mnist", "mnist", "cifar10", "digits")
-    if is_folder and size is None:
-        size = tuple(model_image_size)
-    common = dict(data_dir=cfg.data_dir, image_size=size, channels=cfg.channels, skip_bad_images=cfg.skip_bad_images)
+    geometry = run_preprocess(cfg, model_image_size)
+    common = dict(data_dir=cfg.data_dir, preprocess=geometry, skip_bad_images=cfg.skip_bad_images)
     train = load_dataset(cfg.data, "train", **common)
     test = None
     if has_test_split(cfg.data):
-        test = load_dataset(cfg.data, "test", **(common | {"channels": train.channels}), class_names=None)
+        test = load_dataset(cfg.data, "test", **common)
         if test.class_names != train.class_names:
             raise ValueError(f"{cfg.data}: test classes {test.class_names} differ from train {train.class_names}")
     fraction = cfg.val_fraction if cfg.val_fraction is not None else (0.0 if test is not None else 0.1)
@@ -411,10 +379,6 @@ def prepare_data(cfg: TrainConfig, model_image_size: tuple[int, int]) -> RunData
         if test is None:
             raise ValueError(f"{cfg.data} has no test split: give --val-fraction > 0")
         val, val_is_test = test, True
-    if cfg.pad:
-        val = val.padded(cfg.pad)
-        test = val if val_is_test else (test.padded(cfg.pad) if test is not None else None)
-        train = train.padded(cfg.pad)
     if cfg.limit_train:
         g = torch.Generator().manual_seed(derive_seed(cfg.seed, 0, 8))
         train = train.subset(torch.randperm(len(train), generator=g)[: cfg.limit_train])
@@ -422,7 +386,9 @@ def prepare_data(cfg: TrainConfig, model_image_size: tuple[int, int]) -> RunData
         val = val.subset(torch.arange(min(cfg.limit_val, len(val))))
         if val_is_test:
             test = val
-    return RunData(train, val, test, val_is_test)
+    mean, std = train.mean_std()
+    preprocess = geometry.replace(mean=mean, std=std, class_names=train.class_names)
+    return RunData(train, val, test, val_is_test, preprocess)
 
 
 def build_model(cfg: TrainConfig, train: ImageDataset) -> VisionTransformer:
@@ -465,20 +431,9 @@ def train(
     # --- model config first (folders are resized to its image size), then data, then model
     size = cfg.model_overrides.get("image_size") or get_config(cfg.model).image_size
     data = prepare_data(cfg, tuple(size) if not isinstance(size, int) else (size, size))
-    train_ds = data.train
-    mean, std = train_ds.mean_std()
+    train_ds, preprocess = data.train, data.preprocess
     torch.manual_seed(derive_seed(cfg.seed, 0, 9))  # initial weights
     model = build_model(cfg, train_ds).to(device)
-    preprocess = {
-        "image_size": list(train_ds.image_size),
-        "channels": train_ds.channels,
-        "mean": mean,
-        "std": std,
-        "class_names": train_ds.class_names,
-        "dataset": cfg.data,
-        "resize": "bilinear",
-        "pad": cfg.pad,
-    }
     # the fused kernel is ~2.5x faster than the per-tensor loop on a CPU, and exists on CUDA too
     fused = device.type in ("cpu", "cuda")
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999), fused=fused)
@@ -487,7 +442,9 @@ def train(
     steps_per_epoch = max(1, micro_per_epoch // cfg.accum_steps)
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = min(round(cfg.warmup_epochs * steps_per_epoch), total_steps)
-    augment = BatchAugment(cfg.augment_config(train_ds.image_size), mean, std, train_ds.num_classes, cfg.seed)
+    augment = BatchAugment(
+        cfg.augment_config(train_ds.image_size), preprocess.mean, preprocess.std, train_ds.num_classes, cfg.seed
+    )
 
     # --- fresh run or resume
     start_epoch, step, train_time, best_acc = 0, 0, 0.0, -1.0
@@ -525,7 +482,7 @@ def train(
             {
                 "train": cfg.to_dict(),
                 "model": model.config.to_dict(),
-                "preprocess": preprocess,
+                "preprocess": preprocess.to_dict(),
                 "data": {"train": len(train_ds), "val": len(data.val), "val_is_test": data.val_is_test},
                 "steps_per_epoch": steps_per_epoch,
                 "device": str(device),
@@ -635,7 +592,7 @@ def train(
         eval_model = ema.model if ema is not None else model
         last_epoch = epoch + 1 == cfg.epochs or stopped_by_budget
         if last_epoch or (cfg.eval_every > 0 and (epoch + 1) % cfg.eval_every == 0):
-            val = world.evaluate(eval_model, data.val, mean, std, cfg.eval_batch_size, device, bf16)
+            val = world.evaluate(eval_model, data.val, preprocess, cfg.eval_batch_size, device, bf16).to_dict()
         else:  # validation skipped this epoch (--eval-every): it costs wall time on a small CPU
             val = {"loss": None, "top1": None, "top5": None}
         improved = val["top1"] is not None and val["top1"] > best_acc
@@ -701,7 +658,7 @@ def train(
     if val is not None and val["top1"] is not None and eval_set is data.val:
         result = val  # the last epoch was just evaluated on this very set
     else:
-        result = world.evaluate(final_model, eval_set, mean, std, cfg.eval_batch_size, device, bf16)
+        result = world.evaluate(final_model, eval_set, preprocess, cfg.eval_batch_size, device, bf16).to_dict()
     summary = {
         "data": cfg.data,
         "model": cfg.model,

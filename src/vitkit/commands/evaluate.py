@@ -9,8 +9,9 @@ from pathlib import Path
 import torch
 
 from ..data import load_dataset
+from ..errors import DataError
 from ..evaluate import evaluate_model, load_for_inference, write_report
-from ..train import resolve_device, use_bf16
+from ..runtime import resolve_device, use_bf16
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,37 +36,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
-    model, pre = load_for_inference(args.checkpoint, device)
-    name = args.data or pre.get("dataset")
+    classifier = load_for_inference(args.checkpoint, device)
+    pre = classifier.preprocess
+    name = args.data or pre.dataset
     if not name:
-        raise ValueError(f"{pre['checkpoint']} does not record its dataset; pass --data")
-    pad = int(pre.get("pad", 0))
-    ds = load_dataset(
-        name,
-        args.split,
-        data_dir=args.data_dir,
-        image_size=tuple(s - 2 * pad for s in pre["image_size"]),
-        channels=pre["channels"],
-        skip_bad_images=args.skip_bad_images,
-        class_names=pre["class_names"],
-    )
-    ds = ds.padded(pad)
-    if ds.class_names != list(pre["class_names"]):
-        raise ValueError(f"{name} has classes {ds.class_names[:5]}..., the model {pre['class_names'][:5]}...")
+        raise DataError(f"{classifier.checkpoint} does not record its dataset; pass --data")
+    ds = load_dataset(name, args.split, args.data_dir, pre, args.skip_bad_images, class_names=pre.class_names)
+    if tuple(ds.class_names) != pre.class_names:
+        raise DataError(f"{name} has classes {ds.class_names[:5]}..., the model {list(pre.class_names[:5])}...")
     if args.limit:
         ds = ds.subset(torch.arange(min(args.limit, len(ds))))
-    result = evaluate_model(
-        model, ds, pre["mean"], pre["std"], args.batch_size, device, use_bf16(args.precision, device)
-    )
-    result = {"checkpoint": pre["checkpoint"], "data": name, "split": args.split} | result
-    ckpt = Path(pre["checkpoint"])
-    out = Path(args.out) if args.out else ckpt.parent / f"eval-{args.split}"
+    bf16 = use_bf16(args.precision, device)
+    result = evaluate_model(classifier.model, ds, pre, args.batch_size, device, bf16).to_dict()
+    result = {"checkpoint": str(classifier.checkpoint), "data": name, "split": args.split} | result
+    out = Path(args.out) if args.out else classifier.checkpoint.parent / f"eval-{args.split}"
     paths = write_report(result, ds.class_names, out)
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "confusion"}, indent=2))
         return 0
     print(
-        f"{name} {args.split}: {result['images']} images, top-1 {result['top1']:.2%}, top-5 {result['top5']:.2%}, loss {result['loss']:.4f}"
+        f"{name} {args.split}: {result['images']} images, top-1 {result['top1']:.2%}, top-5 {result['top5']:.2%}, "
+        f"loss {result['loss']:.4f}"
     )
     width = max(len(c) for c in ds.class_names)
     for c, acc in result["per_class"].items():

@@ -8,8 +8,10 @@ import sys
 
 import torch
 
-from ..data import load_dataset, normalize, open_image
-from ..evaluate import collect_images, load_for_inference
+from ..data import load_dataset
+from ..errors import ConfigError
+from ..evaluate import load_for_inference
+from ..images import collect_images, decode_image
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -53,28 +55,28 @@ def run(args: argparse.Namespace) -> int:
     from ..explain import write_report  # matplotlib only when this command runs
 
     if not 0.0 < args.keep <= 1.0:
-        raise ValueError(f"--keep {args.keep} must be a fraction in (0, 1]")
+        raise ConfigError(f"--keep {args.keep} must be a fraction in (0, 1]")
     if args.per_image < 1:
-        raise ValueError(f"--per-image {args.per_image} must be at least 1")
+        raise ConfigError(f"--per-image {args.per_image} must be at least 1")
     if not args.images and not args.data:
-        raise ValueError("give image files or folders, or --data DATASET, to explain")
+        raise ConfigError("give image files or folders, or --data DATASET, to explain")
     if args.num_images < 1:
-        raise ValueError(f"--num-images {args.num_images} must be at least 1")
-    # The same checkpoint lookup and image conversion as `vitkit predict`: run folder -> best/ (else
-    # last/), the model's channels and size, and the normalisation in preprocess.json.
-    model, pre = load_for_inference(args.checkpoint, args.device)
-    c = model.config
+        raise ConfigError(f"--num-images {args.num_images} must be at least 1")
+    # The same checkpoint lookup and image preparation as `vitkit predict`: run folder -> best/
+    # (else last/), and the checkpoint's Preprocess (channels, size, border, normalisation).
+    classifier = load_for_inference(args.checkpoint, args.device)
+    model, pre = classifier.model, classifier.preprocess
     files = collect_images(args.images) if args.images else []
-    pixels = [torch.as_tensor(open_image(f, c.in_channels, c.image_size).copy()) for f in files]  # uint8
+    pixels = [pre.pixels(decode_image(f)) for f in files]  # uint8, as the model sees them
     names = [f.name for f in files]
     if args.data:
-        ds = load_dataset(args.data, "test", args.data_dir, c.image_size, c.in_channels, download=False)
+        ds = load_dataset(args.data, "test", args.data_dir, pre, download=False)
         n = min(args.num_images, len(ds))
         pixels += list(ds.images[:n])
         names += [f"test{i:05d}_{ds.class_names[int(ds.labels[i])]}" for i in range(n)]  # index, true class
     pixels = torch.stack(pixels)
     images = pixels.float() / 255.0  # (B, C, H, W) in [0, 1]: what the figures draw
-    inputs = normalize(pixels, pre["mean"], pre["std"])  # what the model sees
+    inputs = pre.normalize(pixels)  # what the model sees
     written = write_report(
         model,
         images,
@@ -86,5 +88,5 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_components=args.components,
     )
-    print(f"{pre['checkpoint']}: {len(names)} image(s); wrote {len(written)} files to {args.out}", file=sys.stderr)
+    print(f"{classifier.checkpoint}: {len(names)} image(s); wrote {len(written)} files to {args.out}", file=sys.stderr)
     return 0

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..evaluate import collect_images, load_for_inference, predict_files
-from ..train import resolve_device
+from ..errors import ConfigError
+from ..evaluate import load_for_inference, predict_files
+from ..images import collect_images
+from ..runtime import resolve_device
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,11 +28,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.top_k < 1:
-        raise ValueError(f"--top-k {args.top_k} must be >= 1")
+        raise ConfigError(f"--top-k {args.top_k} must be >= 1")
     device = resolve_device(args.device)
-    model, pre = load_for_inference(args.checkpoint, device)
-    files = collect_images(args.images)
-    results = predict_files(model, pre, files, args.top_k, args.batch_size, device)
+    classifier = load_for_inference(args.checkpoint, device)
+    results = predict_files(classifier, collect_images(args.images), args.top_k, args.batch_size, device)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

@@ -10,12 +10,14 @@ import logging
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..checkpoint import atomic_write_json
+from ..images import IMAGE_EXTENSIONS
 from ..model import VisionTransformer
 from .analysis import (
     explain_batch,
@@ -36,8 +38,6 @@ from .figures import (
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-
 
 def _rounded(x: Any, digits: int = 5) -> Any:
     """Tensors and floats as JSON-friendly nested lists, rounded so the files stay readable."""
@@ -53,7 +53,7 @@ def _rounded(x: Any, digits: int = 5) -> Any:
 def _stem(name: str) -> str:
     """An image's name without its file extension ("T-shirt/top" stays whole)."""
     root, ext = os.path.splitext(name)
-    return root if ext.lower() in IMAGE_SUFFIXES else name
+    return root if ext.lower() in IMAGE_EXTENSIONS else name
 
 
 def _short(text: str, width: int = 22) -> str:
@@ -65,19 +65,183 @@ def _slug(name: str) -> str:
 
 
 def _prediction(model: VisionTransformer, logits: torch.Tensor) -> dict[str, Any]:
+    """The top class of one image, with every logit (to check the figures against ``predict``)."""
     if logits.numel() == 0:
         return {}
     probs = logits.softmax(dim=-1)
     p, idx = probs.max(dim=-1)
     names = model.config.class_names
     label = names[int(idx)] if names else str(int(idx))
-    return {"class": int(idx), "label": label, "probability": round(float(p), 4)}
+    return {"class": int(idx), "label": label, "probability": round(float(p), 4), "logits": _rounded(logits, 5)}
 
 
-def _write(out: Path, stem: str, fig, numbers: dict[str, Any], written: list[Path]) -> None:
+@dataclass(frozen=True)
+class _Shown:
+    """What is kept of one image that gets figures of its own (the first ``per_image``)."""
+
+    index: int
+    logits: torch.Tensor
+    maps: torch.Tensor
+    rollout: torch.Tensor
+    rollout_kept: torch.Tensor
+
+
+@dataclass(frozen=True)
+class _Explained:
+    """The numbers of one pass over all images, everything the figures need from the model's run."""
+
+    shown: list[_Shown]
+    distance: torch.Tensor  # mean attention distance over all images, [layer][head]
+    grid: tuple[int, int]
+    query: str
+
+
+def _write(out: Path, stem: str, fig, numbers: dict[str, Any]) -> list[Path]:
     save_figure(fig, out / f"{stem}.png")
     atomic_write_json(out / f"{stem}.json", numbers)
-    written += [out / f"{stem}.png", out / f"{stem}.json"]
+    return [out / f"{stem}.png", out / f"{stem}.json"]
+
+
+def _check_inputs(images: torch.Tensor, inputs: torch.Tensor | None) -> torch.Tensor:
+    """The model's inputs (``images`` when None), refused before anything is written if they cannot match."""
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(f"expected a non-empty image batch (B, C, H, W), got shape {tuple(images.shape)}")
+    inputs = images if inputs is None else inputs
+    if inputs.shape != images.shape:
+        raise ValueError(f"inputs {tuple(inputs.shape)} and images {tuple(images.shape)} differ in shape")
+    return inputs
+
+
+def _explain(
+    model: VisionTransformer, inputs: torch.Tensor, keep: float, per_image: int, batch_size: int
+) -> _Explained:
+    """One pass over all images in batches: per-image numbers for the first few, distance for all.
+
+    The distance is averaged per image, not per batch, so a short last batch weighs what it holds.
+    """
+    device = next(model.parameters()).device
+    distance_sum, shown = None, []
+    for start in range(0, inputs.shape[0], batch_size):
+        batch = inputs[start : start + batch_size].to(device)
+        e = explain_batch(model, batch, keep=keep)
+        weighted = e.mean_attention_distance * batch.shape[0]
+        distance_sum = weighted if distance_sum is None else distance_sum + weighted
+        for i in range(batch.shape[0]):
+            if start + i < per_image:
+                shown.append(_Shown(start + i, e.logits[i], e.attention_maps[i], e.rollout[i], e.rollout_kept[i]))
+    return _Explained(shown, distance_sum / inputs.shape[0], e.grid, e.query)
+
+
+def _write_attention_maps(
+    out: Path, model: VisionTransformer, images: torch.Tensor, names: list[str], ex: _Explained
+) -> list[Path]:
+    """One figure per shown image: each layer's and head's attention from the query token(s)."""
+    written: list[Path] = []
+    for s in ex.shown:
+        name = names[s.index]
+        pred = _prediction(model, s.logits)
+        title = f"{name}: predicted {pred['label']} ({pred['probability']:.0%})" if pred else name
+        fig = plot_attention_maps(images[s.index], s.maps, model.config.patch_size, ex.query, title)
+        numbers = {
+            "image": name,
+            "prediction": pred,
+            "query": ex.query,
+            "grid": list(ex.grid),
+            "maps": _rounded(s.maps),
+            "layout": "maps[layer][head][row][column]",
+        }
+        written += _write(out, f"attention_maps_{s.index:02d}_{_slug(_stem(name))}", fig, numbers)
+    return written
+
+
+def _rollout_title(model: VisionTransformer, name: str, logits: torch.Tensor) -> str:
+    pred = _prediction(model, logits)
+    name = _short(_stem(name))
+    return f"{name}\npredicted: {_short(pred['label'])}" if pred else name
+
+
+def _write_rollout(
+    out: Path, model: VisionTransformer, images: torch.Tensor, names: list[str], ex: _Explained, keep: float
+) -> list[Path]:
+    """All shown images in one figure, a row each: the rollout and its sharpened version."""
+    fig = plot_rollout(
+        [images[s.index] for s in ex.shown],
+        torch.stack([s.rollout for s in ex.shown]),
+        torch.stack([s.rollout_kept for s in ex.shown]),
+        keep,
+        model.config.patch_size,
+        [_rollout_title(model, names[s.index], s.logits) for s in ex.shown],
+    )
+    numbers = {
+        "method": "attention rollout (Abnar & Zuidema 2020): head mean, + identity, rows normalised, product",
+        "query": ex.query,
+        "keep": keep,
+        "grid": list(ex.grid),
+        "images": [
+            {
+                "image": names[s.index],
+                "prediction": _prediction(model, s.logits),
+                "rollout": _rounded(s.rollout),
+                "rollout_kept": _rounded(s.rollout_kept),
+            }
+            for s in ex.shown
+        ],
+    }
+    return _write(out, "rollout", fig, numbers)
+
+
+def _write_mean_attention_distance(out: Path, ex: _Explained, patch_size: int, num_images: int) -> list[Path]:
+    """Each head's mean attention distance over all images, beside that of uniform attention."""
+    fig = plot_mean_attention_distance(ex.distance, ex.grid, patch_size, num_images)
+    numbers = {
+        "units": "pixels",
+        "num_images": num_images,
+        "patch_size": patch_size,
+        "grid": list(ex.grid),
+        "uniform_attention_distance": round(uniform_attention_distance(ex.grid, patch_size), 5),
+        "distance": _rounded(ex.distance),
+        "layout": "distance[layer][head]",
+    }
+    return _write(out, "mean_attention_distance", fig, numbers)
+
+
+def _write_posemb_similarity(out: Path, model: VisionTransformer, grid: tuple[int, int]) -> list[Path]:
+    """Each patch's position embedding against all others; a placeholder when there is none."""
+    c = model.config
+    posemb = model_posemb(model, grid)
+    if posemb is None:
+        reason = "posemb='none': the model has no position embedding, it sees a bag of patches"
+        fig, numbers = plot_posemb_similarity(None, reason), {"posemb": c.posemb, "not_applicable": reason}
+    else:
+        sim = posemb_similarity(posemb.cpu(), grid)
+        fig = plot_posemb_similarity(sim, title=f"Position embedding similarity (posemb={c.posemb!r})")
+        numbers = {
+            "posemb": c.posemb,
+            "grid": list(grid),
+            "similarity": _rounded(sim),
+            "layout": "similarity[row][column] is that patch's map [row][column]",
+        }
+    return _write(out, "posemb_similarity", fig, numbers)
+
+
+def _write_patch_filters(out: Path, model: VisionTransformer, num_components: int) -> list[Path]:
+    """The leading principal components of the linear patch filters; a placeholder for other stems."""
+    c = model.config
+    try:
+        weight = model_patch_filters(model)
+    except ValueError as err:
+        reason = str(err)
+        fig, numbers = plot_patch_filters(None, reason), {"stem": c.stem, "not_applicable": reason}
+    else:
+        pca = patch_filters_pca(weight.cpu(), num_components)
+        fig = plot_patch_filters(pca)
+        numbers = {
+            "stem": c.stem,
+            "explained_variance_ratio": _rounded(pca.explained_variance_ratio),
+            "components": _rounded(pca.components),
+            "layout": "components[k][channel][row][column]",
+        }
+    return _write(out, "patch_filters", fig, numbers)
 
 
 @torch.inference_mode()
@@ -99,121 +263,15 @@ def write_report(
     drawn for the first ``per_image`` images; all of them count towards the mean attention
     distance. ``keep`` is the fraction kept by the sharpened rollout.
     """
-    if images.ndim != 4 or images.shape[0] == 0:
-        raise ValueError(f"expected a non-empty image batch (B, C, H, W), got shape {tuple(images.shape)}")
-    inputs = images if inputs is None else inputs
-    if inputs.shape != images.shape:
-        raise ValueError(f"inputs {tuple(inputs.shape)} and images {tuple(images.shape)} differ in shape")
+    inputs = _check_inputs(images, inputs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    c = model.config
     names = list(names) + [f"image{i}" for i in range(len(names), images.shape[0])]
-    device = next(model.parameters()).device
-    written: list[Path] = []
-
-    # One pass over all images: per-image numbers for the first few, distance for all.
-    distance_sum, shown = None, []
-    for start in range(0, images.shape[0], batch_size):
-        batch = inputs[start : start + batch_size].to(device)
-        e = explain_batch(model, batch, keep=keep)
-        weighted = e.mean_attention_distance * batch.shape[0]
-        distance_sum = weighted if distance_sum is None else distance_sum + weighted
-        for i in range(batch.shape[0]):
-            if start + i < per_image:
-                shown.append((start + i, e.logits[i], e.attention_maps[i], e.rollout[i], e.rollout_kept[i]))
-    grid, query = e.grid, e.query
-
-    # Attention maps: one figure per image.
-    for idx, logits, maps, _, _ in shown:
-        pred = _prediction(model, logits)
-        title = f"{names[idx]}: predicted {pred['label']} ({pred['probability']:.0%})" if pred else names[idx]
-        fig = plot_attention_maps(images[idx], maps, c.patch_size, query, title)
-        numbers = {
-            "image": names[idx],
-            "prediction": pred,
-            "query": query,
-            "grid": list(grid),
-            "maps": _rounded(maps),
-            "layout": "maps[layer][head][row][column]",
-        }
-        _write(out, f"attention_maps_{idx:02d}_{_slug(_stem(names[idx]))}", fig, numbers, written)
-
-    # Rollout: all shown images in one figure, a row each.
-    titles = []
-    for idx, logits, *_ in shown:
-        pred = _prediction(model, logits)
-        name = _short(_stem(names[idx]))
-        titles.append(f"{name}\npredicted: {_short(pred['label'])}" if pred else name)
-    fig = plot_rollout(
-        [images[s[0]] for s in shown],
-        torch.stack([s[3] for s in shown]),
-        torch.stack([s[4] for s in shown]),
-        keep,
-        c.patch_size,
-        titles,
-    )
-    numbers = {
-        "method": "attention rollout (Abnar & Zuidema 2020): head mean, + identity, rows normalised, product",
-        "query": query,
-        "keep": keep,
-        "grid": list(grid),
-        "images": [
-            {
-                "image": names[idx],
-                "prediction": _prediction(model, logits),
-                "rollout": _rounded(r),
-                "rollout_kept": _rounded(k),
-            }
-            for idx, logits, _, r, k in shown
-        ],
-    }
-    _write(out, "rollout", fig, numbers, written)
-
-    # Mean attention distance over all images.
-    distance = distance_sum / images.shape[0]
-    fig = plot_mean_attention_distance(distance, grid, c.patch_size, images.shape[0])
-    numbers = {
-        "units": "pixels",
-        "num_images": images.shape[0],
-        "patch_size": c.patch_size,
-        "grid": list(grid),
-        "uniform_attention_distance": round(uniform_attention_distance(grid, c.patch_size), 5),
-        "distance": _rounded(distance),
-        "layout": "distance[layer][head]",
-    }
-    _write(out, "mean_attention_distance", fig, numbers, written)
-
-    # Position-embedding similarity.
-    posemb = model_posemb(model, grid)
-    if posemb is None:
-        reason = "posemb='none': the model has no position embedding, it sees a bag of patches"
-        fig, numbers = plot_posemb_similarity(None, reason), {"posemb": c.posemb, "not_applicable": reason}
-    else:
-        sim = posemb_similarity(posemb.cpu(), grid)
-        fig = plot_posemb_similarity(sim, title=f"Position embedding similarity (posemb={c.posemb!r})")
-        numbers = {
-            "posemb": c.posemb,
-            "grid": list(grid),
-            "similarity": _rounded(sim),
-            "layout": "similarity[row][column] is that patch's map [row][column]",
-        }
-    _write(out, "posemb_similarity", fig, numbers, written)
-
-    # Patch-embedding filters.
-    try:
-        weight = model_patch_filters(model)
-    except ValueError as err:
-        reason = str(err)
-        fig, numbers = plot_patch_filters(None, reason), {"stem": c.stem, "not_applicable": reason}
-    else:
-        pca = patch_filters_pca(weight.cpu(), num_components)
-        fig = plot_patch_filters(pca)
-        numbers = {
-            "stem": c.stem,
-            "explained_variance_ratio": _rounded(pca.explained_variance_ratio),
-            "components": _rounded(pca.components),
-            "layout": "components[k][channel][row][column]",
-        }
-    _write(out, "patch_filters", fig, numbers, written)
+    ex = _explain(model, inputs, keep, per_image, batch_size)
+    written = _write_attention_maps(out, model, images, names, ex)
+    written += _write_rollout(out, model, images, names, ex, keep)
+    written += _write_mean_attention_distance(out, ex, model.config.patch_size, images.shape[0])
+    written += _write_posemb_similarity(out, model, ex.grid)
+    written += _write_patch_filters(out, model, num_components)
     log.info("wrote %d files to %s", len(written), out)
     return written

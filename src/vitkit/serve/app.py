@@ -25,12 +25,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from ..data import DataError, decode_image, normalize
-from ..evaluate import load_for_inference
+from ..data import load_dataset
+from ..errors import DataError, ServeError
+from ..evaluate import SUMMARY_NAME, load_for_inference
 from ..explain import analysis, figures
+from ..images import decode_image
 
 log = logging.getLogger(__name__)
 
@@ -38,54 +39,26 @@ STATIC_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.c
 FIGURES = ("posemb", "distance", "filters")
 
 
-class ServeError(ValueError):
-    """A request the server refuses, with the HTTP status to answer it with."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 def _static(name: str) -> bytes:
     return resources.files("vitkit.serve").joinpath("static", name).read_bytes()
 
 
 def _run_accuracy(checkpoint: Path) -> float | None:
-    """Test (or validation) accuracy recorded by ``vitkit train`` in the run folder, if any."""
-    for folder in (checkpoint, checkpoint.parent):
-        for name in ("results.json", "eval.json", "summary.json"):
-            path = folder / name
-            if path.is_file():
-                try:
-                    data = json.loads(path.read_text())
-                except (OSError, json.JSONDecodeError):
-                    continue
-                for key in ("test_accuracy", "accuracy", "top1", "val_accuracy", "best_val_accuracy"):
-                    value = data.get(key) if isinstance(data, dict) else None
-                    if isinstance(value, (int, float)):
-                        return float(value)
-        metrics = folder / "metrics.jsonl"
-        if metrics.is_file():
-            best = None
-            for line in metrics.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                for key in ("test_accuracy", "val_accuracy", "val_acc"):
-                    if isinstance(row.get(key), (int, float)):
-                        best = max(best or 0.0, float(row[key]))
-            if best is not None:
-                return best
-    return None
+    """The final accuracy ``vitkit train`` recorded in the run folder holding ``checkpoint``."""
+    path = checkpoint.parent / SUMMARY_NAME
+    try:
+        value = json.loads(path.read_text()).get("accuracy")
+    except (OSError, ValueError, AttributeError):  # no run folder around this checkpoint
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 class Explorer:
     """The loaded model and everything the endpoints compute with it (no web code here)."""
 
     def __init__(self, checkpoint: str | Path, max_upload_bytes: int = 20 * 1024 * 1024) -> None:
-        self.model, self.preprocess = load_for_inference(checkpoint)
-        self.checkpoint = Path(self.preprocess["checkpoint"])
+        classifier = load_for_inference(checkpoint)
+        self.model, self.preprocess, self.checkpoint = classifier.model, classifier.preprocess, classifier.checkpoint
         self.max_upload_bytes = max_upload_bytes
         self.lock = threading.Lock()  # one forward at a time: the CPU has few cores to share
         self._figures: dict[str, bytes] = {}
@@ -108,21 +81,20 @@ class Explorer:
             "stem": c.stem,
             "params": self.model.num_params(),
             "gflops": c.flops() / 1e9,
-            "classes": list(self.preprocess["class_names"]),
-            "dataset": self.preprocess.get("dataset"),
+            "classes": list(self.preprocess.class_names),
+            "dataset": self.preprocess.dataset,
             "accuracy": _run_accuracy(self.checkpoint),
         }
 
     # ------------------------------------------------------------------ per image
-    def decode(self, data: bytes) -> np.ndarray:
+    def decode(self, data: bytes) -> torch.Tensor:
         """Upload bytes -> (C, H, W) uint8 as training saw its images, or a one-line ServeError."""
         if not data:
             raise ServeError("the upload is empty (0 bytes); choose an image file")
         if len(data) > self.max_upload_bytes:
             raise ServeError(f"the upload is {len(data) / 2**20:.1f} MB, over the {self._limit_text()} limit", 413)
-        size = tuple(self.preprocess["image_size"])
         try:
-            return decode_image(io.BytesIO(data), self.preprocess["channels"], size, name="the upload")
+            return self.preprocess.pixels(decode_image(io.BytesIO(data), name="the upload"))
         except DataError as e:
             raise ServeError(str(e)) from None
 
@@ -136,7 +108,7 @@ class Explorer:
         n = c.num_patches
         if patch is not None and not 0 <= patch < n:
             raise ServeError(f"patch={patch} is outside the {c.grid_size[0]}x{c.grid_size[1]} grid (0..{n - 1})")
-        x = normalize(torch.from_numpy(image.copy())[None], self.preprocess["mean"], self.preprocess["std"])
+        x = self.preprocess.normalize(image[None])
         with self.lock, torch.inference_mode():
             logits, attn = self.model(x, return_attention=True)
         attn = tuple(a.float() for a in attn)
@@ -145,7 +117,7 @@ class Explorer:
         probs = logits.float().softmax(-1)[0]
         k = min(top, probs.numel())
         values, index = probs.topk(k)
-        names = self.preprocess["class_names"]
+        names = self.preprocess.class_names
         distance = analysis.mean_attention_distance(attn, grid, c.patch_size, p)
         self._distance_sum += distance
         self._distance_count += 1
@@ -197,26 +169,20 @@ class Explorer:
 
     def _seed_distance(self, count: int = 64) -> None:
         """Average the attention distance over test images of the training set, when available."""
-        dataset = self.preprocess.get("dataset")
+        dataset = self.preprocess.dataset
         if not dataset:
             return
         try:
-            from ..data import load_dataset
-
-            images = load_dataset(dataset, "test").images[:count]
-        except Exception as e:  # the figure then covers the uploaded images only
+            images = load_dataset(dataset, "test", preprocess=self.preprocess, download=False).images[:count]
+        except (DataError, OSError) as e:  # the figure then covers the uploaded images only
             log.info("no %s test images for the distance figure: %s", dataset, e)
             return
-        size = tuple(self.preprocess["image_size"])
-        if tuple(images.shape[-2:]) != size:
-            return
-        x = normalize(images, self.preprocess["mean"], self.preprocess["std"])
         c = self.model.config
         with self.lock, torch.inference_mode():
-            _, attn = self.model(x, return_attention=True)
+            _, attn = self.model(self.preprocess.normalize(images), return_attention=True)
         batch_mean = analysis.mean_attention_distance(attn, c.grid_size, c.patch_size, c.num_prefix_tokens)
-        self._distance_sum += batch_mean * len(x)  # a running sum over images
-        self._distance_count += len(x)
+        self._distance_sum += batch_mean * len(images)  # a running sum over images
+        self._distance_count += len(images)
 
 
 def _rounded(t: torch.Tensor, digits: int = 4) -> list:

@@ -1,0 +1,141 @@
+"""Training augmentation of whole batches, on the device the model runs on.
+
+Every augmentation is a tensor operation on a whole batch (crop with padding, flip, erasing,
+RandAugment/TrivialAugment and MixUp/CutMix from torchvision v2), and every random draw comes
+from a generator seeded by ``(seed, epoch, batch)``, so a resumed run sees exactly the
+augmentations an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from ..preprocess import normalize
+from .dataset import derive_seed
+
+
+@dataclass
+class AugmentConfig:
+    crop_padding: int = 4  # random crop after zero padding by this many pixels (0: off)
+    hflip: bool = True  # random horizontal flip
+    erase_prob: float = 0.0  # random erasing (Zhong et al. 2017), probability per image
+    auto_augment: str = "none"  # "none" | "randaugment" | "trivialaugment" (torchvision v2)
+    auto_augment_groups: int = 8  # one policy draw per group of a batch (v2 applies one per call)
+    mixup: float = 0.0  # MixUp alpha (0: off)
+    cutmix: float = 0.0  # CutMix alpha (0: off)
+
+    def __post_init__(self) -> None:
+        if self.auto_augment not in ("none", "randaugment", "trivialaugment"):
+            raise ConfigError(f"auto_augment={self.auto_augment!r}: choose none, randaugment or trivialaugment")
+        if not 0.0 <= self.erase_prob <= 1.0:
+            raise ConfigError(f"erase_prob={self.erase_prob} must be in [0, 1]")
+        if self.crop_padding < 0 or self.mixup < 0 or self.cutmix < 0:
+            raise ConfigError("crop_padding, mixup and cutmix must be >= 0")
+
+
+def random_crop(x: torch.Tensor, padding: int, g: torch.Generator) -> torch.Tensor:
+    """Zero-pad by ``padding`` and cut a random window of the original size from each image."""
+    if padding <= 0:
+        return x
+    b, c, h, w = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding))
+    dy = torch.randint(0, 2 * padding + 1, (b,), generator=g).to(x.device)
+    dx = torch.randint(0, 2 * padding + 1, (b,), generator=g).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (B, 1, H, 1)
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (B, 1, 1, W)
+    bi = torch.arange(b, device=x.device)[:, None, None, None]
+    ci = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[bi, ci, rows, cols]
+
+
+def random_hflip(x: torch.Tensor, g: torch.Generator, p: float = 0.5) -> torch.Tensor:
+    flip = (torch.rand(x.shape[0], generator=g) < p).to(x.device).view(-1, 1, 1, 1)
+    return torch.where(flip, x.flip(-1), x)
+
+
+def random_erase(
+    x: torch.Tensor, g: torch.Generator, p: float, area: tuple[float, float] = (0.02, 1 / 3)
+) -> torch.Tensor:
+    """Random erasing: a rectangle of 2-33 % of the image, aspect 0.3-3.3, set to 0 (the mean
+    after normalisation) in each image with probability ``p``."""
+    if p <= 0:
+        return x
+    b, _, h, w = x.shape
+    frac = torch.empty(b).uniform_(*area, generator=g)
+    log_ratio = torch.empty(b).uniform_(math.log(0.3), math.log(1 / 0.3), generator=g)
+    ratio = log_ratio.exp()
+    eh = (frac * h * w * ratio).sqrt().round().clamp(1, h).long()
+    ew = (frac * h * w / ratio).sqrt().round().clamp(1, w).long()
+    y0 = (torch.rand(b, generator=g) * (h - eh + 1)).floor().long()
+    x0 = (torch.rand(b, generator=g) * (w - ew + 1)).floor().long()
+    on = torch.rand(b, generator=g) < p
+    ys, xs = torch.arange(h), torch.arange(w)
+    mask = (
+        ((ys[None, :] >= y0[:, None]) & (ys[None, :] < (y0 + eh)[:, None]))[:, :, None]
+        & ((xs[None, :] >= x0[:, None]) & (xs[None, :] < (x0 + ew)[:, None]))[:, None, :]
+        & on[:, None, None]
+    )
+    return x.masked_fill(mask[:, None].to(x.device), 0.0)
+
+
+class BatchAugment:
+    """Training augmentation of whole batches, every random draw from a generator seeded by
+    ``(seed, epoch, batch)``.
+
+    ``__call__`` takes uint8 images on the model's device and integer labels and returns
+    normalised float images and targets: class indices, or (B, classes) soft targets when
+    MixUp/CutMix is on.
+    """
+
+    def __init__(
+        self, config: AugmentConfig, mean: Sequence[float], std: Sequence[float], num_classes: int, seed: int
+    ) -> None:
+        self.config = config
+        self.mean, self.std = list(mean), list(std)
+        self.num_classes = num_classes
+        self.seed = seed
+        self._policy = None
+        if config.auto_augment != "none":
+            from torchvision.transforms import v2
+
+            self._policy = v2.RandAugment() if config.auto_augment == "randaugment" else v2.TrivialAugmentWide()
+        self._mix = None
+        if config.mixup > 0 or config.cutmix > 0:
+            from torchvision.transforms import v2
+
+            mixes = []
+            if config.mixup > 0:
+                mixes.append(v2.MixUp(alpha=config.mixup, num_classes=num_classes))
+            if config.cutmix > 0:
+                mixes.append(v2.CutMix(alpha=config.cutmix, num_classes=num_classes))
+            self._mix = mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
+
+    def __call__(
+        self, images: torch.Tensor, labels: torch.Tensor, epoch: int, batch: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.config
+        seed = derive_seed(self.seed, epoch, batch + 1)
+        g = torch.Generator().manual_seed(seed)
+        x = images
+        if self._policy is not None:  # torchvision draws from the global RNG: fork it, seeded
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                groups = x.split(max(1, math.ceil(x.shape[0] / max(1, c.auto_augment_groups))))
+                x = torch.cat([self._policy(chunk) for chunk in groups])
+        x = random_crop(x, c.crop_padding, g)
+        if c.hflip:
+            x = random_hflip(x, g)
+        x = normalize(x, self.mean, self.std)
+        x = random_erase(x, g, c.erase_prob)
+        y = labels
+        if self._mix is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed ^ 0x5EED)
+                x, y = self._mix(x, labels)
+        return x, y

@@ -1,0 +1,101 @@
+"""Your own images: one sub-folder per class (or ``train/`` and ``test/`` holding those), or a
+CSV of ``path,label``, in any size and mode, decoded once and prepared as the run's
+:class:`~vitkit.preprocess.Preprocess` says.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ..errors import DataError
+from ..images import IMAGE_EXTENSIONS, decode_image, image_is_gray
+from ..preprocess import Preprocess
+from .dataset import ImageDataset
+
+log = logging.getLogger(__name__)
+
+
+def scan_image_folder(path: Path) -> tuple[list[Path], list[str], list[str]]:
+    """(files, label names, class names) from a folder with one sub-folder per class, or a CSV."""
+    if path.is_file():
+        files, labels = [], []
+        with path.open(newline="") as f:
+            for i, row in enumerate(csv.reader(f)):
+                if not row or row[0].startswith("#"):
+                    continue
+                if i == 0 and [c.strip().lower() for c in row[:2]] == ["path", "label"]:
+                    continue
+                if len(row) < 2:
+                    raise DataError(f"{path}, line {i + 1}: expected 'path,label', got {row!r}")
+                p = Path(row[0].strip())
+                files.append(p if p.is_absolute() else path.parent / p)
+                labels.append(row[1].strip())
+        classes = sorted(set(labels))
+        return files, labels, classes
+    classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DataError(f"{path} has no class sub-folders; expected {path}/CLASS_NAME/image.png, or a CSV path,label")
+    files, labels = [], []
+    for c in classes:
+        for f in sorted((path / c).rglob("*")):
+            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
+                files.append(f)
+                labels.append(c)
+    return files, labels, classes
+
+
+def folder_channels(path: str | os.PathLike) -> int:
+    """1 when every image of the folder (or CSV) is grayscale, else 3."""
+    files, _, _ = scan_image_folder(Path(path))
+    return 1 if all(image_is_gray(f) in (True, None) for f in files) else 3
+
+
+def load_image_folder(
+    path: str | os.PathLike,
+    preprocess: Preprocess,
+    skip_bad_images: bool = False,
+    class_names: Sequence[str] | None = None,
+) -> ImageDataset:
+    """Decode every image of a class-folder tree (or a ``path,label`` CSV) into memory, each
+    prepared by ``preprocess`` (channels, size, border) as soon as it is decoded.
+
+    ``class_names`` fixes the label order (to evaluate a folder with a trained model's classes).
+    A corrupt or unreadable file raises :class:`DataError` naming it, or with
+    ``skip_bad_images`` is left out with a warning and counted in ``skipped``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"image folder or CSV {path} does not exist")
+    files, labels, classes = scan_image_folder(path)
+    if class_names is not None:
+        unknown = sorted(set(labels) - set(class_names))
+        if unknown:
+            raise DataError(f"{path}: label(s) {unknown[:5]} are not among the model's classes {list(class_names)}")
+        classes = list(class_names)
+    if not files:
+        raise DataError(f"{path} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    index = {c: i for i, c in enumerate(classes)}
+    images = torch.empty(len(files), preprocess.channels, *preprocess.input_size, dtype=torch.uint8)
+    ys, skipped = [], []
+    for f, label in zip(files, labels, strict=True):
+        try:
+            images[len(ys)] = preprocess.pixels(decode_image(f))
+        except (DataError, FileNotFoundError) as e:
+            if not skip_bad_images:
+                raise DataError(f"{e} (pass --skip-bad-images to leave such files out)") from None
+            warnings.warn(f"skipping {e}", stacklevel=2)
+            skipped.append(str(f))
+            continue
+        ys.append(index[label])
+    if skipped:
+        log.warning("skipped %d unreadable image(s) of %d in %s", len(skipped), len(files), path)
+    if not ys:
+        raise DataError(f"{path}: none of the {len(files)} images could be read")
+    return ImageDataset(images[: len(ys)], torch.tensor(ys), classes, path.name, skipped=skipped)

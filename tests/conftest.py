@@ -1,0 +1,34 @@
+"""Fixtures and helpers the test files share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+# Debian's dataset-fashion-mnist (scripts/setup.sh installs it); tests that read it skip without.
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+needs_fashion_mnist = pytest.mark.skipif(not FMNIST.is_dir(), reason="dataset-fashion-mnist not installed")
+
+# A ViT small enough to train on the 8x8 digits in seconds: 16 tokens of width 64 (patch 2).
+TINY = dict(width=64, depth=2, num_heads=2, mlp_dim=128, patch_size=2, pool="gap")
+# The same as `vitkit train` options.
+TINY_ARGS = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={value}")]
+
+
+def perturbed(model: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> torch.nn.Module:
+    """``model`` (in eval mode) with every weight moved off its initial value: a zero-initialised
+    head or a zero class token would hide mistakes that a trained model would show."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g).to(p.dtype) * scale)
+    return model.eval()
+
+
+def sample_photo(name: str = "china.jpg") -> Path:
+    """A real colour photograph (427x640 JPEG) that scikit-learn ships with itself."""
+    import sklearn.datasets
+
+    return Path(sklearn.datasets.__file__).parent / "images" / name
