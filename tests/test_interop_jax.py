@@ -171,3 +171,8 @@ def test_npz_errors_are_one_line(tmp_path):
     np.savez(incomplete, **{k: v for k, v in flax_arrays().items() if "encoder_norm" not in k})
     with pytest.raises(InteropError, match="missing parameter 'Transformer/encoder_norm/scale'"):
         from_jax_npz(incomplete)
+    single = tmp_path / "single.npz"
+    np.save(tmp_path / "single.npy", np.zeros(3))
+    (tmp_path / "single.npy").rename(single)  # a plain .npy array under an .npz name
+    with pytest.raises(InteropError, match="is a single .npy array"):
+        from_jax_npz(single)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +41,68 @@ from ..model import VisionTransformer
 from .common import InteropError, build, split_position_rows
 
 _PREFIXES = ("", "params/", "opt/target/", "params/img/")
-_ORIGINAL = dict(attn="MultiHeadDotProductAttention_1", norm2="LayerNorm_2", mlp="MlpBlock_3")
-_BIG_VISION = dict(attn="MultiHeadDotProductAttention_0", norm2="LayerNorm_1", mlp="MlpBlock_0")
+
+
+@dataclass(frozen=True)
+class _Scheme:
+    """Module names inside an encoder block, numbered differently by the original code and big_vision."""
+
+    attn: str
+    norm2: str
+    mlp: str
+
+
+_ORIGINAL = _Scheme(attn="MultiHeadDotProductAttention_1", norm2="LayerNorm_2", mlp="MlpBlock_3")
+_BIG_VISION = _Scheme(attn="MultiHeadDotProductAttention_0", norm2="LayerNorm_1", mlp="MlpBlock_0")
+
+
+@dataclass(frozen=True)
+class _Params:
+    """The archive's arrays seen from under ``prefix``, so that a missing one is an error naming the file."""
+
+    arrays: dict[str, np.ndarray]
+    prefix: str
+    source: str
+
+    def __contains__(self, name: str) -> bool:
+        return f"{self.prefix}{name}" in self.arrays
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        key = f"{self.prefix}{name}"
+        if key not in self.arrays:
+            raise InteropError(f"{self.source}: missing parameter {key!r}; the file is incomplete or not a ViT")
+        return self.arrays[key]
+
+
+@dataclass(frozen=True)
+class _Blocks:
+    """Where the encoder blocks' arrays sit: one path per block, or one scanned path shared by all."""
+
+    paths: tuple[str, ...]
+    scanned: bool  # one block whose arrays have a leading depth axis
+    scheme: _Scheme
+
+    @property
+    def depth(self) -> int:
+        return len(self.paths)
+
+    def array(self, params: _Params, i: int, name: str) -> np.ndarray:
+        """Block ``i``'s array ``name``: its own, or its slice of the scanned one."""
+        a = params[f"{self.paths[i]}{name}"]
+        return a[i] if self.scanned else a
+
+
+@dataclass(frozen=True)
+class _Architecture:
+    """The network's shape as the file states it, read before any array is converted."""
+
+    patch_size: int
+    in_channels: int
+    width: int
+    num_heads: int
+    mlp_dim: int
+    class_token: bool
+    blocks: _Blocks
 
 
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -50,9 +111,10 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found")
     try:
-        with np.load(path, allow_pickle=False) as f:
-            if not isinstance(f, np.lib.npyio.NpzFile):
-                raise InteropError(f"{path} is a single .npy array; expected an .npz archive of named Flax parameters")
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # an ndarray has no close(): nothing to release
+            raise InteropError(f"{path} is a single .npy array; expected an .npz archive of named Flax parameters")
+        with loaded as f:
             return {k: f[k] for k in f.files}
     except InteropError:
         raise
@@ -65,6 +127,183 @@ def _t(a: np.ndarray) -> torch.Tensor:
     if a.dtype.kind == "V":  # bfloat16 stored as raw 2-byte records
         raise InteropError(f"array of raw dtype {a.dtype} (bfloat16?); convert the file to float32 first")
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+
+def _find_prefix(arrays: dict[str, np.ndarray], source: str) -> str:
+    """Where the parameters sit: the first known prefix under which ``embedding/kernel`` is found."""
+    prefix = next((p for p in _PREFIXES if f"{p}embedding/kernel" in arrays), None)
+    if prefix is None:
+        raise InteropError(
+            f"{source}: expected Flax ViT parameters ('embedding/kernel', 'Transformer/encoderblock_0/...'), "
+            f"found {', '.join(repr(k) for k in list(arrays)[:3]) or 'an empty archive'}"
+        )
+    return prefix
+
+
+def _reject_unsupported(params: _Params) -> None:
+    """Refuse the ViT variants vitkit has no module for, rather than fail later on a missing array."""
+    if any(k.startswith(f"{params.prefix}MAPHead_0/") for k in params.arrays):
+        raise InteropError(f"{params.source} pools with a MAP head (attention pooling), which vitkit does not have")
+    if "conv_root/kernel" in params:
+        raise InteropError(f"{params.source} is a ResNet hybrid (R50+ViT); vitkit's conv stem is a different network")
+
+
+def _find_blocks(params: _Params) -> _Blocks:
+    """The encoder blocks: numbered ``encoderblock_{i}``, or one scanned ``encoderblock`` (depth on axis 0)."""
+    scanned = "Transformer/encoderblock/LayerNorm_0/scale" in params
+    if scanned:
+        depth = params["Transformer/encoderblock/LayerNorm_0/scale"].shape[0]
+        paths = ("Transformer/encoderblock/",) * depth
+    else:
+        depth = 0
+        while f"Transformer/encoderblock_{depth}/LayerNorm_0/scale" in params:
+            depth += 1
+        if depth == 0:
+            raise InteropError(f"{params.source}: no encoder blocks ('Transformer/encoderblock_0/...') in the file")
+        paths = tuple(f"Transformer/encoderblock_{i}/" for i in range(depth))
+    scheme = _BIG_VISION if f"{paths[0]}{_BIG_VISION.attn}/query/kernel" in params else _ORIGINAL
+    return _Blocks(paths, scanned, scheme)
+
+
+def _read_architecture(params: _Params) -> _Architecture:
+    """Patch size, channels and width from the patch kernel; heads and MLP width from the first block."""
+    kernel = params["embedding/kernel"]  # (P, P, C, D)
+    if kernel.ndim != 4 or kernel.shape[0] != kernel.shape[1]:
+        raise InteropError(f"{params.source}: embedding/kernel has shape {kernel.shape}, expected (P, P, C, D)")
+    p, _, in_channels, width = kernel.shape
+    blocks = _find_blocks(params)
+    q_kernel = blocks.array(params, 0, f"{blocks.scheme.attn}/query/kernel")  # (D, heads, D/heads)
+    mlp_dim = blocks.array(params, 0, f"{blocks.scheme.mlp}/Dense_0/kernel").shape[-1]
+    return _Architecture(
+        patch_size=p,
+        in_channels=in_channels,
+        width=width,
+        num_heads=q_kernel.shape[1],
+        mlp_dim=mlp_dim,
+        class_token="cls" in params,
+        blocks=blocks,
+    )
+
+
+def _image_size(image_size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``image_size`` as (height, width), or None when not given."""
+    return (image_size, image_size) if isinstance(image_size, int) else (tuple(image_size) if image_size else None)
+
+
+def _patch_embedding(params: _Params) -> dict[str, torch.Tensor]:
+    return {
+        "patch_embed.proj.weight": _t(params["embedding/kernel"]).permute(3, 2, 0, 1),  # HWIO -> OIHW
+        "patch_embed.proj.bias": _t(params["embedding/bias"]),
+    }
+
+
+def _encoder_norm(params: _Params) -> dict[str, torch.Tensor]:
+    return {
+        "norm.weight": _t(params["Transformer/encoder_norm/scale"]),
+        "norm.bias": _t(params["Transformer/encoder_norm/bias"]),
+    }
+
+
+def _tokens_and_positions(
+    params: _Params, arch: _Architecture, size: tuple[int, int] | None
+) -> tuple[dict[str, torch.Tensor], tuple[int, int], str]:
+    """The class token and position table, the patch grid, and vitkit's ``posemb`` for them.
+
+    The grid is read from the table (its length, or big_vision's 2-D shape) unless ``size``
+    says otherwise. A file without a table used sincos2d, whose grid only ``size`` can give.
+    """
+    p, width = arch.patch_size, arch.width
+    state: dict[str, torch.Tensor] = {}
+    if arch.class_token:
+        state["cls_token"] = _t(params["cls"]).reshape(1, 1, width)
+    name = next((n for n in ("Transformer/posembed_input/pos_embedding", "pos_embedding") if n in params), None)
+    if name is None:
+        if size is None:
+            raise InteropError(
+                f"{params.source} has no position table (sincos2d): pass image_size to say the input size"
+            )
+        return state, (size[0] // p, size[1] // p), "sincos2d"
+    stored = params[name]
+    table = _t(stored).reshape(1, -1, width)  # (1, [1 +] N, D); big_vision may store (1, gh, gw, D)
+    if size is None and stored.ndim == 4:
+        size = (stored.shape[1] * p, stored.shape[2] * p)
+    grid, slot = split_position_rows(table.shape[1], arch.class_token, p, size, params.source)
+    if arch.class_token and slot == 0:  # big_vision: the class token gets no position
+        table = torch.cat([table.new_zeros(1, 1, width), table], dim=1)
+    state["pos_embed.weight"] = table
+    return state, grid, "learned"
+
+
+def _encoder_block(params: _Params, blocks: _Blocks, i: int, width: int) -> dict[str, torch.Tensor]:
+    """Block ``i`` under vitkit's names; Flax keeps q, k, v per head and apart, vitkit fuses them."""
+
+    def get(name: str) -> torch.Tensor:
+        return _t(blocks.array(params, i, name))
+
+    b, a, norm2, mlp = f"blocks.{i}.", blocks.scheme.attn, blocks.scheme.norm2, blocks.scheme.mlp
+    state = {
+        b + "norm1.weight": get("LayerNorm_0/scale"),
+        b + "norm1.bias": get("LayerNorm_0/bias"),
+        # (D, heads, D/heads) -> (D, D) -> (out, in); stacked as [W_q; W_k; W_v]
+        b + "attn.qkv.weight": torch.cat(
+            [get(f"{a}/{n}/kernel").reshape(width, width).T for n in ("query", "key", "value")]
+        ),
+        b + "attn.qkv.bias": torch.cat([get(f"{a}/{n}/bias").reshape(-1) for n in ("query", "key", "value")]),
+        b + "attn.proj.weight": get(f"{a}/out/kernel").reshape(width, width).T,  # (heads, D/h, D)
+        b + "attn.proj.bias": get(f"{a}/out/bias"),
+        b + "norm2.weight": get(f"{norm2}/scale"),
+        b + "norm2.bias": get(f"{norm2}/bias"),
+    }
+    for j in range(2):
+        state[b + f"mlp.fc{j + 1}.weight"] = get(f"{mlp}/Dense_{j}/kernel").T
+        state[b + f"mlp.fc{j + 1}.bias"] = get(f"{mlp}/Dense_{j}/bias")
+    return state
+
+
+def _pre_logits_and_head(params: _Params) -> tuple[dict[str, torch.Tensor], int | None, int]:
+    """The representation layer and classifier, each only if present (an empty ``head/kernel`` is no head).
+
+    Returns (state, representation_size, num_classes), the last two for the config.
+    """
+    state: dict[str, torch.Tensor] = {}
+    representation = None
+    if "pre_logits/kernel" in params:
+        representation = params["pre_logits/kernel"].shape[-1]
+        state["pre_logits.0.weight"] = _t(params["pre_logits/kernel"]).T
+        state["pre_logits.0.bias"] = _t(params["pre_logits/bias"])
+    num_classes = 0
+    if "head/kernel" in params and params["head/kernel"].size:
+        num_classes = params["head/kernel"].shape[-1]
+        state["head.weight"] = _t(params["head/kernel"]).T
+        state["head.bias"] = _t(params["head/bias"])
+    return state, representation, num_classes
+
+
+def _config(
+    arch: _Architecture,
+    grid: tuple[int, int],
+    posemb: str,
+    representation: int | None,
+    num_classes: int,
+    gelu_approximate: bool,
+) -> ViTConfig:
+    return ViTConfig(
+        image_size=(grid[0] * arch.patch_size, grid[1] * arch.patch_size),
+        patch_size=arch.patch_size,
+        in_channels=arch.in_channels,
+        num_classes=num_classes,
+        width=arch.width,
+        depth=arch.blocks.depth,
+        num_heads=arch.num_heads,
+        mlp_dim=arch.mlp_dim,
+        pool="cls" if arch.class_token else "gap",
+        class_token=arch.class_token,
+        posemb=posemb,
+        representation_size=representation,
+        qkv_bias=True,
+        layer_norm_eps=1e-6,  # Flax LayerNorm's default
+        gelu_approximate=gelu_approximate,
+    )
 
 
 def from_jax_npz(
@@ -83,125 +322,16 @@ def from_jax_npz(
     """
     path = Path(path)
     source = str(path)
-    w = read_npz(path)
-    if prefix is None:
-        prefix = next((p for p in _PREFIXES if f"{p}embedding/kernel" in w), None)
-        if prefix is None:
-            raise InteropError(
-                f"{source}: expected Flax ViT parameters ('embedding/kernel', 'Transformer/encoderblock_0/...'), "
-                f"found {', '.join(repr(k) for k in list(w)[:3]) or 'an empty archive'}"
-            )
-    if any(k.startswith(f"{prefix}MAPHead_0/") for k in w):
-        raise InteropError(f"{source} pools with a MAP head (attention pooling), which vitkit does not have")
-    if f"{prefix}conv_root/kernel" in w:
-        raise InteropError(f"{source} is a ResNet hybrid (R50+ViT); vitkit's conv stem is a different network")
-
-    def get(name: str) -> np.ndarray:
-        key = f"{prefix}{name}"
-        if key not in w:
-            raise InteropError(f"{source}: missing parameter {key!r}; the file is incomplete or not a ViT")
-        return w[key]
-
-    kernel = get("embedding/kernel")  # (P, P, C, D)
-    if kernel.ndim != 4 or kernel.shape[0] != kernel.shape[1]:
-        raise InteropError(f"{source}: embedding/kernel has shape {kernel.shape}, expected (P, P, C, D)")
-    p, _, in_channels, width = kernel.shape
-    scanned = f"{prefix}Transformer/encoderblock/LayerNorm_0/scale" in w
-    if scanned:
-        depth = w[f"{prefix}Transformer/encoderblock/LayerNorm_0/scale"].shape[0]
-        block_names = ["Transformer/encoderblock/"] * depth
-    else:
-        depth = 0
-        while f"{prefix}Transformer/encoderblock_{depth}/LayerNorm_0/scale" in w:
-            depth += 1
-        if depth == 0:
-            raise InteropError(f"{source}: no encoder blocks ('Transformer/encoderblock_0/...') in the file")
-        block_names = [f"Transformer/encoderblock_{i}/" for i in range(depth)]
-    names = _BIG_VISION if f"{prefix}{block_names[0]}{_BIG_VISION['attn']}/query/kernel" in w else _ORIGINAL
-
-    def block(i: int, name: str) -> np.ndarray:
-        a = get(f"{block_names[i]}{name}")
-        return a[i] if scanned else a
-
-    q_kernel = block(0, f"{names['attn']}/query/kernel")  # (D, heads, D/heads)
-    num_heads = q_kernel.shape[1]
-    mlp_dim = block(0, f"{names['mlp']}/Dense_0/kernel").shape[-1]
-    class_token = f"{prefix}cls" in w
-    size = (image_size, image_size) if isinstance(image_size, int) else (tuple(image_size) if image_size else None)
-
-    state: dict[str, torch.Tensor] = {
-        "patch_embed.proj.weight": _t(kernel).permute(3, 2, 0, 1),  # HWIO -> OIHW
-        "patch_embed.proj.bias": _t(get("embedding/bias")),
-        "norm.weight": _t(get("Transformer/encoder_norm/scale")),
-        "norm.bias": _t(get("Transformer/encoder_norm/bias")),
-    }
-    if class_token:
-        state["cls_token"] = _t(get("cls")).reshape(1, 1, width)
-    pos_key = next(
-        (k for k in (f"{prefix}Transformer/posembed_input/pos_embedding", f"{prefix}pos_embedding") if k in w), None
-    )
-    if pos_key is not None:
-        table = _t(w[pos_key])
-        table = table.reshape(1, -1, width)  # (1, [1 +] N, D); big_vision may store (1, gh, gw, D)
-        if size is None and w[pos_key].ndim == 4:
-            size = (w[pos_key].shape[1] * p, w[pos_key].shape[2] * p)
-        grid, slot = split_position_rows(table.shape[1], class_token, p, size, source)
-        if class_token and slot == 0:  # big_vision: the class token gets no position
-            table = torch.cat([table.new_zeros(1, 1, width), table], dim=1)
-        state["pos_embed.weight"] = table
-        posemb = "learned"
-    else:
-        if size is None:
-            raise InteropError(f"{source} has no position table (sincos2d): pass image_size to say the input size")
-        grid = (size[0] // p, size[1] // p)
-        posemb = "sincos2d"
-
-    for i in range(depth):
-        b = f"blocks.{i}."
-        a = names["attn"]
-        state[b + "norm1.weight"] = _t(block(i, "LayerNorm_0/scale"))
-        state[b + "norm1.bias"] = _t(block(i, "LayerNorm_0/bias"))
-        # (D, heads, D/heads) -> (D, D) -> (out, in); stacked as [W_q; W_k; W_v]
-        state[b + "attn.qkv.weight"] = torch.cat(
-            [_t(block(i, f"{a}/{n}/kernel")).reshape(width, width).T for n in ("query", "key", "value")]
-        )
-        state[b + "attn.qkv.bias"] = torch.cat(
-            [_t(block(i, f"{a}/{n}/bias")).reshape(-1) for n in ("query", "key", "value")]
-        )
-        state[b + "attn.proj.weight"] = _t(block(i, f"{a}/out/kernel")).reshape(width, width).T  # (heads, D/h, D)
-        state[b + "attn.proj.bias"] = _t(block(i, f"{a}/out/bias"))
-        state[b + "norm2.weight"] = _t(block(i, f"{names['norm2']}/scale"))
-        state[b + "norm2.bias"] = _t(block(i, f"{names['norm2']}/bias"))
-        for j in range(2):
-            state[b + f"mlp.fc{j + 1}.weight"] = _t(block(i, f"{names['mlp']}/Dense_{j}/kernel")).T
-            state[b + f"mlp.fc{j + 1}.bias"] = _t(block(i, f"{names['mlp']}/Dense_{j}/bias"))
-
-    representation = None
-    if f"{prefix}pre_logits/kernel" in w:
-        representation = w[f"{prefix}pre_logits/kernel"].shape[-1]
-        state["pre_logits.0.weight"] = _t(get("pre_logits/kernel")).T
-        state["pre_logits.0.bias"] = _t(get("pre_logits/bias"))
-    num_classes = 0
-    if f"{prefix}head/kernel" in w and w[f"{prefix}head/kernel"].size:
-        num_classes = w[f"{prefix}head/kernel"].shape[-1]
-        state["head.weight"] = _t(get("head/kernel")).T
-        state["head.bias"] = _t(get("head/bias"))
-
-    config = ViTConfig(
-        image_size=(grid[0] * p, grid[1] * p),
-        patch_size=p,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        width=width,
-        depth=depth,
-        num_heads=num_heads,
-        mlp_dim=mlp_dim,
-        pool="cls" if class_token else "gap",
-        class_token=class_token,
-        posemb=posemb,
-        representation_size=representation,
-        qkv_bias=True,
-        layer_norm_eps=1e-6,  # Flax LayerNorm's default
-        gelu_approximate=gelu_approximate,
-    )
+    arrays = read_npz(path)
+    params = _Params(arrays, _find_prefix(arrays, source) if prefix is None else prefix, source)
+    _reject_unsupported(params)
+    arch = _read_architecture(params)
+    state = _patch_embedding(params) | _encoder_norm(params)
+    tokens, grid, posemb = _tokens_and_positions(params, arch, _image_size(image_size))
+    state |= tokens
+    for i in range(arch.blocks.depth):
+        state |= _encoder_block(params, arch.blocks, i, arch.width)
+    head, representation, num_classes = _pre_logits_and_head(params)
+    state |= head
+    config = _config(arch, grid, posemb, representation, num_classes, gelu_approximate)
     return build(config, state, source)
