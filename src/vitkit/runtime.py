@@ -7,12 +7,18 @@ Each of these is decided here and nowhere else, so ``train``, ``evaluate``, ``pr
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "bf16", "fp32")
 
@@ -85,3 +91,119 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """Cumulative CPU time of this process's cores, in clock ticks, read at one moment.
+
+    ``busy`` counts every tick not idle, including steal (time a hypervisor gave to another
+    guest); ``own`` counts the ticks of this job's own processes, which are not contention.
+    """
+
+    busy: int
+    total: int
+    own: int
+
+
+def threads_from_samples(before: CpuSample, after: CpuSample, cores: int, processes: int = 1) -> tuple[int, str]:
+    """The threads each of ``processes`` processes should use on ``cores`` cores, given two CPU
+    samples a short window apart, and why.
+
+    An OpenMP thread whose sibling is descheduled waits for it at every barrier: on this 2-core
+    machine with another job busy, 2 threads trained at 67 images/s and 1 thread at ~1,100. So
+    each core that other programs kept busy for at least half the window is left to them; an
+    idle machine gets all its cores, as PyTorch's own default would.
+    """
+    share = cores // max(processes, 1) or 1
+    window = after.total - before.total
+    if window <= 0:
+        return share, f"all {cores} core(s) (no CPU time passed between the samples)"
+    others = max(0, (after.busy - before.busy) - (after.own - before.own))
+    busy_cores = others / window * cores
+    free = cores - min(cores - 1, int(busy_cores + 0.5))
+    threads = max(1, free // max(processes, 1))
+    if free == cores:
+        return threads, f"all {cores} core(s){_per_process(processes)}; other programs used {busy_cores:.2f} core(s)"
+    return threads, (
+        f"{free} of {cores} core(s){_per_process(processes)}: other programs kept {busy_cores:.2f} core(s) busy, "
+        "and threads that wait for a descheduled sibling are slower than fewer threads; pass --threads to override"
+    )
+
+
+def _per_process(processes: int) -> str:
+    return f" shared by {processes} processes" if processes > 1 else ""
+
+
+def sample_cpu(cpus: Iterable[int], own_pids: Iterable[int], stat: Path = Path("/proc/stat")) -> CpuSample | None:
+    """Read /proc/stat's lines for ``cpus`` and the CPU time of ``own_pids`` (None off Linux)."""
+    wanted = {f"cpu{c}" for c in cpus}
+    busy = total = 0
+    try:
+        for line in stat.read_text().splitlines():
+            fields = line.split()
+            if fields and fields[0] in wanted:
+                user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+                busy += user + nice + system + irq + softirq + steal
+                total += user + nice + system + idle + iowait + irq + softirq + steal
+    except (OSError, ValueError):
+        return None
+    return CpuSample(busy, total, sum(_process_ticks(p) for p in set(own_pids)))
+
+
+def _process_ticks(pid: int) -> int:
+    """utime + stime of one process (0 once it has exited)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    fields = text[text.rindex(")") + 2 :].split()  # after "pid (name) ": state is field 3
+    return int(fields[11]) + int(fields[12])
+
+
+def _job_pids(processes: int) -> set[int]:
+    """This process, its children, and under torchrun (several processes per machine) the other
+    workers, which torchrun starts as this process's siblings."""
+    pids = {os.getpid(), *_children(os.getpid())}
+    if processes > 1:
+        pids |= _children(os.getppid())
+    return pids
+
+
+def _children(pid: int) -> set[int]:
+    kids: set[int] = set()
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            kids |= {int(k) for k in (task / "children").read_text().split()}
+    except OSError:
+        pass
+    return kids
+
+
+def default_threads(processes: int = 1, window: float = 0.5) -> tuple[int, str]:
+    """Threads per process for ``processes`` vitkit processes on this machine: the cores this
+    process may use, less those other programs keep busy, measured over ``window`` seconds."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux: no affinity, no /proc/stat
+        cores = os.cpu_count() or 1
+        return max(1, cores // processes), f"all {cores} core(s)"
+    before = sample_cpu(cpus, _job_pids(processes))
+    time.sleep(window)
+    after = sample_cpu(cpus, _job_pids(processes))
+    if before is None or after is None:
+        return max(1, len(cpus) // processes), f"all {len(cpus)} core(s) (/proc/stat unreadable)"
+    return threads_from_samples(before, after, len(cpus), processes)
+
+
+def set_threads(requested: int | None, processes: int = 1) -> int:
+    """Set torch's CPU threads: ``requested``, or :func:`default_threads`; logs the choice."""
+    if requested is not None:
+        if requested < 1:
+            raise ConfigError(f"--threads {requested}: give at least 1")
+        torch.set_num_threads(requested)
+        return requested
+    threads, reason = default_threads(processes)
+    torch.set_num_threads(threads)
+    log.info("CPU threads: %d per process (%s)", threads, reason)
+    return threads

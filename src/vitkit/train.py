@@ -56,7 +56,7 @@ from .data import (
 from .errors import DivergedError
 from .model import VisionTransformer
 from .preprocess import Preprocess
-from .runtime import autocast, available_cores, resolve_device, use_bf16
+from .runtime import autocast, resolve_device, set_threads, use_bf16
 
 log = logging.getLogger(__name__)
 
@@ -211,22 +211,6 @@ def parse_duration(text: str | float | int) -> float:
         raise ValueError(f"cannot read the duration {text!r}; write e.g. 600, 600s, 10m, 1h30m")
     h, m, sec = (float(g) if g else 0.0 for g in parts.groups())
     return h * 3600 + m * 60 + sec
-
-
-# ============================================================================ device and precision
-def default_threads() -> int:
-    """The cores this process may use, less those other jobs keep busy (1-minute load average).
-
-    On a shared machine an OpenMP thread that waits for a descheduled sibling costs far more than
-    it brings: on the 2-core CPU under load 4-6, 2 threads trained at 67 images/s and 1 thread at
-    ~1,100. An idle machine gets all its cores.
-    """
-    cores = available_cores()
-    try:
-        busy = os.getloadavg()[0]
-    except (AttributeError, OSError):  # not available on this platform
-        return cores
-    return max(1, min(cores, int(cores - busy + 0.5)))
 
 
 # ============================================================================ optimiser and schedule
@@ -422,8 +406,7 @@ def train(
     wall_start = time.perf_counter()
     run_dir = Path(cfg.out)
     world = distributed.current()  # one process, or the torchrun group joined by distributed.session
-    # the processes on this machine share its idle cores
-    torch.set_num_threads(cfg.threads or max(1, default_threads() // world.local_world_size))
+    set_threads(cfg.threads, world.local_world_size)  # the processes on this machine share its idle cores
     world.check_batch(cfg.batch_size)
     device = world.device(resolve_device(cfg.device))
     bf16 = use_bf16(cfg.precision, device)

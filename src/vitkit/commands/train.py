@@ -124,7 +124,13 @@ _OPTIONS = {
         ),
         ("--device", "device", str, "auto | cpu | cuda | cuda:N"),
         ("--precision", "precision", str, "auto | bf16 | fp32 (auto: bf16 autocast where the hardware has bf16 units)"),
-        ("--threads", "threads", int, "CPU threads (default: the cores other jobs leave idle)"),
+        (
+            "--threads",
+            "threads",
+            int,
+            "CPU threads (default: every core this process may use, less those other programs keep busy "
+            "in a half-second sample)",
+        ),
         ("--eval-batch-size", "eval_batch_size", int, "batch size of the evaluations"),
         ("--eval-every", "eval_every", int, "validate every this many epochs (0: only after the last)"),
     ],
