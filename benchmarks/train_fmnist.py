@@ -12,19 +12,19 @@ check writes ``train_pipeline.json``): the recipe, the machine, and the measured
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from vitkit.checkpoint import atomic_write_json
-from vitkit.data import BatchAugment, epoch_order, iterate_batches, load_dataset
-from vitkit.preprocess import Preprocess, normalize
-from vitkit.runtime import autocast, available_cores, resolve_device, use_bf16
-from vitkit.train import RECIPES, TrainConfig, build_model, param_groups, train
+from vitkit.data import BatchAugment, epoch_order, iterate_batches
+from vitkit.runtime import resolve_device, set_threads, use_bf16
+from vitkit.train import RECIPES, TrainConfig, TrainStep, adamw, build_model, param_groups, train
+from vitkit.train.datasets import prepare_data
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -51,16 +51,17 @@ def run_recipe(name: str, out: Path, threads: int | None, device: str) -> dict:
     result = {
         "recipe": name,
         "config": cfg.to_dict(),
-        "test_accuracy": summary["accuracy"],
-        "top5": summary["top5"],
-        "epochs_done": summary["epochs_done"],
-        "train_time_s": summary["train_time_s"],
+        "test_accuracy": summary.accuracy,
+        "top5": summary.top5,
+        "epochs_done": summary.epochs_done,
+        "train_time_s": summary.train_time_s,
         "wall_time_s": round(wall, 1),
-        "images_per_s": summary["images_per_s"],
-        "stopped_by_time_budget": summary["stopped_by_time_budget"],
-        "params": summary["params"],
-        "bf16": summary["bf16"],
-        "device": summary["device"],
+        "images_per_s": summary.images_per_s,
+        "stopped_by_time_budget": summary.stopped_by_time_budget,
+        "params": summary.params,
+        "bf16": summary.bf16,
+        "threads": summary.threads,
+        "device": summary.device,
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
@@ -73,65 +74,64 @@ def run_recipe(name: str, out: Path, threads: int | None, device: str) -> dict:
     return result
 
 
-def pipeline_check(name: str, steps: int, threads: int | None, device_name: str) -> dict:
-    """Images/s of the full training step (index the in-memory uint8 set, augment, normalise,
-    forward, backward, AdamW) against the same step on one pre-made float batch: the data path's
-    share of the time. Measured in alternating rounds so that a busy machine affects both alike."""
+def _pipeline_steps(name: str, threads: int | None, device_name: str):  # noqa: ANN202
+    """(config, model-only step, full step) for the recipe: both through vitkit's TrainStep; the full
+    one first indexes the in-memory uint8 set and augments and normalises the batch."""
     cfg = TrainConfig(**(RECIPES[name] | {"threads": threads, "device": device_name}))
-    torch.set_num_threads(cfg.threads or available_cores())
+    set_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    bf16 = use_bf16(cfg.precision, device)
-    ds = load_dataset(cfg.data, "train", cfg.data_dir, Preprocess((28, 28), 1, pad=cfg.pad))
-    mean, std = ds.mean_std()
-    model = build_model(cfg, ds).to(device).train()
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=1e-4)
-    aug = BatchAugment(cfg.augment_config(ds.image_size), mean, std, ds.num_classes, cfg.seed)
+    data = prepare_data(cfg, (28, 28))
+    model = build_model(cfg, data).to(device).train()
+    step = TrainStep(
+        model, adamw(param_groups(model, cfg.weight_decay), 1e-4, device), device,
+        use_bf16(cfg.precision, device), cfg.label_smoothing, cfg.clip_grad,
+    )  # fmt: skip
+    ds, pre = data.train, data.preprocess
+    aug = BatchAugment(cfg.augment_config(ds.image_size), pre.mean, pre.std, ds.num_classes, cfg.seed)
     order = epoch_order(len(ds), cfg.seed, 0)
     batches = list(iterate_batches(len(order), cfg.batch_size, order, drop_last=True))
-    fixed_x = normalize(ds.images[batches[0]], mean, std).to(device)
-    fixed_y = ds.labels[batches[0]].to(device)
+    fixed = (pre.normalize(ds.images[batches[0]]).to(device), ds.labels[batches[0]].to(device))
 
-    def step(x, y):
-        with autocast(device, bf16):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.item()
+    def model_only(b: int) -> None:
+        step([fixed])
 
-    def full(b):
+    def full(b: int) -> None:
         idx = batches[b % len(batches)]
-        x, y = aug(ds.images[idx].to(device), ds.labels[idx].to(device), 0, b)
-        return step(x, y)
+        step([aug(ds.images[idx].to(device), ds.labels[idx].to(device), 0, b)])
 
+    return cfg, model_only, full
+
+
+def pipeline_check(name: str, steps: int, threads: int | None, device_name: str) -> dict:
+    """Images/s of the full training step against the same step on one pre-made float batch: the
+    data path's share of the time. Measured in alternating rounds so that a busy machine affects
+    both alike."""
+    cfg, model_only, full = _pipeline_steps(name, threads, device_name)
     for b in range(3):  # warm-up
         full(b)
-        step(fixed_x, fixed_y)
+        model_only(b)
     t_full = t_model = 0.0
     rounds, per_round = 5, max(1, steps // 5)
     for r in range(rounds):
         t0 = time.perf_counter()
-        for _ in range(per_round):
-            step(fixed_x, fixed_y)
+        for i in range(per_round):
+            model_only(i)
         t1 = time.perf_counter()
         for i in range(per_round):
             full(r * per_round + i)
-        t2 = time.perf_counter()
-        t_model += t1 - t0
-        t_full += t2 - t1
+        t_model, t_full = t_model + t1 - t0, t_full + time.perf_counter() - t1
     n = rounds * per_round * cfg.batch_size
     result = {
         "recipe": name,
-        "augment": cfg.augment_config(ds.image_size).__dict__,
+        "augment": cfg.augment_config((32, 32)).__dict__,
         "model_only_images_per_s": round(n / t_model, 1),
         "full_pipeline_images_per_s": round(n / t_full, 1),
         "ratio": round(t_model / t_full, 3),
         "steps": rounds * per_round,
         "batch_size": cfg.batch_size,
-        "bf16": bf16,
+        "threads": torch.get_num_threads(),
         "machine": machine(),
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     atomic_write_json(RESULTS / "train_pipeline.json", result)

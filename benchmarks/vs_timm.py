@@ -31,6 +31,7 @@ from vitkit import bench
 from vitkit.checkpoint import atomic_write_json
 from vitkit.config import get_config
 from vitkit.interop.timm import timm_kwargs
+from vitkit.runtime import configure_device, resolve_device
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -163,8 +164,8 @@ def main() -> None:
     p.add_argument("--out", help="JSON path (default: benchmarks/results/vs_timm-<device>.json)")
     args = p.parse_args()
 
-    device = bench.resolve_device(args.device)
-    bench.configure_device(device)
+    device = resolve_device(args.device)
+    configure_device(device)
     dtypes = args.dtypes.split(",")
     for d in dtypes:
         bench.parse_dtype(d)

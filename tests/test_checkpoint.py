@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from conftest import perturbed
 
 import vitkit
 from vitkit import CheckpointError, create_model
@@ -9,11 +10,7 @@ from vitkit import CheckpointError, create_model
 
 def _model(**kw):
     torch.manual_seed(0)
-    model = create_model("vit_tiny_28", depth=2, **kw)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    return model.eval()
+    return perturbed(create_model("vit_tiny_28", depth=2, **kw), 0.02)
 
 
 @pytest.mark.parametrize("posemb", ["learned", "learned2d", "sincos2d", "none"])

@@ -4,13 +4,15 @@ import json
 
 import numpy as np
 import pytest
+from conftest import TINY_ARGS
 from PIL import Image
 
 from vitkit.cli import main
 from vitkit.data import load_dataset
 
-TINY = ["--set", "width=64", "--set", "depth=2", "--set", "num_heads=2", "--set", "mlp_dim=128"]
-TINY += ["--set", "patch_size=2", "--set", "pool=gap"]
+pytestmark = pytest.mark.slow  # these tests train models
+
+TINY = TINY_ARGS
 FAST = [
     "--batch-size",
     "32",

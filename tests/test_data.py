@@ -6,14 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import FMNIST, needs_fashion_mnist
 from PIL import Image
 
 from vitkit import data as D
 from vitkit.data import AugmentConfig, BatchAugment, DataError
 from vitkit.data import builtin as B
 from vitkit.preprocess import Preprocess
-
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> None:
@@ -109,7 +108,7 @@ def test_torchvision_download_path_with_files_already_there(tmp_path):
     assert ds.images.shape == (20, 1, 28, 28) and ds.labels[:3].tolist() == [0, 1, 2]
 
 
-@pytest.mark.skipif(not FMNIST.is_dir(), reason="dataset-fashion-mnist not installed")
+@needs_fashion_mnist
 def test_real_fashion_mnist_test_split():
     ds = D.load_dataset("fashion-mnist", "test", data_dir=FMNIST)
     assert ds.images.shape == (10_000, 1, 28, 28) and ds.images.dtype == torch.uint8

@@ -12,18 +12,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_ARGS
+from conftest import tiny_config as shared_tiny_config
 
 import vitkit
 from vitkit import distributed
 from vitkit import train as T
 from vitkit.commands.train import torchrun_argv
-from vitkit.train import TrainConfig, train
+from vitkit.errors import CheckpointError
+from vitkit.train import RunFolder, TrainConfig, train
+
+pytestmark = pytest.mark.slow  # these tests train models
 
 # the digits set and a 16-token width-64 ViT, as in test_train.py: seconds per epoch on one core
-TINY = ["--set", "width=64", "--set", "depth=2", "--set", "num_heads=2", "--set", "mlp_dim=128"]
-TINY += ["--set", "patch_size=2", "--set", "pool=gap"]
 COMMON = ["--data", "digits", "--batch-size", "32", "--lr", "2e-3", "--label-smoothing", "0", "--threads", "1"]
-COMMON += ["--no-progress", "--precision", "fp32", *TINY]
+COMMON += ["--no-progress", "--precision", "fp32", *TINY_ARGS]
 
 
 def vitkit_train(*args: str, nproc: int | None = None, timeout: float = 240, env: dict | None = None):
@@ -36,22 +39,11 @@ def vitkit_train(*args: str, nproc: int | None = None, timeout: float = 240, env
 
 
 def tiny_config(out, **kw) -> TrainConfig:
-    base = dict(
-        data="digits",
-        model="vit_tiny_28",
-        model_overrides=dict(width=64, depth=2, num_heads=2, mlp_dim=128, patch_size=2, pool="gap"),
-        batch_size=32,
-        lr=2e-3,
-        label_smoothing=0.0,
-        threads=1,
-        precision="fp32",
-        out=str(out),
-    )
-    return TrainConfig(**(base | kw))
+    return shared_tiny_config(out, precision="fp32", **kw)
 
 
 def curve(run_dir: Path) -> list[tuple]:
-    return [(r["epoch"], r["step"], r["train_loss"], r["val_loss"]) for r in T.read_metrics(run_dir / "metrics.jsonl")]
+    return [(r["epoch"], r["step"], r["train_loss"], r["val_loss"]) for r in T.read_metrics(run_dir)]
 
 
 def test_world_of_one_and_the_batch_split():
@@ -125,7 +117,7 @@ def test_killed_worker_stops_the_job_and_the_run_resumes_with_two_and_one_proces
     job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ)
     try:
         deadline = time.monotonic() + 120
-        while T.find_checkpoint(run, "last") is None:  # the first epoch's checkpoint
+        while RunFolder(run).find_checkpoint("last") is None:  # the first epoch's checkpoint
             assert job.poll() is None, job.communicate()[1][-3000:]
             assert time.monotonic() < deadline, "no checkpoint after 120 s"
             time.sleep(0.1)
@@ -138,16 +130,16 @@ def test_killed_worker_stops_the_job_and_the_run_resumes_with_two_and_one_proces
     assert job.returncode != 0
     # torchrun's report names the worker that died first and how
     assert "Root Cause" in err and "rank      : 1" in err and "SIGKILL" in err, err[-3000:]
-    epochs_done = T.read_training_state(T.find_checkpoint(run, "last") / T.STATE_NAME)["epoch"]
+    epochs_done = RunFolder.read_state(RunFolder(run).find_checkpoint("last")).epoch
     assert 1 <= epochs_done < 30
-    assert len(T.read_metrics(run / "metrics.jsonl")) >= epochs_done
+    assert len(T.read_metrics(run)) >= epochs_done
 
     # continue with 2 processes for one more epoch, then with 1 for another
     proc = vitkit_train("--resume", str(run), "--epochs", str(epochs_done + 1), nproc=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = vitkit_train("--resume", str(run), "--epochs", str(epochs_done + 2))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = T.read_metrics(run / "metrics.jsonl")
+    rows = T.read_metrics(run)
     assert [r["epoch"] for r in rows] == list(range(1, epochs_done + 3))
     assert [r["step"] for r in rows] == [44 * e for e in range(1, epochs_done + 3)]
     summary = json.loads((run / "summary.json").read_text())
@@ -173,7 +165,9 @@ def test_resume_with_a_checkpoint_of_another_model_says_so(tmp_path):
     meta = json.loads((run / "train_config.json").read_text())
     meta["train"]["model_overrides"]["width"] = 32  # the config no longer describes the weights
     (run / "train_config.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match=r"holds a different model than .*train_config.json describes"):
+    with pytest.raises(
+        CheckpointError, match=r"different model than .*train_config\.json describes \(.*shape mismatch"
+    ):
         train(T.load_run_config(run), resume=True, progress=False)
 
 
@@ -192,7 +186,7 @@ def test_a_peer_that_dies_is_a_clear_error_for_the_survivor(tmp_path):
     ]
     try:
         deadline = time.monotonic() + 120
-        while T.find_checkpoint(run, "last") is None:
+        while RunFolder(run).find_checkpoint("last") is None:
             assert ranks[0].poll() is None, ranks[0].communicate()[1][-3000:]
             assert time.monotonic() < deadline, "no checkpoint after 120 s"
             time.sleep(0.1)

@@ -27,9 +27,12 @@ def _have_fashion_mnist() -> bool:
     return True
 
 
-pytestmark = pytest.mark.skipif(
-    not _have_fashion_mnist(), reason=f"Fashion-MNIST not found in {candidate_dirs('fashion-mnist')}"
-)
+pytestmark = [
+    pytest.mark.slow,  # these tests train models
+    pytest.mark.skipif(
+        not _have_fashion_mnist(), reason=f"Fashion-MNIST not found in {candidate_dirs('fashion-mnist')}"
+    ),
+]
 
 
 def _runs(path: Path) -> dict:

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import FMNIST, needs_fashion_mnist
 from PIL import Image
 
 import vitkit
@@ -23,8 +24,6 @@ from vitkit.explain import (
     uniform_attention_distance,
     write_report,
 )
-
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
 def _layer(*heads):
@@ -182,7 +181,7 @@ def _fashion_mnist_pngs(folder: Path, n: int) -> list[Path]:
     return paths
 
 
-@pytest.mark.skipif(not FMNIST.is_dir(), reason="Fashion-MNIST not installed")
+@needs_fashion_mnist
 def test_cli_writes_png_figures_of_the_expected_size(tmp_path):
     torch.manual_seed(0)
     names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]

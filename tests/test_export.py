@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import perturbed
 
 from vitkit import create_model
 from vitkit.cli import main
@@ -11,25 +12,21 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 
-def perturbed(**kw):
+def model_for_export(**kw):
     torch.manual_seed(0)
-    model = create_model("vit_tiny_32", depth=2, patch_size=8, **kw)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model.eval()
+    return perturbed(create_model("vit_tiny_32", depth=2, patch_size=8, **kw))
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(pool="gap", class_token=False, posemb="sincos2d")], ids=["cls", "gap"])
 def test_export_matches_pytorch_for_two_batch_sizes(tmp_path, kw):
-    model = perturbed(**kw)
+    model = model_for_export(**kw)
     path = export_onnx(model, tmp_path / "model.onnx", batch_size=2)
     assert check_onnx(model, path, batch_sizes=(1, 4)) < 1e-4
     assert model.blocks[0].attn.fused  # the export's explicit attention path was switched back
 
 
 def test_dynamic_image_size_export_resamples_like_pytorch(tmp_path):
-    model = perturbed()
+    model = model_for_export()
     path = export_onnx(model, tmp_path / "model.onnx", dynamic_image_size=True)
     for size in [(32, 32), (48, 48), (64, 40), (16, 16)]:  # native, larger, non-square, smaller
         assert check_onnx(model, path, batch_sizes=(1, 2), image_size=size) < 1e-4
@@ -38,7 +35,7 @@ def test_dynamic_image_size_export_resamples_like_pytorch(tmp_path):
 def test_export_command_prints_the_difference(tmp_path, capsys):
     import vitkit
 
-    vitkit.save(perturbed(), tmp_path / "ckpt")
+    vitkit.save(model_for_export(), tmp_path / "ckpt")
     assert main(["export", str(tmp_path / "ckpt"), str(tmp_path / "m.onnx"), "--check"]) == 0
     out = capsys.readouterr().out
     assert "max |onnxruntime - pytorch| =" in out and "(ok)" in out

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import perturbed
 from safetensors.torch import save_file
 
 import vitkit
@@ -16,11 +17,7 @@ timm = pytest.importorskip("timm")
 @pytest.fixture(scope="module")
 def timm_model():
     torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model.eval()
+    return perturbed(timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=1))
 
 
 def one_line_error(capsys, argv, *fragments):

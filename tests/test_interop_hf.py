@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from conftest import perturbed
 
 from vitkit import create_model
 from vitkit.interop import InteropError, from_hf, to_hf
@@ -14,14 +15,6 @@ transformers = pytest.importorskip("transformers")
 SMALL = dict(
     hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, image_size=32, patch_size=8
 )
-
-
-def perturbed(model):
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model.eval()
 
 
 def images(n=3):

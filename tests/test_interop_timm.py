@@ -5,6 +5,7 @@ import functools
 
 import pytest
 import torch
+from conftest import perturbed as perturbed_model
 
 from vitkit import CheckpointError
 from vitkit.interop import InteropError, from_timm, timm_name, to_timm, to_timm_state_dict
@@ -30,13 +31,8 @@ def perturbed(name, **kw):
 @functools.cache
 def _perturbed(name, kw):
     """A timm model with every weight moved off its initial value (cached: tests only read it)."""
-    kw = dict(kw)
     torch.manual_seed(0)
-    model = timm.create_model(name, pretrained=False, **kw)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model.eval()
+    return perturbed_model(timm.create_model(name, pretrained=False, **dict(kw)))
 
 
 def images(size, n=2):

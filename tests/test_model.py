@@ -1,8 +1,10 @@
 import pytest
 import torch
+from conftest import perturbed
 
 from vitkit import VisionTransformer, ViTConfig, create_model, list_presets
 from vitkit.config import canonical_name, get_config
+from vitkit.model import count_params
 
 # timm's parameter counts at 224x224, class token, learned 1-D position embedding, no pre-logits.
 TIMM_PARAMS_1000 = {
@@ -21,9 +23,9 @@ TIMM_PARAMS_HEADLESS = {"vit_l32": 305_510_400, "vit_h14": 630_764_800}
 
 @pytest.mark.parametrize("name", list(TIMM_PARAMS_1000))
 def test_parameter_counts_equal_timm(name):
-    assert get_config(name).num_params() == TIMM_PARAMS_1000[name]
+    assert count_params(get_config(name)) == TIMM_PARAMS_1000[name]
     if name in TIMM_PARAMS_HEADLESS:
-        assert get_config(name, num_classes=0).num_params() == TIMM_PARAMS_HEADLESS[name]
+        assert count_params(get_config(name, num_classes=0)) == TIMM_PARAMS_HEADLESS[name]
 
 
 def test_paper_spellings_name_the_same_preset():
@@ -52,11 +54,7 @@ def test_head_is_zero_initialised_so_a_fresh_model_is_uniform():
 
 
 def _trained_like(model):
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    return model.eval()
+    return perturbed(model, 0.02)
 
 
 def test_gap_pool_ignores_the_class_token():

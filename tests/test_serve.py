@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import needs_fashion_mnist, perturbed, sample_photo
+from conftest import needs_fashion_mnist, perturbed, sample_photo, tiny_config
 from PIL import Image
 
 from vitkit.data import load_dataset
@@ -25,6 +25,8 @@ starlette = pytest.importorskip("starlette", reason="vitkit[serve] extra not ins
 from starlette.testclient import TestClient  # noqa: E402
 
 from vitkit.serve import Explorer, create_app  # noqa: E402
+
+pytestmark = pytest.mark.slow  # these tests train models
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -48,10 +50,8 @@ def _train(out: Path, **kw) -> Path:
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("serve") / "digits"
-    tiny = dict(width=64, depth=2, num_heads=2, mlp_dim=128, patch_size=2, pool="gap")
-    return _train(
-        out, data="digits", model="vit_tiny_28", model_overrides=tiny, epochs=8, batch_size=32, lr=2e-3, crop_padding=0
-    )
+    train(tiny_config(out, epochs=8, crop_padding=0, threads=2, warmup_epochs=0.5), progress=False)
+    return out
 
 
 @pytest.fixture(scope="module")

@@ -5,36 +5,26 @@ import textwrap
 
 import pytest
 import torch
+from conftest import tiny_config as shared_tiny_config
 
 import vitkit
 from vitkit import train as T
 from vitkit.preprocess import Preprocess
-from vitkit.train import DivergedError, TrainConfig, train
-
-# A ViT small enough to train on the 8x8 digits in seconds: 16 tokens of width 64.
-TINY = dict(width=64, depth=2, num_heads=2, mlp_dim=128, patch_size=2, pool="gap")
+from vitkit.train import DivergedError, RunFolder, TrainConfig, WarmupCosine, train
+from vitkit.train import run_folder as RF
+from vitkit.train import step as S
 
 
 def tiny_config(out, **kw) -> TrainConfig:
-    base = dict(
-        data="digits",
-        model="vit_tiny_28",
-        model_overrides=dict(TINY),
-        epochs=3,
-        batch_size=32,
-        lr=2e-3,
-        warmup_epochs=1,
-        label_smoothing=0.0,
-        crop_padding=0,
-        threads=1,
-        out=str(out),
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    return shared_tiny_config(out, **(dict(epochs=3, warmup_epochs=1, crop_padding=0) | kw))
 
 
 def losses(run_dir):
-    return [(r["epoch"], r["train_loss"], r["val_acc"]) for r in T.read_metrics(run_dir / "metrics.jsonl")]
+    return [(r["epoch"], r["train_loss"], r["val_acc"]) for r in T.read_metrics(run_dir)]
+
+
+def state_epoch(checkpoint):
+    return RunFolder.read_state(checkpoint).epoch
 
 
 def test_parse_duration():
@@ -45,15 +35,16 @@ def test_parse_duration():
 
 
 def test_schedule_warmup_then_cosine_and_time_budget():
-    cfg = TrainConfig(lr=1e-3, min_lr=1e-5)
-    lrs = [T.learning_rate(cfg, s, 100, 10) for s in range(100)]
+    schedule = WarmupCosine(1e-3, 1e-5, total_steps=100, warmup_steps=10)
+    lrs = [schedule(s) for s in range(100)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert lrs[55] == pytest.approx(1e-5 + 0.5 * (1e-3 - 1e-5))  # half-way through the cosine
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False)) and lrs[-1] < 2e-5
-    timed = TrainConfig(lr=1e-3, min_lr=1e-5, time_budget=60)
-    assert T.learning_rate(timed, 20, 100, 10, elapsed=60) == pytest.approx(1e-5)  # the clock ran out first
+    timed = WarmupCosine(1e-3, 1e-5, total_steps=100, warmup_steps=10, time_budget=60)
+    assert timed(20, elapsed=60) == pytest.approx(1e-5)  # the clock ran out first
     # the clock does not cut the warm-up short: it lasts its steps, then the cosine follows the clock
-    assert T.learning_rate(timed, 4, 100, 10, elapsed=50) == pytest.approx(5e-4)
-    assert T.learning_rate(timed, 10, 100, 10, elapsed=30) < T.learning_rate(timed, 10, 100, 10, elapsed=3)
+    assert timed(4, elapsed=50) == pytest.approx(5e-4)
+    assert timed(10, elapsed=30) < timed(10, elapsed=3)
 
 
 def test_weight_decay_skips_norms_biases_posemb_and_class_token():
@@ -66,12 +57,46 @@ def test_weight_decay_skips_norms_biases_posemb_and_class_token():
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
 
 
+def test_per_group_learning_rate_scales_and_frozen_parameters():
+    model = vitkit.create_model("vit_tiny_28", depth=2)
+    model.patch_embed.requires_grad_(False)  # frozen: not in any group
+    groups = T.param_groups(model, 0.05, lr_scale=lambda n: 10.0 if n.startswith("head.") else 1.0)
+    in_groups = {id(p) for g in groups for p in g["params"]}
+    assert not any(id(p) in in_groups for p in model.patch_embed.parameters())
+    head = [g for g in groups if any(p is model.head.weight for p in g["params"])][0]
+    assert head["lr_scale"] == 10.0 and head["weight_decay"] == 0.05
+    optimizer = T.adamw(groups, 1e-3, torch.device("cpu"))
+    T.set_learning_rate(optimizer, 2e-3)
+    assert sorted({g["lr"] for g in optimizer.param_groups}) == [2e-3, 2e-2]
+
+
+def test_the_step_takes_one_plain_sgd_step_as_computed_by_hand():
+    """Forward, loss, backward, clip, step: against the same arithmetic written out."""
+    torch.manual_seed(0)
+    model, x, y = torch.nn.Linear(4, 3), torch.randn(8, 4), torch.randint(0, 3, (8,))
+    w, b = model.weight.detach().clone(), model.bias.detach().clone()
+    step = T.TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.5), torch.device("cpu"), clip_grad=0.1)
+    out = step([(x[:4], y[:4]), (x[4:], y[4:])])  # two micro-batches of 4: the gradient of all 8
+    w_ = w.clone().requires_grad_()
+    b_ = b.clone().requires_grad_()
+    loss = torch.nn.functional.cross_entropy(x @ w_.T + b_, y)
+    loss.backward()
+    norm = torch.cat([w_.grad.flatten(), b_.grad]).norm()
+    scale = min(1.0, 0.1 / (norm.item() + 1e-6))
+    assert out.loss == pytest.approx(loss.item(), rel=1e-6) and out.seen == 8
+    assert torch.allclose(model.weight, w - 0.5 * scale * w_.grad, atol=1e-6)
+    assert torch.allclose(model.bias, b - 0.5 * scale * b_.grad, atol=1e-6)
+    nan = step([(x * float("nan"), y)])
+    assert not nan.finite and torch.allclose(model.bias, b - 0.5 * scale * b_.grad, atol=1e-6)  # unchanged
+
+
+@pytest.mark.slow
 def test_trains_for_real_on_digits(tmp_path):
     summary = train(tiny_config(tmp_path / "run", epochs=8), progress=False)
-    assert summary["accuracy"] > 0.75, summary  # chance is 0.10
-    assert summary["eval_images"] == 359 and summary["epochs_done"] == 8
+    assert summary.accuracy > 0.75, summary  # chance is 0.10
+    assert summary.eval_images == 359 and summary.epochs_done == 8
     run = tmp_path / "run"
-    assert len(T.read_metrics(run / "metrics.jsonl")) == 8
+    assert len(T.read_metrics(run)) == 8
     cfg = json.loads((run / "train_config.json").read_text())
     assert cfg["train"]["lr"] == 2e-3 and cfg["model"]["num_classes"] == 10
     model = vitkit.load(run / "best")
@@ -86,23 +111,25 @@ KILLER = textwrap.dedent(
     """
     import json, os, signal, sys
     import vitkit.train as T
+    from vitkit.train import run_folder
 
     cfg = T.TrainConfig(**json.loads(sys.argv[1]))
     kill_epoch = int(sys.argv[2])
-    write = T._write_training_state
+    write = run_folder._write_training_state
 
     def dying(path, state):
-        if state["epoch"] == kill_epoch:  # half a file, then SIGKILL in the middle of the checkpoint
+        if state.epoch == kill_epoch:  # half a file, then SIGKILL in the middle of the checkpoint
             path.write_bytes(b"partial")
             os.kill(os.getpid(), signal.SIGKILL)
         write(path, state)
 
-    T._write_training_state = dying
+    run_folder._write_training_state = dying
     T.train(cfg, progress=False)
     """
 )
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_mid_checkpoint_matches_uninterrupted_run(tmp_path):
     kw = dict(epochs=4, crop_padding=1, drop_path=0.1, ema_decay=0.9)
     reference = tmp_path / "reference"
@@ -114,8 +141,8 @@ def test_resume_after_sigkill_mid_checkpoint_matches_uninterrupted_run(tmp_path)
     )
     assert proc.returncode == -9, proc.stderr
     # last/ still holds epoch 2, complete; the half-written epoch-3 folder is not it
-    assert T.find_checkpoint(killed, "last") == killed / "last"
-    assert T.read_training_state(killed / "last" / T.STATE_NAME)["epoch"] == 2
+    assert RunFolder(killed).find_checkpoint("last") == killed / "last"
+    assert state_epoch(killed / "last") == 2
     train(T.load_run_config(killed), resume=True, progress=False)
     assert losses(killed) == losses(reference)
     assert torch.equal(vitkit.load(killed / "last").head.weight, vitkit.load(reference / "last").head.weight), (
@@ -125,15 +152,16 @@ def test_resume_after_sigkill_mid_checkpoint_matches_uninterrupted_run(tmp_path)
 
 def test_kill_between_the_two_renames_leaves_the_old_checkpoint(tmp_path):
     model = vitkit.create_model("vit_tiny_28", depth=1)
-    pre = Preprocess((28, 28), channels=1)
-    T.save_checkpoint_folder(tmp_path, "last", model, pre, {"epoch": 1})
+    pre, folder = Preprocess((28, 28), channels=1), RunFolder(tmp_path)
+    folder.save_checkpoint("last", model, pre, RF.TrainingState(1, 10, 1.0, 0.5, {}))
     (tmp_path / "last").rename(tmp_path / ".last.old")  # killed after the first rename
-    assert T.find_checkpoint(tmp_path, "last") == tmp_path / ".last.old"
-    T.save_checkpoint_folder(tmp_path, "last", model, pre, {"epoch": 2})
-    assert T.find_checkpoint(tmp_path, "last") == tmp_path / "last"
+    assert folder.find_checkpoint("last") == tmp_path / ".last.old"
+    folder.save_checkpoint("last", model, pre, RF.TrainingState(2, 20, 2.0, 0.5, {}))
+    assert folder.find_checkpoint("last") == tmp_path / "last" and state_epoch(tmp_path / "last") == 2
     assert not (tmp_path / ".last.old").exists() and not (tmp_path / ".last.tmp").exists()
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     real_ce = torch.nn.functional.cross_entropy
     calls = {"n": 0}
@@ -146,20 +174,22 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
     class FakeF:
         cross_entropy = staticmethod(poisoned)
 
-    monkeypatch.setattr(T, "F", FakeF)
+    monkeypatch.setattr(S, "F", FakeF)
     with pytest.raises(DivergedError, match=r"loss became nan at epoch 2.*last good checkpoint.*--lr"):
         train(tiny_config(tmp_path / "run"), progress=False)
-    state = T.read_training_state(tmp_path / "run" / "last" / T.STATE_NAME)
-    assert state["epoch"] == 1 and all(p.isfinite().all() for p in vitkit.load(tmp_path / "run" / "last").parameters())
+    assert state_epoch(tmp_path / "run" / "last") == 1
+    assert all(p.isfinite().all() for p in vitkit.load(tmp_path / "run" / "last").parameters())
 
 
+@pytest.mark.slow
 def test_time_budget_ends_cleanly_and_still_evaluates(tmp_path):
     summary = train(tiny_config(tmp_path / "run", epochs=50, time_budget=2.0), progress=False)
-    assert summary["stopped_by_time_budget"] and summary["epochs_done"] < 50
-    assert summary["train_time_s"] < 5 and summary["eval_images"] == 359
+    assert summary.stopped_by_time_budget and summary.epochs_done < 50
+    assert summary.train_time_s < 5 and summary.eval_images == 359
     assert (tmp_path / "run" / "last" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_accumulation_mixup_and_held_out_validation(tmp_path):
     cfg = tiny_config(
         tmp_path / "run",
@@ -175,5 +205,5 @@ def test_accumulation_mixup_and_held_out_validation(tmp_path):
     meta = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert meta["data"]["val_is_test"] is False and meta["data"]["val"] == round(1438 * 0.2)
     assert meta["steps_per_epoch"] == (1438 - 288) // 32 // 2
-    assert summary["eval_split"] == "test"
-    assert [r["val_acc"] is None for r in T.read_metrics(tmp_path / "run" / "metrics.jsonl")] == [True, False]
+    assert summary.eval_split == "test"
+    assert [r["val_acc"] is None for r in T.read_metrics(tmp_path / "run")] == [True, False]

@@ -14,7 +14,6 @@ atomically after each run: a stopped experiment continues where it stopped when 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import sys
@@ -25,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
@@ -35,8 +33,8 @@ from vitkit.config import get_config
 from vitkit.data import AugmentConfig, BatchAugment, ImageDataset, derive_seed, epoch_order, load_dataset
 from vitkit.evaluate import evaluate_model
 from vitkit.preprocess import Preprocess
-from vitkit.runtime import autocast, cpu_has_bf16, resolve_device, use_bf16
-from vitkit.train import TrainConfig, learning_rate, param_groups
+from vitkit.runtime import cpu_has_bf16, resolve_device, use_bf16
+from vitkit.train import TrainStep, WarmupCosine, adamw, param_groups, set_learning_rate
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "experiments"
@@ -138,62 +136,72 @@ def fit(
     hflip: bool = True,
     device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """Train ``model`` for ``budget.steps`` steps on ``train`` and return its test accuracy and costs."""
+    """Train ``model`` for ``budget.steps`` steps on ``train`` and return its test accuracy and costs.
+
+    The step, the schedule and the optimiser's groups are ``vitkit train``'s own
+    (:class:`vitkit.train.TrainStep`, :class:`vitkit.train.WarmupCosine`)."""
     torch.manual_seed(derive_seed(seed, 0, 3))
     device = torch.device(device)
     model.to(device)
-    bf16 = use_bf16("auto", device)
     mean, std = train.mean_std()
+    preprocess = Preprocess(train.image_size, train.channels, mean=mean, std=std)
     augment = BatchAugment(AugmentConfig(crop_padding=2, hflip=hflip), mean, std, train.num_classes, seed)
-    optimizer = torch.optim.AdamW(param_groups(model, budget.weight_decay), lr=budget.lr, betas=(0.9, 0.999))
-    schedule = TrainConfig(lr=budget.lr, min_lr=0.0)
-    warmup = max(1, round(budget.warmup_frac * budget.steps))
+    optimizer = adamw(param_groups(model, budget.weight_decay), budget.lr, device)
+    step = TrainStep(model, optimizer, device, use_bf16("auto", device), budget.label_smoothing, clip_grad=1.0)
+    schedule = WarmupCosine(budget.lr, 0.0, budget.steps, max(1, round(budget.warmup_frac * budget.steps)))
     model.train()
     start = time.perf_counter()
-    step, epoch, losses = 0, 0, []
-    batch = min(budget.batch_size, len(train))
-    while step < budget.steps:
-        order = epoch_order(len(train), seed, epoch)
-        for b in range(len(order) // batch):
-            if step >= budget.steps:
-                break
-            index = order[b * batch : (b + 1) * batch]
-            x, y = augment(train.images[index].to(device), train.labels[index].to(device), epoch, b)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(schedule, step, budget.steps, warmup)
-            with autocast(device, bf16):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=budget.label_smoothing)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise FloatingPointError(f"the loss became {value} at step {step}; lower the learning rate")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(value)
-            step += 1
-        epoch += 1
+    losses = _train_steps(step, schedule, augment, train, min(budget.batch_size, len(train)), seed, device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     train_s = time.perf_counter() - start
-    preprocess = Preprocess(train.image_size, train.channels, mean=mean, std=std)
-    result = evaluate_model(model, test, preprocess, batch_size=500, device=device, bf16=False).to_dict()
+    result = evaluate_model(model, test, preprocess, batch_size=500, device=device, bf16=False)
     model.cpu()
     tail = losses[-max(1, len(losses) // 10) :]
+    batch = min(budget.batch_size, len(train))
     return {
-        "test_top1": result["top1"],
-        "test_loss": result["loss"],
+        "test_top1": result.top1,
+        "test_loss": result.loss,
         "train_loss_end": sum(tail) / len(tail),
-        "steps": step,
-        "epochs": step * batch / len(train),
-        "images_seen": step * batch,
+        "steps": len(losses),
+        "epochs": len(losses) * batch / len(train),
+        "images_seen": len(losses) * batch,
         "train_images": len(train),
         "train_s": round(train_s, 1),
-        "images_per_s": round(step * batch / train_s, 1),
+        "images_per_s": round(len(losses) * batch / train_s, 1),
         "params": num_params(model),
         "gflops_forward": forward_flops(model, tuple(train.images.shape[1:])) / 1e9,
     }
+
+
+def _train_steps(
+    step: TrainStep,
+    schedule: WarmupCosine,
+    augment: BatchAugment,
+    train: ImageDataset,
+    batch: int,
+    seed: int,
+    device: torch.device,
+) -> list[float]:
+    """``schedule.total_steps`` steps over seeded epochs of ``train``; the loss of each."""
+    losses: list[float] = []
+    epoch = 0
+    while len(losses) < schedule.total_steps:
+        order = epoch_order(len(train), seed, epoch)
+        for b in range(len(order) // batch):
+            if len(losses) >= schedule.total_steps:
+                break
+            index = order[b * batch : (b + 1) * batch]
+            x, y = augment(train.images[index].to(device), train.labels[index].to(device), epoch, b)
+            set_learning_rate(step.optimizer, schedule(len(losses)))
+            result = step([(x, y)])
+            if not result.finite:
+                raise FloatingPointError(
+                    f"the loss became {result.loss} at step {len(losses)}; lower the learning rate"
+                )
+            losses.append(result.loss)
+        epoch += 1
+    return losses
 
 
 # ============================================================================ results

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import ConfigError
+
 
 def attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0
@@ -51,7 +53,7 @@ class MultiHeadAttention(nn.Module):
     ) -> None:
         super().__init__()
         if width % num_heads:
-            raise ValueError(f"width={width} is not divisible by num_heads={num_heads}")
+            raise ConfigError(f"width={width} is not divisible by num_heads={num_heads}")
         self.num_heads = num_heads
         self.head_dim = width // num_heads
         self.fused = fused

@@ -23,63 +23,30 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import ViTConfig
+from .errors import ConfigError
+from .runtime import autocast, synchronize
+from .train.optim import adamw, param_groups
+from .train.step import TrainStep
 
 MODES = ("train", "infer")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (grad of inputs and of weights: two matmuls each)
 
 
-# ----------------------------------------------------------------------------- device and precision
-def resolve_device(name: str | None = None) -> torch.device:
-    """``"cpu"``, ``"cuda"`` (``"cuda:1"``), or ``None`` / ``"auto"`` for CUDA when present."""
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA GPU; use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {name!r} is not supported; use cpu or cuda")
-    return device
-
-
 def parse_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
-        raise ValueError(f"dtype {name!r} is not one of {tuple(DTYPES)}")
+        raise ConfigError(f"dtype {name!r} is not one of {tuple(DTYPES)}")
     return DTYPES[name]
-
-
-def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CPU or CUDA (matmuls in bf16, reductions in fp32); fp32: nothing to do."""
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued GPU work, so that a wall-clock time covers the work it claims to."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def configure_device(device: torch.device) -> None:
-    """Settings that only make things faster: cuDNN autotuning and TF32 for fp32 matmuls on GPUs
-    that have it (the fp32 peak probe then measures the same TF32 rate). Nothing to do on CPU,
-    where torch already uses one thread per physical core."""
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
 
 
 # ----------------------------------------------------------------------------- FLOPs
 def model_flops(config: ViTConfig, mode: str) -> int:
     """FLOPs of one image: the analytic forward count, times 3 for a training step."""
     if mode not in MODES:
-        raise ValueError(f"mode {mode!r} is not one of {MODES}")
+        raise ConfigError(f"mode {mode!r} is not one of {MODES}")
     forward = config.flops()
     return forward * (TRAIN_FLOPS_PER_FORWARD if mode == "train" else 1)
 
@@ -154,35 +121,32 @@ def make_step(
     """A function that runs one step on a fixed random batch.
 
     ``infer``: the forward under ``torch.inference_mode`` (no autograd bookkeeping).
-    ``train``: forward, cross-entropy, backward and an AdamW step (``fused``: one kernel updates
-    every parameter, on CPU and GPU). Works for any model that maps (B, C, H, W) to (B, classes),
-    so timm's and vitkit's models run through exactly the same code.
+    ``train``: :class:`vitkit.train.TrainStep`, the step ``vitkit train`` takes (forward, loss,
+    backward, gradient clipping at 1, fused AdamW), so that the figures are the training loop's.
+    Works for any model that maps (B, C, H, W) to (B, classes), so timm's and vitkit's models run
+    through exactly the same code.
     """
     if mode not in MODES:
-        raise ValueError(f"mode {mode!r} is not one of {MODES}")
+        raise ConfigError(f"mode {mode!r} is not one of {MODES}")
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch_size, *image_shape, generator=g).to(device)
     y = torch.randint(0, max(num_classes, 1), (batch_size,), generator=g).to(device)
-    cast = autocast(device, dtype)
+    bf16 = dtype == torch.bfloat16
 
     if mode == "infer":
         model.eval()
 
         def infer() -> None:
-            with torch.inference_mode(), cast:
+            with torch.inference_mode(), autocast(device, bf16):
                 model(x)
 
         return infer
 
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, fused=True)
+    step = TrainStep(model, adamw(param_groups(model, 0.05), lr, device), device, bf16, clip_grad=1.0)
 
     def train() -> None:
-        with cast:
-            loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        step([(x, y)])
 
     return train
 

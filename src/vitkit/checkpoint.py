@@ -21,17 +21,15 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .config import ViTConfig
+from .errors import CheckpointError
 from .model import VisionTransformer
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, corrupt or does not match its config."""
-
-
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (a rename inside it) to disk."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:  # not supported on this platform
@@ -65,7 +63,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -99,6 +97,16 @@ def save(model: VisionTransformer, directory: str | os.PathLike, metadata: Mappi
     atomic_write_bytes(directory / WEIGHTS_NAME, blob)
     atomic_write_json(directory / CONFIG_NAME, model.config.to_dict())
     return directory
+
+
+def find_swapped(run_dir: Path, name: str, also: str | None = None) -> Path | None:
+    """The complete checkpoint ``run_dir/name``, or the previous one that a kill in the middle of
+    swapping a new one in left as ``.name.old`` (``vitkit train`` writes checkpoints that way).
+    Complete means holding ``config.json`` (written last by :func:`save`) and the file ``also``."""
+    for candidate in (run_dir / name, run_dir / f".{name}.old"):
+        if (candidate / CONFIG_NAME).is_file() and (also is None or (candidate / also).is_file()):
+            return candidate
+    return None
 
 
 def read_json_object(path: Path, what: str) -> dict[str, Any]:

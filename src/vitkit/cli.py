@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from . import commands as _commands
+from .errors import VitkitError
 
 # The order commands appear in `vitkit --help`; a command module not listed here comes last.
 ORDER = ("train", "evaluate", "predict", "explain", "serve", "convert", "export", "bench", "presets")
@@ -32,13 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"vitkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    available = set()
     for module in _command_modules():
         module.add_parser(sub)
-        available.add(module.__name__.rsplit(".", 1)[-1])
-    planned = [c for c in ORDER if c not in available]
-    if planned:
-        parser.epilog = f"not yet available in this version: {', '.join(planned)}"
     return parser
 
 
@@ -53,8 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vitkit: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
-        # User errors (bad preset, bad file, bad checkpoint): one line, non-zero exit.
+    except (VitkitError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+        # User errors (bad preset, bad file, bad checkpoint, a lost peer): one line, non-zero exit.
         print(f"vitkit {args.command}: error: {e}", file=sys.stderr)
         return 1
 

@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import ConfigError
+
 POOLS = ("cls", "gap")
 POSEMBS = ("learned", "learned2d", "sincos2d", "none")
 STEMS = ("patch", "conv")
@@ -23,7 +25,7 @@ def from_known_fields(cls: type, d: dict[str, Any]) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(known)}")
+        raise ConfigError(f"unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(known)}")
     return cls(**d)
 
 
@@ -32,7 +34,7 @@ def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
         return (value, value)
     if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
         return (int(value[0]), int(value[1]))
-    raise ValueError(f"expected an int or a pair of ints (height, width), got {value!r}")
+    raise ConfigError(f"expected an int or a pair of ints (height, width), got {value!r}")
 
 
 @dataclass
@@ -78,39 +80,39 @@ class ViTConfig:
     def validate(self) -> None:
         """Raise ValueError naming the first inconsistent field and how to fix it."""
         if self.pool not in POOLS:
-            raise ValueError(f"pool={self.pool!r} is not one of {POOLS}")
+            raise ConfigError(f"pool={self.pool!r} is not one of {POOLS}")
         if self.posemb not in POSEMBS:
-            raise ValueError(f"posemb={self.posemb!r} is not one of {POSEMBS}")
+            raise ConfigError(f"posemb={self.posemb!r} is not one of {POSEMBS}")
         if self.stem not in STEMS:
-            raise ValueError(f"stem={self.stem!r} is not one of {STEMS}")
+            raise ConfigError(f"stem={self.stem!r} is not one of {STEMS}")
         if self.pool == "cls" and not self.class_token:
-            raise ValueError("pool='cls' needs class_token=True; use pool='gap' to average the patch tokens")
+            raise ConfigError("pool='cls' needs class_token=True; use pool='gap' to average the patch tokens")
         for name in ("patch_size", "in_channels", "width", "depth", "num_heads", "mlp_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive integer")
+                raise ConfigError(f"{name}={value!r} must be a positive integer")
         if self.num_classes < 0:
-            raise ValueError(f"num_classes={self.num_classes} must be >= 0 (0 means no classifier head)")
+            raise ConfigError(f"num_classes={self.num_classes} must be >= 0 (0 means no classifier head)")
         if self.width % self.num_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"width={self.width} is not divisible by num_heads={self.num_heads}; "
                 "each head gets width/num_heads dimensions"
             )
         if self.posemb == "learned2d" and self.width % 2:
-            raise ValueError(f"posemb='learned2d' concatenates two width/2 halves; width={self.width} is odd")
+            raise ConfigError(f"posemb='learned2d' concatenates two width/2 halves; width={self.width} is odd")
         if self.posemb == "sincos2d" and self.width % 4:
-            raise ValueError(f"posemb='sincos2d' needs width divisible by 4, got width={self.width}")
+            raise ConfigError(f"posemb='sincos2d' needs width divisible by 4, got width={self.width}")
         h, w = self.image_size
         if not self.dynamic_image_size and (h % self.patch_size or w % self.patch_size):
-            raise ValueError(
+            raise ConfigError(
                 f"image_size={self.image_size} is not divisible by patch_size={self.patch_size}; "
                 "choose a size that is a multiple of the patch size, or set dynamic_image_size=True to pad"
             )
         if self.class_names is not None and len(self.class_names) != self.num_classes:
-            raise ValueError(f"{len(self.class_names)} class_names given for num_classes={self.num_classes}")
+            raise ConfigError(f"{len(self.class_names)} class_names given for num_classes={self.num_classes}")
         for name in ("dropout", "attention_dropout", "drop_path"):
             if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1)")
+                raise ConfigError(f"{name}={getattr(self, name)} must be in [0, 1)")
 
     # ----------------------------------------------------------- derived sizes
     @property
@@ -132,16 +134,6 @@ class ViTConfig:
     @property
     def head_dim(self) -> int:
         return self.width // self.num_heads
-
-    def num_params(self) -> int:
-        """Parameter count, built on the meta device so that even ViT-H costs no memory."""
-        import torch
-
-        from .model import VisionTransformer
-
-        with torch.device("meta"):
-            model = VisionTransformer(self)
-        return sum(p.numel() for p in model.parameters())
 
     def flops(self, image_size: tuple[int, int] | int | None = None) -> int:
         """Forward FLOPs of one image (2 per multiply-add), counted from the architecture.
@@ -166,8 +158,6 @@ class ViTConfig:
         return total
 
     def _conv_stem_flops(self, h: int, w: int) -> int:
-        from .embed import conv_stem_layers
-
         flops, c_in = 0, self.in_channels
         for c_out, k, s in conv_stem_layers(self.patch_size, self.stem_channels, self.width):
             h, w = -(-h // s), -(-w // s)
@@ -190,9 +180,22 @@ class ViTConfig:
         d = self.to_dict()
         unknown = sorted(set(overrides) - set(d))
         if unknown:
-            raise ValueError(f"unknown ViTConfig field(s) {unknown}; known fields: {sorted(d)}")
+            raise ConfigError(f"unknown ViTConfig field(s) {unknown}; known fields: {sorted(d)}")
         d.update(overrides)
         return ViTConfig.from_dict(d)
+
+
+def conv_stem_layers(patch_size: int, channels: int, width: int) -> list[tuple[int, int, int]]:
+    """(out_channels, kernel, stride) of the hybrid stem: 3x3 stride-2 convolutions while the
+    patch size stays even, then one projection whose kernel and stride are what remains
+    (1x1 when the patch size is a power of two: the paper's "patches of spatial size 1x1")."""
+    layers, remaining, c = [], patch_size, channels
+    while remaining % 2 == 0:
+        layers.append((c, 3, 2))
+        remaining //= 2
+        c *= 2
+    layers.append((width, remaining, remaining))
+    return layers
 
 
 # --------------------------------------------------------------------------- presets
@@ -261,7 +264,7 @@ def canonical_name(name: str) -> str:
         candidate = f"vit_{_SIZE_LETTERS[m.group(1)]}{m.group(2)}"
         if candidate in PRESETS:
             return candidate
-    raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)} (see `vitkit presets`)")
+    raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)} (see `vitkit presets`)")
 
 
 def list_presets() -> list[str]:

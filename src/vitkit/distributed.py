@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from .data import ImageDataset
-from .errors import DistributedError
+from .errors import ConfigError, DistributedError
 from .evaluate import Evaluation, evaluate_model
 from .preprocess import Preprocess
 
@@ -52,9 +52,9 @@ def default_timeout() -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"{TIMEOUT_ENV}={text!r}: give a number of seconds, e.g. 60") from None
+        raise ConfigError(f"{TIMEOUT_ENV}={text!r}: give a number of seconds, e.g. 60") from None
     if value <= 0:
-        raise ValueError(f"{TIMEOUT_ENV}={text!r}: the timeout must be > 0 seconds")
+        raise ConfigError(f"{TIMEOUT_ENV}={text!r}: the timeout must be > 0 seconds")
     return value
 
 
@@ -100,7 +100,7 @@ class World:
         averaged gradients to be the gradient of the batch mean."""
         if batch_size % self.world_size:
             lower = batch_size - batch_size % self.world_size
-            raise ValueError(
+            raise ConfigError(
                 f"--batch-size {batch_size} is the global micro-batch and must split evenly over "
                 f"{self.world_size} processes: use --batch-size {lower or self.world_size} or "
                 f"{lower + self.world_size}, or another number of processes"

@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import conv_stem_layers
+from .errors import ConfigError
+
 
 class PatchEmbed(nn.Module):
     """Cut the image into P x P patches, flatten each and multiply by one matrix E (D x P*P*C).
@@ -34,24 +37,12 @@ class PatchEmbed(nn.Module):
         return x.flatten(2).transpose(1, 2)  # -> (B, N, D), patches in row-major order
 
 
-def conv_stem_layers(patch_size: int, channels: int, width: int) -> list[tuple[int, int, int]]:
-    """(out_channels, kernel, stride) of the hybrid stem: 3x3 stride-2 convolutions while the
-    patch size stays even, then one projection whose kernel and stride are what remains
-    (1x1 when the patch size is a power of two: the paper's "patches of spatial size 1x1")."""
-    layers, remaining, c = [], patch_size, channels
-    while remaining % 2 == 0:
-        layers.append((c, 3, 2))
-        remaining //= 2
-        c *= 2
-    layers.append((width, remaining, remaining))
-    return layers
-
-
 class ConvStem(nn.Module):
     """The paper's hybrid input (sec. 3.1): a small CNN's feature map, cut into 1x1 patches.
 
     Convolutions bring the locality prior that a plain ViT lacks, which is what wins when data or
-    compute are short (LESSONS 3). The total stride equals ``patch_size``, so the token grid and
+    compute are short (the convolutional tokenizers of CCT and of Xiao et al. 2021, "Early
+    convolutions help transformers see better", make the same point). The total stride equals ``patch_size``, so the token grid and
     everything after the stem is the same as with ``PatchEmbed``.
     """
 
@@ -146,7 +137,7 @@ class PositionEmbedding(nn.Module):
         elif kind == "sincos2d":
             self.register_buffer("table", sincos2d(self.grid, width), persistent=False)
         elif kind != "none":
-            raise ValueError(f"unknown position embedding {kind!r}")
+            raise ConfigError(f"unknown position embedding {kind!r}")
 
     @property
     def prefix(self) -> torch.Tensor | None:

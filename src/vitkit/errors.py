@@ -17,6 +17,14 @@ class ConfigError(VitkitError):
     """A model, training or preprocessing setting that is out of range or inconsistent."""
 
 
+class InputError(VitkitError):
+    """An input the model cannot take: the wrong number of dimensions, channels or size."""
+
+
+class ExportError(VitkitError):
+    """A model that cannot be exported, or an export that does not match the model."""
+
+
 class CheckpointError(VitkitError):
     """A checkpoint that is missing, corrupt or does not match its config."""
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import atomic_write, atomic_write_json, load
+from .checkpoint import CONFIG_NAME, atomic_write, atomic_write_json, find_swapped, load
 from .data import ImageDataset, iterate_batches
 from .errors import CheckpointError
 from .images import decode_image
@@ -36,11 +36,12 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; give a run folder (runs/NAME) or a checkpoint folder")
-    if (path / "config.json").is_file():
+    if (path / CONFIG_NAME).is_file():
         return path
-    for name in ("best", "last", ".last.old", ".best.old"):
-        if (path / name / "config.json").is_file():
-            return path / name
+    for name in ("best", "last"):
+        found = find_swapped(path, name)
+        if found is not None:
+            return found
     raise CheckpointError(
         f"{path} is neither a checkpoint folder (config.json + model.safetensors) nor a run folder holding "
         "best/ or last/; train one with `vitkit train --out RUN`"

@@ -6,7 +6,7 @@ the ``onnx`` package and exports both attention paths; the dynamo exporter addit
 MatMul / Softmax, which every ONNX runtime runs) and a dynamic batch dimension.
 
 The image size is fixed by default: then the position embeddings are a constant table and no
-interpolation is in the graph (bicubic resampling in ONNX has cost timm accuracy, LESSONS 5).
+interpolation is in the graph (bicubic resampling in ONNX runtimes has cost other libraries accuracy).
 With ``dynamic_image_size=True`` the graph resamples the position grid for each input size,
 as the PyTorch model does; sizes must then be multiples of the patch size.
 
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import atomic_write_bytes
+from .errors import ExportError
 from .model import VisionTransformer
 
 DEFAULT_OPSET = 18
@@ -127,13 +128,13 @@ def export_onnx(
     model = model.eval()
     c = model.config
     if dynamic_image_size and (c.stem != "patch" or c.posemb not in ("learned", "none")):
-        raise ValueError(
+        raise ExportError(
             f"dynamic_image_size export supports stem='patch' with posemb 'learned' or 'none'; this model has "
             f"stem={c.stem!r}, posemb={c.posemb!r}: export at a fixed size instead"
         )
     size_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     if size_bytes > _PROTOBUF_LIMIT:
-        raise ValueError(f"the model's {size_bytes / 2**30:.1f} GiB of weights exceed ONNX's 2 GiB single-file limit")
+        raise ExportError(f"the model's {size_bytes / 2**30:.1f} GiB of weights exceed ONNX's 2 GiB single-file limit")
     h, w = c.image_size
     example = torch.randn(batch_size, c.in_channels, h, w)
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic_image_size else {0: "batch"}
@@ -141,7 +142,7 @@ def export_onnx(
     buffer = io.BytesIO()
     if dynamic_image_size:
         if opset < 18:
-            raise ValueError(f"dynamic_image_size export needs opset >= 18 (antialiased Resize), got {opset}")
+            raise ExportError(f"dynamic_image_size export needs opset >= 18 (antialiased Resize), got {opset}")
         torch.onnx.register_custom_op_symbolic("aten::_upsample_bicubic2d_aa", _bicubic_aa_symbolic, opset)
     try:
         with _explicit_attention(model), torch.no_grad(), warnings.catch_warnings():
@@ -196,6 +197,6 @@ def check_onnx(
             expected = model(images).numpy()
         (got,) = session.run(["logits"], {"images": images.numpy()})
         if got.shape != expected.shape:
-            raise ValueError(f"ONNX output shape {got.shape} differs from PyTorch's {expected.shape}")
+            raise ExportError(f"ONNX output shape {got.shape} differs from PyTorch's {expected.shape}")
         worst = max(worst, float(np.abs(got - expected).max()))
     return worst

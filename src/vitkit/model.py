@@ -21,6 +21,7 @@ from torch import nn
 from .attention import MultiHeadAttention
 from .config import ViTConfig
 from .embed import ConvStem, PatchEmbed, PositionEmbedding, lecun_normal_
+from .errors import InputError
 
 
 class MLP(nn.Module):
@@ -138,9 +139,9 @@ class VisionTransformer(nn.Module):
         """Check the batch against the config; pad when sizes may vary. Returns (x, token grid)."""
         c = self.config
         if x.ndim != 4:
-            raise ValueError(f"expected a 4-D image batch (batch, channels, height, width), got shape {tuple(x.shape)}")
+            raise InputError(f"expected a 4-D image batch (batch, channels, height, width), got shape {tuple(x.shape)}")
         if x.shape[1] != c.in_channels:
-            raise ValueError(
+            raise InputError(
                 f"expected {c.in_channels} channel(s), got {x.shape[1]} (input shape {tuple(x.shape)}); "
                 "convert the images to the model's channel count"
             )
@@ -148,15 +149,15 @@ class VisionTransformer(nn.Module):
         p = c.patch_size
         if (h, w) != tuple(c.image_size):
             if not c.dynamic_image_size:
-                raise ValueError(
+                raise InputError(
                     f"expected {c.image_size[0]}x{c.image_size[1]} images, got {h}x{w}; resize the input, "
                     "or build the model with dynamic_image_size=True (or image_size=...) to resample"
                 )
             if h < p or w < p:
-                raise ValueError(f"image {h}x{w} is smaller than one {p}x{p} patch")
+                raise InputError(f"image {h}x{w} is smaller than one {p}x{p} patch")
         if h % p or w % p:
             if not c.dynamic_image_size:
-                raise ValueError(f"image size {h}x{w} is not divisible by patch size {p}")
+                raise InputError(f"image size {h}x{w} is not divisible by patch size {p}")
             x = F.pad(x, (0, (-w) % p, 0, (-h) % p))  # pad right and bottom to whole patches
         return x, (math.ceil(h / p), math.ceil(w / p))
 
@@ -221,3 +222,10 @@ class VisionTransformer(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def count_params(config: ViTConfig) -> int:
+    """The parameter count of the model ``config`` describes, built on the meta device (shapes
+    only), so that even ViT-H costs no memory."""
+    with torch.device("meta"):
+        return VisionTransformer(config).num_params()

@@ -110,10 +110,10 @@ def threads_from_samples(before: CpuSample, after: CpuSample, cores: int, proces
     """The threads each of ``processes`` processes should use on ``cores`` cores, given two CPU
     samples a short window apart, and why.
 
-    An OpenMP thread whose sibling is descheduled waits for it at every barrier: on this 2-core
-    machine with another job busy, 2 threads trained at 67 images/s and 1 thread at ~1,100. So
-    each core that other programs kept busy for at least half the window is left to them; an
-    idle machine gets all its cores, as PyTorch's own default would.
+    An OpenMP thread whose sibling is descheduled waits for it at every barrier, so on a busy
+    machine more threads can be many times slower than fewer (the README has the figures). Each
+    core that other programs kept busy for at least half the window is left to them; an idle
+    machine gets all its cores, as PyTorch's own default would.
     """
     share = cores // max(processes, 1) or 1
     window = after.total - before.total

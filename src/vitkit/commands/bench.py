@@ -9,7 +9,9 @@ import torch
 from .. import bench
 from ..checkpoint import atomic_write_json
 from ..config import get_config
+from ..errors import ConfigError
 from ..model import VisionTransformer
+from ..runtime import configure_device, resolve_device
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,10 +39,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.repeats < 1 or args.warmup < 0:
-        raise ValueError("--batch-size and --repeats must be >= 1 and --warmup >= 0")
-    device = bench.resolve_device(args.device)
+        raise ConfigError("--batch-size and --repeats must be >= 1 and --warmup >= 0")
+    device = resolve_device(args.device)
     dtype = bench.parse_dtype(args.dtype)
-    bench.configure_device(device)
+    configure_device(device)
     config = get_config(args.model)
     analytic = config.flops()
     counted = bench.counted_flops(config)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import adapt, save
+from ..errors import ConfigError
 from ..interop import FORMATS, load_any
 
 
@@ -51,14 +52,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if Path(args.dst).exists() and not Path(args.dst).is_dir():
-        raise ValueError(f"{args.dst} is a file; the destination is a folder (config.json + model.safetensors)")
+        raise ConfigError(f"{args.dst} is a file; the destination is a folder (config.json + model.safetensors)")
     model, fmt = load_any(args.src, fmt=args.fmt, image_size=args.source_image_size, name=args.timm_name)
     overrides: dict[str, Any] = {}
     if args.image_size is not None:
         overrides["image_size"] = args.image_size
     if args.num_classes is not None:
         if args.num_classes < 0:
-            raise ValueError(f"--num-classes {args.num_classes} must be >= 0")
+            raise ConfigError(f"--num-classes {args.num_classes} must be >= 0")
         overrides["num_classes"] = args.num_classes
     if overrides:
         model = adapt(model, **overrides)

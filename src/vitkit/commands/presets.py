@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ..config import get_config, list_presets, preset_description
+from ..model import count_params
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +28,7 @@ def preset_rows() -> list[dict]:
                 depth=c.depth,
                 heads=c.num_heads,
                 mlp=c.mlp_dim,
-                params=c.num_params(),
+                params=count_params(c),
                 gflops=c.flops() / 1e9,
                 note=preset_description(name),
             )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import ConfigError
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -22,11 +24,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         from ..serve import Explorer, create_app, run_server
     except ImportError as e:
-        raise ValueError(f"vitkit serve needs Starlette and uvicorn ({e}); pip install 'vitkit[serve]'") from None
+        raise ConfigError(f"vitkit serve needs Starlette and uvicorn ({e}); pip install 'vitkit[serve]'") from None
     if not 0 < args.port < 65536:
-        raise ValueError(f"--port {args.port} is not a TCP port (1-65535)")
+        raise ConfigError(f"--port {args.port} is not a TCP port (1-65535)")
     if args.max_upload_mb <= 0:
-        raise ValueError(f"--max-upload-mb {args.max_upload_mb} must be positive")
+        raise ConfigError(f"--max-upload-mb {args.max_upload_mb} must be positive")
     # Load (and so validate) the checkpoint before any port is opened.
     explorer = Explorer(args.checkpoint, max_upload_bytes=int(args.max_upload_mb * 2**20))
     shown = f"[{args.host}]" if ":" in args.host else args.host

@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import distributed
 from ..data import canonical_dataset
+from ..errors import ConfigError
 from ..train import RECIPES, TrainConfig, load_run_config, parse_duration, train
 
 _DEFAULTS = TrainConfig()
@@ -153,60 +154,68 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help=f"a named set of options (default: {_DEFAULT_RECIPE} on Fashion-MNIST, none elsewhere)",
     )
+    extras = {"data": _add_data_flags, "model": _add_model_flags, "augmentation": _add_augment_flags}
+    extras["run"] = _add_run_flags
     for group, options in _OPTIONS.items():
         g = p.add_argument_group(group)
         for flag, name, type_, text in options:
             default = getattr(_DEFAULTS, name)
             shown = "" if "default:" in text else f" (default: {default})"
             g.add_argument(flag, dest=name, type=type_, default=None, help=text + shown)
-        if group == "data":
-            g.add_argument(
-                "--skip-bad-images", action="store_true", help="leave unreadable image files out with a warning"
-            )
-        if group == "model":
-            g.add_argument(
-                "--set",
-                dest="overrides",
-                action="append",
-                type=_override,
-                default=[],
-                metavar="KEY=VALUE",
-                help="override a model config field, e.g. --set stem=conv --set pool=gap (repeatable)",
-            )
-        if group == "augmentation":
-            g.add_argument(
-                "--hflip",
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help="random horizontal flips (default: on, except for mnist and digits)",
-            )
-        if group == "run":
-            g.add_argument(
-                "--resume",
-                metavar="RUN",
-                help="continue this run folder with its saved options "
-                "(--epochs and --time-budget may be given to extend it)",
-            )
-            g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-            g.add_argument("--no-progress", action="store_true", help="no progress bar")
-            g.add_argument("--json", action="store_true", help="print the final summary as JSON")
-            g.add_argument(
-                "--nproc",
-                type=int,
-                default=None,
-                metavar="N",
-                help="train with N processes on this machine: hands the same command over to "
-                "`torchrun --standalone --nproc_per_node N` (DDP; gloo on CPU, NCCL on GPU)",
-            )
-            g.add_argument(
-                "--dist-timeout",
-                type=float,
-                default=None,
-                metavar="SECONDS",
-                help="under torchrun: how long to wait for the rendezvous and for each exchange with "
-                f"the other processes (default: ${distributed.TIMEOUT_ENV} or {distributed.DEFAULT_TIMEOUT_S:.0f})",
-            )
+        extras.get(group, lambda _: None)(g)
     p.set_defaults(func=run)
+
+
+def _add_data_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--skip-bad-images", action="store_true", help="leave unreadable image files out with a warning")
+
+
+def _add_model_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        type=_override,
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a model config field, e.g. --set stem=conv --set pool=gap (repeatable)",
+    )
+
+
+def _add_augment_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument(
+        "--hflip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="random horizontal flips (default: on, except for mnist and digits)",
+    )
+
+
+def _add_run_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue this run folder with its saved options (--epochs and --time-budget may be given to extend it)",
+    )
+    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    g.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train with N processes on this machine: hands the same command over to "
+        "`torchrun --standalone --nproc_per_node N` (DDP; gloo on CPU, NCCL on GPU)",
+    )
+    g.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="under torchrun: how long to wait for the rendezvous and for each exchange with "
+        f"the other processes (default: ${distributed.TIMEOUT_ENV} or {distributed.DEFAULT_TIMEOUT_S:.0f})",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -258,9 +267,9 @@ def torchrun_argv(argv: Sequence[str], nproc: int) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     if args.nproc is not None:
         if args.nproc < 1:
-            raise ValueError(f"--nproc {args.nproc}: give a number of processes >= 1")
+            raise ConfigError(f"--nproc {args.nproc}: give a number of processes >= 1")
         if distributed.env_world_size() > 1:
-            raise ValueError("--nproc is for a plain `vitkit train`; under torchrun the processes already exist")
+            raise ConfigError("--nproc is for a plain `vitkit train`; under torchrun the processes already exist")
         argv = torchrun_argv(sys.argv[1:], args.nproc)
         sys.stderr.flush()
         os.execv(argv[0], argv)  # torchrun takes over this process: its exit status is the job's
@@ -277,21 +286,16 @@ def run(args: argparse.Namespace) -> int:
             cfg.threads = args.threads
     else:
         cfg = config_from_args(args)
-    try:
-        with distributed.session(cfg.device, args.dist_timeout):
-            summary = train(cfg, resume=bool(args.resume), progress=not args.no_progress and sys.stderr.isatty())
-    except distributed.DistributedError as e:
-        print(f"vitkit train: error: {e}", file=sys.stderr)
-        return 1
+    with distributed.session(cfg.device, args.dist_timeout):
+        s = train(cfg, resume=bool(args.resume), progress=not args.no_progress and sys.stderr.isatty())
     if not rank0:
         return 0
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(s.to_dict(), indent=2))
     else:
         print(
-            f"{summary['eval_split']} accuracy {summary['accuracy']:.2%} (top-5 {summary['top5']:.2%}) on "
-            f"{summary['eval_images']} images after {summary['epochs_done']} epoch(s), "
-            f"{summary['train_time_s']:.0f}s of training at {summary['images_per_s']:.0f} images/s; "
-            f"checkpoint {summary['checkpoint']}"
+            f"{s.eval_split} accuracy {s.accuracy:.2%} (top-5 {s.top5:.2%}) on {s.eval_images} images after "
+            f"{s.epochs_done} epoch(s), {s.train_time_s:.0f}s of training at {s.images_per_s:.0f} images/s; "
+            f"checkpoint {s.checkpoint}"
         )
     return 0

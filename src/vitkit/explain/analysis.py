@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError, InputError
 from ..model import VisionTransformer
 
 QUERIES = ("cls", "mean")
@@ -31,17 +32,17 @@ def _stack(attentions: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
         a = attentions if attentions.ndim == 5 else attentions[None]
     else:
         if len(attentions) == 0:
-            raise ValueError("no attention given: call the model with return_attention=True")
+            raise InputError("no attention given: call the model with return_attention=True")
         a = torch.stack(list(attentions))
     if a.ndim != 5 or a.shape[-1] != a.shape[-2]:
-        raise ValueError(f"expected attention of shape (B, heads, T, T) per layer, got {tuple(a.shape[1:])}")
+        raise InputError(f"expected attention of shape (B, heads, T, T) per layer, got {tuple(a.shape[1:])}")
     return a.float()
 
 
 def _check_tokens(tokens: int, grid: tuple[int, int], num_prefix_tokens: int) -> int:
     n = grid[0] * grid[1]
     if tokens != num_prefix_tokens + n:
-        raise ValueError(
+        raise ConfigError(
             f"attention over {tokens} tokens does not match grid {tuple(grid)} plus {num_prefix_tokens} "
             f"prefix token(s) ({num_prefix_tokens + n}); pass the grid of the images the attention came from"
         )
@@ -56,11 +57,11 @@ def default_query(num_prefix_tokens: int, pool: str = "cls") -> str:
 def _query_row(a: torch.Tensor, num_prefix_tokens: int, query: str) -> torch.Tensor:
     """(..., T, T) -> (..., N): the class token's row over the patches, or the patch rows' mean."""
     if query not in QUERIES:
-        raise ValueError(f"query={query!r} is not one of {QUERIES}")
+        raise ConfigError(f"query={query!r} is not one of {QUERIES}")
     p = num_prefix_tokens
     if query == "cls":
         if p == 0:
-            raise ValueError("query='cls' needs a class token; this model has none, use query='mean'")
+            raise ConfigError("query='cls' needs a class token; this model has none, use query='mean'")
         return a[..., 0, p:]
     return a[..., p:, p:].mean(dim=-2)  # attention each patch receives, averaged over patch queries
 
@@ -114,7 +115,7 @@ def rollout(attentions: Sequence[torch.Tensor] | torch.Tensor, keep: float = 1.0
     sharpens the maps by ignoring the diffuse background attention.
     """
     if not 0.0 < keep <= 1.0:
-        raise ValueError(f"keep={keep} must be a fraction in (0, 1]")
+        raise ConfigError(f"keep={keep} must be a fraction in (0, 1]")
     a = _stack(attentions).mean(dim=2)  # (L, B, T, T): heads averaged
     num_layers, batch, t, _ = a.shape
     if keep < 1.0:
@@ -228,9 +229,9 @@ def patch_filters_pca(weight: torch.Tensor, num_components: int = 28) -> PatchFi
     structure within each patch". At most min(D, C*P*P) components exist.
     """
     if weight.ndim != 4:
-        raise ValueError(f"expected patch filters of shape (D, C, P, P), got {tuple(weight.shape)}")
+        raise ConfigError(f"expected patch filters of shape (D, C, P, P), got {tuple(weight.shape)}")
     if num_components < 1:
-        raise ValueError(f"num_components={num_components} must be at least 1")
+        raise ConfigError(f"num_components={num_components} must be at least 1")
     d, c, ph, pw = weight.shape
     flat = weight.reshape(d, -1).double()
     centred = flat - flat.mean(dim=0, keepdim=True)
@@ -249,7 +250,7 @@ def model_patch_filters(model: VisionTransformer) -> torch.Tensor:
     """E as (D, C, P, P). The hybrid (``stem="conv"``) has no linear patch filter: its patches are
     1x1 cells of a CNN feature map, so a ValueError says so instead of showing a projection."""
     if model.config.stem != "patch":
-        raise ValueError(
+        raise ConfigError(
             f"stem={model.config.stem!r}: the hybrid model has no linear patch filter to show; its "
             "'patches' are 1x1 cells of a convolutional feature map (paper sec. 3.1)"
         )

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..checkpoint import atomic_write_json
+from ..errors import InputError
 from ..images import IMAGE_EXTENSIONS
 from ..model import VisionTransformer
 from .analysis import (
@@ -105,10 +106,10 @@ def _write(out: Path, stem: str, fig, numbers: dict[str, Any]) -> list[Path]:
 def _check_inputs(images: torch.Tensor, inputs: torch.Tensor | None) -> torch.Tensor:
     """The model's inputs (``images`` when None), refused before anything is written if they cannot match."""
     if images.ndim != 4 or images.shape[0] == 0:
-        raise ValueError(f"expected a non-empty image batch (B, C, H, W), got shape {tuple(images.shape)}")
+        raise InputError(f"expected a non-empty image batch (B, C, H, W), got shape {tuple(images.shape)}")
     inputs = images if inputs is None else inputs
     if inputs.shape != images.shape:
-        raise ValueError(f"inputs {tuple(inputs.shape)} and images {tuple(images.shape)} differ in shape")
+        raise InputError(f"inputs {tuple(inputs.shape)} and images {tuple(images.shape)} differ in shape")
     return inputs
 
 

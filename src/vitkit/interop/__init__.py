@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import CONFIG_NAME
+from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from ..checkpoint import load as load_vitkit
 from ..model import VisionTransformer
 from .common import TORCH_SUFFIXES, InteropError, read_state_dict
@@ -127,7 +127,7 @@ def load_any(
     if path.is_dir():  # timm folder: config.json names the architecture, beside the weights
         architecture = json.loads((path / CONFIG_NAME).read_text())["architecture"]
         name = name or str(architecture).split(".")[0]  # drop the pretrained tag (".augreg_in21k")
-        weights = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), None)
+        weights = next((path / n for n in (WEIGHTS_NAME, "pytorch_model.bin") if (path / n).is_file()), None)
         if weights is None:
             raise InteropError(f"{path} has a timm config.json but no model.safetensors or pytorch_model.bin")
         path = weights

@@ -19,17 +19,14 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CheckpointError, check_state_dict, read_weights
+from ..checkpoint import check_state_dict, read_weights
 from ..config import ViTConfig
+from ..errors import InteropError
 from ..model import VisionTransformer
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 # Keys under which training scripts (timm, DeiT, MAE, Lightning) nest the weights in a .pth file.
 _NESTED_KEYS = ("state_dict", "model", "model_state_dict", "module")
-
-
-class InteropError(CheckpointError):
-    """A foreign checkpoint that cannot be read, or whose architecture vitkit cannot express."""
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import atomic_write_bytes, atomic_write_json
+from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_write_bytes, atomic_write_json
 from ..config import ViTConfig
 from ..model import VisionTransformer
 from .common import InteropError, build, position_rows, read_state_dict, require_plain
@@ -76,7 +76,7 @@ def _file_names(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _read_folder(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """config.json and the weights of a ``save_pretrained`` folder (single or sharded files)."""
-    config_path = folder / "config.json"
+    config_path = folder / CONFIG_NAME
     if not config_path.is_file():
         raise InteropError(f"{folder} has no config.json; a Hugging Face model folder holds config.json + weights")
     try:
@@ -94,7 +94,7 @@ def _read_folder(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]
             for shard in shards:
                 state.update(read_state_dict(folder / shard))
             return hf_config, state
-    for weights_name in ("model.safetensors", "pytorch_model.bin"):
+    for weights_name in (WEIGHTS_NAME, "pytorch_model.bin"):
         if (folder / weights_name).is_file():
             return hf_config, read_state_dict(folder / weights_name)
     raise InteropError(f"{folder} has config.json but no model.safetensors or pytorch_model.bin")
@@ -295,6 +295,6 @@ def to_hf(model: VisionTransformer, folder: str | os.PathLike) -> Path:
     state = to_hf_state_dict(model)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(folder / "model.safetensors", st_save(state, metadata={"format": "pt"}))
-    atomic_write_json(folder / "config.json", hf_config_dict(model.config))
+    atomic_write_bytes(folder / WEIGHTS_NAME, st_save(state, metadata={"format": "pt"}))
+    atomic_write_json(folder / CONFIG_NAME, hf_config_dict(model.config))
     return folder

@@ -1,0 +1,168 @@
+"""TrainConfig, the named recipes, and durations: everything that defines a training run.
+
+The model's own config lives in :class:`~vitkit.config.ViTConfig`; this is the rest (data, the
+optimiser and its schedule, augmentation, the run's clock and folder). It is saved as JSON in the
+run folder, so ``--resume`` rebuilds exactly the same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import from_known_fields
+from ..data import AugmentConfig, canonical_dataset
+from ..errors import ConfigError
+from ..runtime import PRECISIONS
+
+_NO_HFLIP = ("mnist", "digits")  # digits are not mirror-symmetric
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (the model's own config lives in ViTConfig)."""
+
+    data: str = "fashion-mnist"  # fashion-mnist | mnist | cifar10 | digits | image folder | CSV
+    data_dir: str | None = None
+    val_fraction: float | None = None  # None: 0 (validate on the test split) if there is one, else 0.1
+    image_size: int | None = None  # resize images; None: the dataset's size (folders: the model's)
+    pad: int = 0  # zero border added around every image (after resizing), e.g. 2 turns 28x28 into 32x32
+    channels: int | None = None  # 1 or 3; None: the dataset's
+    skip_bad_images: bool = False
+    limit_train: int | None = None  # a seeded subset of the training images (smoke tests)
+    limit_val: int | None = None
+    model: str = "vit_tiny_28"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    clip_grad: float = 1.0  # max global gradient norm (0: off)
+    accum_steps: int = 1  # gradient accumulation: micro-batches per optimiser step
+    drop_path: float | None = None  # stochastic depth; None: the model config's
+    ema_decay: float = 0.0  # EMA of the weights (0: off); evaluation and best/ then use the EMA
+    precision: str = "auto"  # auto | bf16 | fp32
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0
+    time_budget: float | None = None  # seconds of training; the cosine then follows the clock too
+    budget_clock: str = "wall"  # "wall", or "cpu": process CPU time / threads (a shared machine's fair share)
+    crop_padding: int | None = None  # None: 1/8 of the image side (4 px at 28-32 px, 1 px at 8 px)
+    hflip: bool | None = None  # None: on, except for mnist and digits
+    erase_prob: float = 0.0
+    auto_augment: str = "none"
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    eval_batch_size: int = 512
+    eval_every: int = 1  # validate every this many epochs (0: only after the last); best/ follows
+    threads: int | None = None  # CPU threads; None: the cores this process may use
+    compile: bool = False
+    out: str = "runs/fmnist"
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.accum_steps < 1:
+            raise ConfigError("epochs, batch_size and accum_steps must be >= 1")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision={self.precision!r}: choose auto, bf16 or fp32")
+        if self.lr <= 0 or self.min_lr < 0:
+            raise ConfigError(f"lr={self.lr} must be > 0 and min_lr={self.min_lr} >= 0")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema_decay={self.ema_decay} must be in [0, 1)")
+        if self.budget_clock not in ("wall", "cpu"):
+            raise ConfigError(f"budget_clock={self.budget_clock!r}: choose wall or cpu")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise ConfigError(f"time_budget={self.time_budget} must be > 0 seconds")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads={self.threads}: give at least 1")
+        self.augment_config()  # validates the augmentation fields
+
+    def augment_config(self, image_size: tuple[int, int] = (32, 32)) -> AugmentConfig:
+        """The augmentation for images of ``image_size``, with the automatic choices made."""
+        hflip = self.hflip if self.hflip is not None else canonical_dataset(self.data) not in _NO_HFLIP
+        pad = self.crop_padding if self.crop_padding is not None else round(min(image_size) / 8)
+        return AugmentConfig(pad, hflip, self.erase_prob, self.auto_augment, 8, self.mixup, self.cutmix)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        return from_known_fields(cls, d)
+
+
+# The CPU recipes' model: the paper's hybrid (sec. 3.1). 28x28 images zero-padded to 32x32, a conv
+# stem of three stride-2 3x3 convolutions (32 -> 64 -> 128 channels) down to a 4x4 grid of 1x1
+# "patches", then a width-192 ViT over 16 tokens, mean-pooled.
+_CPU_HYBRID = dict(
+    stem="conv",
+    patch_size=8,
+    stem_channels=32,
+    width=192,
+    depth=6,
+    num_heads=3,
+    mlp_dim=384,
+    pool="gap",
+    class_token=False,
+    fused_attention=False,  # on a CPU the explicit path trains faster than SDPA at 16 tokens
+)
+# What the two CPU recipes share: optimiser, schedule shape, augmentation, padding.
+_CPU_COMMON = dict(
+    data="fashion-mnist",
+    model="vit_tiny_28",
+    model_overrides=_CPU_HYBRID,
+    pad=2,
+    batch_size=256,
+    lr=2e-3,
+    min_lr=0.0,
+    weight_decay=0.05,
+    label_smoothing=0.1,
+    crop_padding=2,
+    eval_every=5,
+)
+
+# Named sets of TrainConfig values; `vitkit train` starts from "fmnist-10m" on Fashion-MNIST. Their
+# measured accuracies are in the README and benchmarks/results/train_*.json.
+RECIPES: dict[str, dict[str, Any]] = {
+    # The main job: 10 minutes on 2 CPU cores. epochs is an upper bound: the budget ends the run,
+    # and the cosine follows the clock.
+    "fmnist-10m": dict(_CPU_COMMON, epochs=30, warmup_epochs=0.5, time_budget=600.0),
+    # The hour-long CPU recipe: fmnist-10m's model for about six times as long, with random erasing
+    # against the over-fitting that more epochs bring. 58 minutes of training leave room for the
+    # evaluations and the final test within the hour.
+    "fmnist-60m": dict(_CPU_COMMON, epochs=150, warmup_epochs=2.0, erase_prob=0.25, time_budget=3480.0),
+    # A GPU recipe: a wider model, more epochs, stronger augmentation, EMA.
+    "fmnist-gpu": dict(
+        data="fashion-mnist",
+        model="vit_small_28",
+        model_overrides=dict(stem="conv", pool="gap", class_token=False),
+        epochs=200,
+        batch_size=256,
+        lr=1e-3,
+        weight_decay=0.05,
+        warmup_epochs=5.0,
+        label_smoothing=0.1,
+        erase_prob=0.25,
+        drop_path=0.1,
+        ema_decay=0.9998,
+        mixup=0.2,
+        cutmix=1.0,
+    ),
+}
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Seconds from ``"600"``, ``"600s"``, ``"10m"``, ``"1h30m"``, ``"1.5h"``."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    s = text.strip().lower()
+    parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?", s)
+    if not s or not parts or not any(parts.groups()):
+        raise ConfigError(f"cannot read the duration {text!r}; write e.g. 600, 600s, 10m, 1h30m")
+    h, m, sec = (float(g) if g else 0.0 for g in parts.groups())
+    return h * 3600 + m * 60 + sec

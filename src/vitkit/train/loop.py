@@ -1,0 +1,398 @@
+"""The training loop, as named phases: start or resume, one epoch, validate, checkpoint, finish.
+
+Every random draw depends only on ``(seed, epoch)``: the data order, the augmentation and the
+model's own randomness (stochastic depth, dropout). So a run resumed from the checkpoint of epoch
+k computes the losses an uninterrupted run computes. Under torchrun every process walks the same
+global batches and trains on its slice of each (:mod:`vitkit.distributed`), so N processes
+compute the losses of one process with the same ``--batch-size``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import distributed
+from ..checkpoint import WEIGHTS_NAME, check_state_dict, read_weights
+from ..config import get_config
+from ..data import BatchAugment, derive_seed, epoch_order, iterate_batches
+from ..errors import CheckpointError, DivergedError
+from ..evaluate import Evaluation
+from ..factory import create_model
+from ..model import VisionTransformer
+from ..runtime import resolve_device, set_threads, use_bf16
+from .config import TrainConfig
+from .datasets import RunData, prepare_data
+from .optim import EMA, adamw, param_groups
+from .run_folder import EpochMetrics, RunFolder, Summary, TrainingState
+from .schedule import WarmupCosine, set_learning_rate
+from .step import TrainStep
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """What the phases of one run share: its parts, and the counters that a checkpoint keeps."""
+
+    cfg: TrainConfig
+    world: distributed.World
+    device: torch.device
+    bf16: bool
+    folder: RunFolder
+    data: RunData
+    model: VisionTransformer
+    step: TrainStep
+    schedule: WarmupCosine
+    augment: BatchAugment
+    steps_per_epoch: int
+    # counters, saved in every checkpoint
+    epoch: int = 0
+    steps: int = 0
+    train_time: float = 0.0
+    best_acc: float = -1.0
+    # this process's own bookkeeping
+    wall_start: float = field(default_factory=time.perf_counter)
+    images_seen: int = 0
+    compute_time: float = 0.0
+    stopped_by_budget: bool = False
+    last_val: Evaluation | None = None
+    tensorboard: Any = None
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are evaluated and kept as best/: the EMA's when it is on."""
+        return self.step.ema.model if self.step.ema is not None else self.model
+
+    def out_of_time(self) -> bool:
+        return bool(self.cfg.time_budget) and self.train_time >= self.cfg.time_budget
+
+    def state(self) -> TrainingState:
+        ema = self.step.ema.state_dict() if self.step.ema is not None else None
+        opt = self.step.optimizer.state_dict()
+        return TrainingState(self.epoch, self.steps, self.train_time, self.best_acc, opt, ema)
+
+
+@dataclass
+class EpochStats:
+    loss_sum: float = 0.0
+    steps: int = 0
+    correct: int = 0
+    seen: int = 0
+    lr: float = 0.0
+    seconds: float = 0.0
+
+
+# ============================================================================ start or resume
+def build_model(cfg: TrainConfig, data: RunData) -> VisionTransformer:
+    """The config's preset and overrides, sized to the prepared images and named for their classes."""
+    pre = data.preprocess
+    overrides = {"image_size": pre.input_size} | dict(cfg.model_overrides)
+    overrides.update(in_channels=pre.channels, num_classes=len(pre.class_names), class_names=list(pre.class_names))
+    if cfg.drop_path is not None:
+        overrides["drop_path"] = cfg.drop_path
+    return create_model(cfg.model, **overrides)
+
+
+def _model_image_size(cfg: TrainConfig) -> tuple[int, int]:
+    size = cfg.model_overrides.get("image_size") or get_config(cfg.model).image_size
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def start(cfg: TrainConfig, resume: bool) -> Run:
+    """Build every part of the run, then continue it from its last checkpoint or begin it."""
+    world = distributed.current()  # one process, or the torchrun group joined by distributed.session
+    set_threads(cfg.threads, world.local_world_size)  # the processes on this machine share its cores
+    world.check_batch(cfg.batch_size)
+    device = world.device(resolve_device(cfg.device))
+    bf16 = use_bf16(cfg.precision, device)
+    data = prepare_data(cfg, _model_image_size(cfg))
+    torch.manual_seed(derive_seed(cfg.seed, 0, 9))  # initial weights
+    model = build_model(cfg, data).to(device)
+    optimizer = adamw(param_groups(model, cfg.weight_decay), cfg.lr, device)
+    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    steps_per_epoch = max(1, max(1, len(data.train) // cfg.batch_size) // cfg.accum_steps)
+    total = cfg.epochs * steps_per_epoch
+    warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total)
+    schedule = WarmupCosine(cfg.lr, cfg.min_lr, total, warmup, cfg.time_budget)
+    aug_cfg = cfg.augment_config(data.train.image_size)
+    augment = BatchAugment(aug_cfg, data.preprocess.mean, data.preprocess.std, data.train.num_classes, cfg.seed)
+    step = TrainStep(model, optimizer, device, bf16, cfg.label_smoothing, cfg.clip_grad, ema, world=world)
+    run = Run(cfg, world, device, bf16, RunFolder(cfg.out), data, model, step, schedule, augment, steps_per_epoch)
+    if resume:
+        _resume(run)
+    else:  # every rank refuses a folder that holds a run; rank 0 makes the folder
+        run.folder.start(create=world.is_main)
+    world.barrier()  # every rank has checked the folder before rank 0 writes to it
+    if world.is_main:
+        run.folder.write_config(_run_record(run))
+        run.tensorboard = _tensorboard(run)
+    step.forward = world.wrap(model)  # DistributedDataParallel under torchrun
+    step.forward = torch.compile(step.forward) if cfg.compile else step.forward
+    _log_start(run)
+    return run
+
+
+def _resume(run: Run) -> None:
+    ckpt = run.folder.find_checkpoint("last")
+    if ckpt is None:
+        raise FileNotFoundError(f"{run.folder.path} holds no complete last/ checkpoint to resume from")
+    state = run.folder.read_state(ckpt)
+    weights = read_weights(ckpt / WEIGHTS_NAME)
+    try:
+        check_state_dict(run.model, weights, source=str(ckpt / WEIGHTS_NAME))
+    except CheckpointError as e:
+        raise CheckpointError(
+            f"{ckpt} holds a different model than {run.folder.config_path} describes ({e}); "
+            "resume a run with the checkpoint it wrote"
+        ) from None
+    run.model.load_state_dict(weights)
+    run.step.optimizer.load_state_dict(state.optimizer)
+    if run.step.ema is not None and state.ema is not None:
+        run.step.ema.load_state_dict(state.ema)
+    run.epoch, run.steps, run.train_time, run.best_acc = state.epoch, state.step, state.train_time, state.best_acc
+    if run.world.is_main:
+        run.folder.truncate_metrics(run.epoch)
+    log.info("resuming %s from %s: epoch %d, step %d", run.folder.path, ckpt, run.epoch, run.steps)
+
+
+def _run_record(run: Run) -> dict[str, Any]:
+    """``train_config.json``: everything needed to rebuild the run, and facts about its data."""
+    data = run.data
+    return {
+        "train": run.cfg.to_dict(),
+        "model": run.model.config.to_dict(),
+        "preprocess": data.preprocess.to_dict(),
+        "data": {"train": len(data.train), "val": len(data.val), "val_is_test": data.val_is_test},
+        "steps_per_epoch": run.steps_per_epoch,
+        "device": str(run.device),
+        "bf16": run.bf16,
+        "threads": torch.get_num_threads(),
+        "processes": run.world.world_size,
+    }
+
+
+def _log_start(run: Run) -> None:
+    log.info(
+        "training %s (%.2f M params) on %d %s images, validating on %d (%s); %s, %s, %d thread(s)",
+        run.cfg.model,
+        run.model.num_params() / 1e6,
+        len(run.data.train),
+        run.cfg.data,
+        len(run.data.val),
+        "test split" if run.data.val_is_test else "held out",
+        run.device,
+        "bf16 autocast" if run.bf16 else "fp32",
+        torch.get_num_threads(),
+    )
+
+
+def _tensorboard(run: Run):  # noqa: ANN202 - a SummaryWriter, when tensorboard is installed
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # metrics.jsonl only
+        return None
+    return SummaryWriter(str(run.folder.path / "tensorboard"))
+
+
+# ============================================================================ one epoch
+def _micro_batch(run: Run, batches: list[torch.Tensor], epoch: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global micro-batch ``b`` of the epoch, augmented, then this process's slice of it."""
+    index = batches[b]
+    train = run.data.train
+    x = train.images[index].to(run.device, non_blocking=True)
+    y = train.labels[index].to(run.device, non_blocking=True)
+    x, target = run.augment(x, y, epoch, b)  # augmented as in one process, whatever the world size
+    return run.world.shard(x), run.world.shard(target)
+
+
+def _step_seconds(run: Run, t0: float, c0: float) -> float:
+    """The step's time on the budget's clock, the same on every process (they stop together)."""
+    dt = time.perf_counter() - t0
+    if run.cfg.budget_clock == "cpu":  # what the step would take with the cores to itself
+        dt = min(dt, (time.process_time() - c0) / torch.get_num_threads())
+    if run.world.active:
+        (dt,) = run.world.mean_all([dt])
+    return dt
+
+
+def train_epoch(run: Run, epoch: int, progress: bool) -> EpochStats:
+    """One pass over the training set (or what is left of the time budget)."""
+    cfg, stats = run.cfg, EpochStats()
+    run.model.train()
+    # stochastic depth, dropout (each rank its own draws for its slice of the batch)
+    torch.manual_seed(derive_seed(cfg.seed, epoch, 2, *([run.world.rank] if run.world.active else [])))
+    order = epoch_order(len(run.data.train), cfg.seed, epoch)
+    batches = list(iterate_batches(len(order), cfg.batch_size, order, drop_last=len(order) >= cfg.batch_size))
+    bar = _progress_bar(run.steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", progress and run.world.is_main)
+    start = time.perf_counter()
+    for s in range(run.steps_per_epoch):
+        t0, c0 = time.perf_counter(), time.process_time()
+        stats.lr = run.schedule(run.steps, run.train_time)
+        set_learning_rate(run.step.optimizer, stats.lr)
+        result = run.step([_micro_batch(run, batches, epoch, s * cfg.accum_steps + m) for m in range(cfg.accum_steps)])
+        if not result.finite:
+            bar.close()
+            raise DivergedError(
+                f"the loss became {result.loss} at epoch {epoch + 1}, step {run.steps + 1} (lr {stats.lr:.2e}); "
+                f"training stopped and the last good checkpoint stays in {run.folder.path / 'last'}. "
+                "Lower --lr, raise --warmup-epochs, or use --precision fp32"
+            )
+        dt = _step_seconds(run, t0, c0)
+        run.steps, run.train_time, run.compute_time = run.steps + 1, run.train_time + dt, run.compute_time + dt
+        run.images_seen += cfg.batch_size * cfg.accum_steps
+        stats.loss_sum, stats.steps = stats.loss_sum + result.loss, s + 1
+        stats.correct, stats.seen = stats.correct + result.correct, stats.seen + result.seen
+        _show_progress(bar, stats, start, progress and (s % 10 == 0 or s == run.steps_per_epoch - 1))
+        if run.out_of_time():
+            run.stopped_by_budget = True
+            break
+    bar.close()
+    stats.seconds = time.perf_counter() - start
+    if run.world.active:
+        stats.correct, stats.seen = (round(v) for v in run.world.sum_all([stats.correct, stats.seen]))
+    return stats
+
+
+def _progress_bar(total: int, desc: str, enabled: bool):  # noqa: ANN202 - a tqdm bar
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total, desc=desc, unit="step", leave=False, disable=not enabled, file=sys.stderr, dynamic_ncols=True
+    )
+
+
+def _show_progress(bar, stats: EpochStats, start: float, postfix: bool) -> None:  # noqa: ANN001
+    bar.update(1)
+    if postfix:
+        bar.set_postfix(
+            loss=f"{stats.loss_sum / stats.steps:.4f}",
+            acc=f"{stats.correct / max(stats.seen, 1):.3f}",
+            lr=f"{stats.lr:.2e}",
+            img_s=f"{stats.seen / max(time.perf_counter() - start, 1e-9):.0f}",
+        )
+
+
+# ============================================================================ validate, record, checkpoint
+def validate(run: Run, epoch: int) -> Evaluation | None:
+    """The validation set, after the last epoch and every ``eval_every`` epochs (it costs wall
+    time on a small CPU); None in the epochs between."""
+    cfg = run.cfg
+    last = epoch + 1 == cfg.epochs or run.stopped_by_budget
+    if not last and not (cfg.eval_every > 0 and (epoch + 1) % cfg.eval_every == 0):
+        return None
+    model, data = run.eval_model, run.data
+    return run.world.evaluate(model, data.val, data.preprocess, cfg.eval_batch_size, run.device, run.bf16)
+
+
+def record_epoch(run: Run, epoch: int, stats: EpochStats, val: Evaluation | None) -> EpochMetrics:
+    """The epoch's line in metrics.jsonl (and TensorBoard), and its line in the log."""
+    metrics = EpochMetrics(
+        epoch=epoch + 1,
+        step=run.steps,
+        train_loss=stats.loss_sum / max(stats.steps, 1),
+        train_acc=stats.correct / max(stats.seen, 1),
+        val_loss=val.loss if val else None,
+        val_acc=val.top1 if val else None,
+        val_top5=val.top5 if val else None,
+        lr=stats.lr,
+        images_per_s=stats.seen / max(stats.seconds, 1e-9),
+        epoch_time=stats.seconds,
+        train_time=run.train_time,
+        partial_epoch=stats.steps < run.steps_per_epoch,
+    )
+    if run.world.is_main:
+        run.folder.append_metrics(metrics)
+    if run.tensorboard is not None:
+        for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s"):
+            if getattr(metrics, k) is not None:
+                run.tensorboard.add_scalar(k, getattr(metrics, k), epoch + 1)
+    val_text = "-" if metrics.val_acc is None else f"{metrics.val_acc:.4f}"
+    log.info(
+        f"epoch {epoch + 1}/{run.cfg.epochs}  loss {metrics.train_loss:.4f}  train acc {metrics.train_acc:.4f}  "
+        f"val acc {val_text}  lr {stats.lr:.2e}  {metrics.images_per_s:.0f} img/s  ({stats.seconds:.0f}s)"
+    )
+    return metrics
+
+
+def save_checkpoints(run: Run, improved: bool) -> None:
+    """last/ with the training state after every epoch; best/ when validation improved."""
+    if run.world.is_main:
+        run.folder.save_checkpoint("last", run.model, run.data.preprocess, run.state())
+        if improved:
+            run.folder.save_checkpoint("best", run.eval_model, run.data.preprocess)
+    run.world.barrier()  # no rank races ahead of a checkpoint it may have to resume from
+
+
+# ============================================================================ finish
+def finish(run: Run) -> Summary:
+    """Score the final weights (the EMA's when on) on the test split, else the validation set,
+    and write summary.json."""
+    if run.folder.find_checkpoint("last") is None:
+        raise CheckpointError(f"{run.folder.path}: no epoch finished, nothing to evaluate")
+    data, cfg = run.data, run.cfg
+    if run.last_val is not None and data.final is data.val:
+        result = run.last_val  # the last epoch was just evaluated on this very set
+    else:
+        result = run.world.evaluate(
+            run.eval_model, data.final, data.preprocess, cfg.eval_batch_size, run.device, run.bf16
+        )
+    summary = Summary(
+        data=cfg.data,
+        model=cfg.model,
+        params=run.model.num_params(),
+        epochs_done=run.folder.epochs_done(),
+        steps=run.steps,
+        stopped_by_time_budget=run.stopped_by_budget,
+        budget_clock=cfg.budget_clock,
+        train_time_s=round(run.train_time, 1),
+        wall_time_s=round(time.perf_counter() - run.wall_start, 1),
+        images_per_s=round(run.images_seen / max(run.compute_time, 1e-9), 1),
+        eval_split="test" if data.test is not None else "validation",
+        eval_images=result.images,
+        accuracy=result.top1,
+        top5=result.top5,
+        best_val_accuracy=run.best_acc,
+        device=str(run.device),
+        bf16=run.bf16,
+        threads=torch.get_num_threads(),
+        processes=run.world.world_size,
+        checkpoint=str(run.folder.path / "last"),
+    )
+    if run.world.is_main:
+        run.folder.write_summary(summary)
+    return summary
+
+
+# ============================================================================ the run
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Summary:
+    """Train (or, with ``resume``, continue) the run in ``cfg.out``; returns its summary.
+
+    Ends with an evaluation on the test split (or the validation split when there is none),
+    written to ``summary.json``.
+    """
+    run = start(cfg, resume)
+    for epoch in range(run.epoch, cfg.epochs):
+        if run.out_of_time():
+            run.stopped_by_budget = True
+            break
+        stats = train_epoch(run, epoch, progress)
+        val = validate(run, epoch)
+        run.last_val = val
+        improved = val is not None and val.top1 > run.best_acc
+        run.best_acc = max(run.best_acc, val.top1) if val is not None else run.best_acc
+        run.epoch = epoch + 1
+        record_epoch(run, epoch, stats, val)
+        save_checkpoints(run, improved)
+        if run.stopped_by_budget:
+            log.info("time budget of %.0fs reached after %.0fs of training", cfg.time_budget, run.train_time)
+            break
+    if run.tensorboard is not None:
+        run.tensorboard.close()
+    return finish(run)
