@@ -57,8 +57,9 @@ class Explorer:
     """The loaded model and everything the endpoints compute with it (no web code here)."""
 
     def __init__(self, checkpoint: str | Path, max_upload_bytes: int = 20 * 1024 * 1024) -> None:
-        classifier = load_for_inference(checkpoint)
-        self.model, self.preprocess, self.checkpoint = classifier.model, classifier.preprocess, classifier.checkpoint
+        self.classifier = load_for_inference(checkpoint)  # the same model and preparation as `vitkit predict`
+        self.model, self.preprocess = self.classifier.model, self.classifier.preprocess
+        self.checkpoint = self.classifier.checkpoint
         self.max_upload_bytes = max_upload_bytes
         self.lock = threading.Lock()  # one forward at a time: the CPU has few cores to share
         self._figures: dict[str, bytes] = {}
