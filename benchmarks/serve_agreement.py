@@ -6,7 +6,7 @@ Saves the first N Fashion-MNIST test images as PNG files, classifies each throug
 predict``'s code (files -> top-5) and through the web page's endpoint (``POST /api/predict``
 with the file's bytes), and counts the files whose top-1 class agrees. For comparison it also
 runs the preparation the page used before it shared ``Preprocess`` with ``predict`` (a straight
-resize to the padded input size). Writes ``benchmarks/results/serve_agreement.json``.
+resize to the padded input size). Writes ``benchmarks/results/serve_agreement.json`` (``--out``).
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="a run folder or checkpoint of a Fashion-MNIST model")
     p.add_argument("--images", type=int, default=300)
+    p.add_argument("--out", type=Path, default=RESULTS / "serve_agreement.json")
     args = p.parse_args(argv)
     test = load_dataset("fashion-mnist", "test").subset(torch.arange(args.images))
     explorer = Explorer(args.run)
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         "top1_agree_former_page_vs_predict": sum(a == b for a, b in zip(former, by_predict, strict=True)),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    (RESULTS / "serve_agreement.json").write_text(json.dumps(record, indent=2) + "\n")
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
     return 0
 
