@@ -188,9 +188,13 @@ def load(directory: str | os.PathLike, map_location: str | torch.device = "cpu",
     return model.to(map_location).eval()
 
 
-def adapt(model: VisionTransformer, **overrides: Any) -> VisionTransformer:
+def adapt(model: VisionTransformer, fresh_head: bool = False, **overrides: Any) -> VisionTransformer:
     """A new model with ``overrides`` applied to the config and the trained weights carried over
-    (position embeddings resampled to a new image size, head replaced for a new class count)."""
+    (position embeddings resampled to a new image size, head replaced for a new class count).
+
+    ``fresh_head`` replaces the head (and a pre-logits layer that goes away) even when the class
+    count stays: new classes of the same number need a new head too.
+    """
     old = model.config
     if "num_classes" in overrides and overrides["num_classes"] != old.num_classes:
         overrides.setdefault("class_names", None)
@@ -199,9 +203,12 @@ def adapt(model: VisionTransformer, **overrides: Any) -> VisionTransformer:
         model.resample_image_size(new_config.image_size)
     state = model.state_dict()
     new_model = VisionTransformer(new_config)
-    if new_config.num_classes != old.num_classes or new_config.representation_size != old.representation_size:
-        state = {k: v for k, v in state.items() if not k.startswith("head.")}
-        state.update({k: v for k, v in new_model.state_dict().items() if k.startswith("head.")})
+    renewed = ["head."]
+    if new_config.representation_size != old.representation_size:
+        renewed.append("pre_logits.")
+    if fresh_head or new_config.num_classes != old.num_classes or len(renewed) > 1:
+        state = {k: v for k, v in state.items() if not k.startswith(tuple(renewed))}
+        state.update({k: v for k, v in new_model.state_dict().items() if k.startswith(tuple(renewed))})
     check_state_dict(new_model, state, source=f"weights with overrides {sorted(overrides)}")
     new_model.load_state_dict(state)
     return new_model

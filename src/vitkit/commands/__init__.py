@@ -1,1 +1,24 @@
-"""One module per ``vitkit`` command, each with ``add_parser(subparsers)``; found by ``vitkit.cli``."""
+"""One module per ``vitkit`` command, each with ``add_parser(subparsers)``; found by ``vitkit.cli``.
+
+Here: the argument types the commands share.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def names(text: str) -> list[str]:
+    """``5,6,7`` or ``Sandal,Shirt`` -> a list of class names or indices."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+    return items
+
+
+def floats(text: str) -> list[float]:
+    """``0.5,0.5,0.5`` -> [0.5, 0.5, 0.5]."""
+    try:
+        return [float(t) for t in names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, e.g. 0.5,0.5,0.5, got {text!r}") from None

@@ -18,6 +18,7 @@ from .. import distributed
 from ..data import canonical_dataset
 from ..errors import ConfigError
 from ..train import RECIPES, TrainConfig, load_run_config, parse_duration, train
+from . import floats, names
 
 _DEFAULTS = TrainConfig()
 _DEFAULT_RECIPE = "fmnist-10m"
@@ -67,21 +68,51 @@ _OPTIONS = {
             "--image-size",
             "image_size",
             int,
-            "resize images to this size (default: the dataset's; image folders: the model's)",
+            "resize images to this size (default: the dataset's; image folders: the model's); with --init, the "
+            "fine-tuning resolution (default: the source's own), position embeddings resampled",
         ),
         ("--pad", "pad", int, "zero border in pixels around every image (2 makes 28x28 into 32x32)"),
         ("--channels", "channels", int, "convert images to 1 or 3 channels"),
+        ("--classes", "classes", names, "train on these classes only: names or indices, e.g. 5,6,7,8,9"),
+        ("--per-class", "per_class", int, "train on a seeded subset of this many images per class (few-shot)"),
+        (
+            "--mean",
+            "mean",
+            floats,
+            "normalisation mean per channel, e.g. 0.5,0.5,0.5 (default: the data's; --init: the source's)",
+        ),
+        ("--std", "std", floats, "normalisation std per channel (with --mean)"),
         ("--limit-train", "limit_train", int, "train on a seeded subset of this many images"),
         ("--limit-val", "limit_val", int, "validate on the first this many images"),
     ],
     "model": [
         ("--model", "model", str, "preset name (see `vitkit presets`); giving one drops the recipe's --set values"),
         ("--drop-path", "drop_path", float, "stochastic depth rate of the last block (default: the preset's)"),
+        (
+            "--init",
+            "init",
+            str,
+            "fine-tune these weights instead of training from scratch: a vitkit checkpoint or run folder, a Google "
+            ".npz, a timm .safetensors/.pth/.bin, a Hugging Face folder, or hf-hub:ORG/NAME (recipe: finetune)",
+        ),
+        (
+            "--freeze",
+            "freeze",
+            str,
+            "embed (the patch embedding), N (the embedding and the first N blocks) or backbone (all but the head)",
+        ),
     ],
     "optimisation": [
         ("--epochs", "epochs", int, "epochs; giving them without --time-budget drops the recipe's budget"),
-        ("--batch-size", "batch_size", int, "images per micro-batch"),
-        ("--lr", "lr", float, "peak learning rate (AdamW)"),
+        (
+            "--steps",
+            "steps",
+            int,
+            "optimiser steps in all, instead of --epochs (--init: 0 evaluates the adapted model)",
+        ),
+        ("--batch-size", "batch_size", int, "images per micro-batch (shrunk to a smaller training set)"),
+        ("--optimizer", "optimizer", str, "adamw | sgd (momentum 0.9)"),
+        ("--lr", "lr", float, "peak learning rate"),
         ("--min-lr", "min_lr", float, "learning rate at the end of the cosine"),
         (
             "--weight-decay",
@@ -90,6 +121,14 @@ _OPTIONS = {
             "AdamW weight decay (not on norms, biases, position embeddings, class token)",
         ),
         ("--warmup-epochs", "warmup_epochs", float, "linear warm-up length"),
+        ("--warmup-steps", "warmup_steps", int, "linear warm-up length in steps, instead of --warmup-epochs"),
+        (
+            "--layer-decay",
+            "layer_decay",
+            float,
+            "layer-wise learning-rate decay, e.g. 0.75 (block i of L: decay^(L+1-i))",
+        ),
+        ("--head-lr-mult", "head_lr_mult", float, "the head's learning rate times this"),
         ("--label-smoothing", "label_smoothing", float, "label smoothing"),
         ("--clip-grad", "clip_grad", float, "max global gradient norm (0: off)"),
         ("--accum-steps", "accum_steps", int, "gradient accumulation: micro-batches per optimiser step"),
@@ -152,7 +191,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--recipe",
         choices=[*RECIPES, "none"],
         default=None,
-        help=f"a named set of options (default: {_DEFAULT_RECIPE} on Fashion-MNIST, none elsewhere)",
+        help=f"a named set of options (default: finetune with --init, {_DEFAULT_RECIPE} on Fashion-MNIST, "
+        "none elsewhere)",
     )
     extras = {"data": _add_data_flags, "model": _add_model_flags, "augmentation": _add_augment_flags}
     extras["run"] = _add_run_flags
@@ -171,6 +211,16 @@ def _add_data_flags(g: argparse._ArgumentGroup) -> None:
 
 
 def _add_model_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument(
+        "--keep-head",
+        action="store_true",
+        default=None,
+        help="with --init: keep the source's head (its class names must be the data's); default: a new one",
+    )
+    _add_set_flag(g)
+
+
+def _add_set_flag(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--set",
         dest="overrides",
@@ -226,7 +276,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         for _, name, _, _ in options
         if getattr(args, name) is not None
     }
-    for name in ("hflip", "compile"):
+    for name in ("hflip", "compile", "keep_head"):
         if getattr(args, name) is not None:
             given[name] = getattr(args, name)
     if args.skip_bad_images:
@@ -234,6 +284,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if "time_budget" in given:
         given["time_budget"] = parse_duration(given["time_budget"])
     recipe = args.recipe
+    if recipe is None and "init" in given:
+        recipe = "finetune"  # the paper's fine-tuning; the from-scratch recipes do not apply
     if recipe is None:
         data = canonical_dataset(given.get("data", _DEFAULTS.data))
         recipe = _DEFAULT_RECIPE if data == RECIPES[_DEFAULT_RECIPE]["data"] else "none"
@@ -245,6 +297,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             values.pop("drop_path", None)
         if "epochs" in given and "time_budget" not in given:
             values["time_budget"] = None
+        if "epochs" in given and "steps" not in given:
+            values["steps"] = None  # the recipe counts steps; epochs were asked for
     values.update(given)
     values["model_overrides"] = dict(values.get("model_overrides") or {}) | dict(args.overrides)
     return TrainConfig.from_dict(values)
@@ -282,6 +336,8 @@ def run(args: argparse.Namespace) -> int:
             cfg.epochs = args.epochs
         if args.time_budget is not None:
             cfg.time_budget = parse_duration(args.time_budget)
+        if args.steps is not None:
+            cfg.steps = args.steps
         if args.threads is not None:
             cfg.threads = args.threads
     else:

@@ -54,6 +54,37 @@ class ImageDataset:
         index = torch.as_tensor(index, dtype=torch.long)
         return ImageDataset(self.images[index], self.labels[index], self.class_names, name or self.name)
 
+    def select_classes(self, classes: Sequence[str]) -> ImageDataset:
+        """Only the images of ``classes`` (names, or indices into :attr:`class_names`), labelled
+        0..k-1 in the order given."""
+        names = [self._class_name(c) for c in classes]
+        if len(set(names)) != len(names):
+            raise DataError(f"classes {list(classes)} name a class twice")
+        old = torch.tensor([self.class_names.index(n) for n in names])
+        keep = (self.labels[:, None] == old[None, :]).nonzero()  # (image, position in `names`)
+        return ImageDataset(self.images[keep[:, 0]], keep[:, 1], names, self.name)
+
+    def _class_name(self, c: str | int) -> str:
+        text = str(c).strip()
+        if text in self.class_names:
+            return text
+        if text.isdigit() and int(text) < self.num_classes:
+            return self.class_names[int(text)]
+        raise DataError(
+            f"class {text!r} is not one of {self.name or 'the dataset'}'s: {self.class_names} (or 0-{self.num_classes - 1})"
+        )
+
+    def per_class(self, n: int, seed: int) -> ImageDataset:
+        """A seeded ``n`` images of every class (few-shot sets); an error when a class has fewer."""
+        counts = torch.bincount(self.labels, minlength=self.num_classes)
+        if self.num_classes and int(counts.min()) < n:
+            k = int(counts.argmin())
+            raise DataError(
+                f"{n} images per class asked for, but class {self.class_names[k]!r} has {int(counts[k])}; "
+                f"give at most {int(counts[k])}"
+            )
+        return self.subset(per_class_index(self.labels, self.num_classes, n, seed))
+
     def mean_std(self, chunk: int = 4096) -> tuple[list[float], list[float]]:
         """Per-channel mean and standard deviation in [0, 1] units (for normalisation), summed in
         float64 chunks so that no float copy of the whole set is ever made."""
@@ -74,6 +105,16 @@ class ImageDataset:
             return self
         images = torch.cat([preprocess.pixels(x) for x in self.images.split(chunk)])
         return ImageDataset(images, self.labels, self.class_names, self.name, self.skipped)
+
+
+def per_class_index(labels: torch.Tensor, num_classes: int, n: int, seed: int) -> torch.Tensor:
+    """Sorted indices of a seeded ``n`` images of every class (all of a class that has fewer)."""
+    g = torch.Generator().manual_seed(seed)
+    picks = [
+        index[torch.randperm(len(index), generator=g)[:n]]
+        for index in ((labels == c).nonzero()[:, 0] for c in range(num_classes))
+    ]
+    return torch.cat(picks).sort().values
 
 
 def split_dataset(ds: ImageDataset, fraction: float, seed: int) -> tuple[ImageDataset, ImageDataset]:

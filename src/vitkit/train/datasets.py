@@ -31,7 +31,7 @@ class RunData:
         return self.test if self.test is not None else self.val
 
 
-def run_geometry(cfg: TrainConfig, model_image_size: tuple[int, int]) -> Preprocess:
+def scratch_geometry(cfg: TrainConfig, model_image_size: tuple[int, int]) -> Preprocess:
     """How this run prepares its images, before their statistics are known: the dataset's own
     size and channels unless the config says otherwise (an image folder: the model's size)."""
     native_size, native_channels = native_format(cfg.data)
@@ -39,13 +39,17 @@ def run_geometry(cfg: TrainConfig, model_image_size: tuple[int, int]) -> Preproc
     return Preprocess(size, cfg.channels or native_channels, pad=cfg.pad, dataset=cfg.data)
 
 
+def _load(cfg: TrainConfig, split: str, geometry: Preprocess) -> ImageDataset:
+    ds = load_dataset(cfg.data, split, cfg.data_dir, geometry, cfg.skip_bad_images)
+    return ds.select_classes(cfg.classes) if cfg.classes else ds
+
+
 def _splits(cfg: TrainConfig, geometry: Preprocess) -> tuple[ImageDataset, ImageDataset, ImageDataset | None, bool]:
     """(train, validation, test, validation is the test split)."""
-    common = dict(data_dir=cfg.data_dir, preprocess=geometry, skip_bad_images=cfg.skip_bad_images)
-    train = load_dataset(cfg.data, "train", **common)
+    train = _load(cfg, "train", geometry)
     test = None
     if has_test_split(cfg.data):
-        test = load_dataset(cfg.data, "test", **common)
+        test = _load(cfg, "test", geometry)
         if test.class_names != train.class_names:
             raise DataError(f"{cfg.data}: test classes {test.class_names} differ from train {train.class_names}")
     fraction = cfg.val_fraction if cfg.val_fraction is not None else (0.0 if test is not None else 0.1)
@@ -57,16 +61,21 @@ def _splits(cfg: TrainConfig, geometry: Preprocess) -> tuple[ImageDataset, Image
     return train, test, test, True
 
 
-def prepare_data(cfg: TrainConfig, model_image_size: tuple[int, int]) -> RunData:
-    """Load train / validation / test as the config says (sizes, channels, split, limits)."""
-    geometry = run_geometry(cfg, model_image_size)
+def prepare_data(cfg: TrainConfig, geometry: Preprocess, own_statistics: bool = True) -> RunData:
+    """Load train / validation / test as the config says (classes, split, subsets), each prepared
+    by ``geometry``; normalised by ``--mean/--std`` or the training images' own statistics when
+    ``own_statistics`` (from scratch), else by ``geometry``'s (a pre-trained source's)."""
     train, val, test, val_is_test = _splits(cfg, geometry)
+    if cfg.per_class:
+        train = train.per_class(cfg.per_class, derive_seed(cfg.seed, 0, 10))
     if cfg.limit_train:
         g = torch.Generator().manual_seed(derive_seed(cfg.seed, 0, 8))
         train = train.subset(torch.randperm(len(train), generator=g)[: cfg.limit_train])
     if cfg.limit_val:
         val = val.subset(torch.arange(min(cfg.limit_val, len(val))))
         test = val if val_is_test else test
-    mean, std = train.mean_std()
-    preprocess = geometry.replace(mean=mean, std=std, class_names=train.class_names)
+    preprocess = geometry.replace(class_names=train.class_names)
+    if own_statistics:  # from scratch: --mean/--std, else the training images' own
+        mean, std = (cfg.mean, cfg.std) if cfg.mean is not None else train.mean_std()
+        preprocess = preprocess.replace(mean=mean, std=std)
     return RunData(train, val, test, val_is_test, preprocess)

@@ -9,7 +9,9 @@ compute the losses of one process with the same ``--batch-size``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -20,16 +22,19 @@ from torch import nn
 
 from .. import distributed
 from ..checkpoint import WEIGHTS_NAME, check_state_dict, read_weights
-from ..config import get_config
-from ..data import BatchAugment, derive_seed, epoch_order, iterate_batches
-from ..errors import CheckpointError, DivergedError
+from ..config import ViTConfig, get_config
+from ..data import BatchAugment, derive_seed, epoch_order, iterate_batches, native_format
+from ..errors import CheckpointError, ConfigError, DivergedError
 from ..evaluate import Evaluation
 from ..factory import create_model
 from ..model import VisionTransformer
+from ..preprocess import Preprocess
 from ..runtime import keep_freed_memory, resolve_device, set_threads, use_bf16
+from ..transfer import adapt_head, adapt_input, load_source
 from .config import TrainConfig
-from .datasets import RunData, prepare_data
-from .optim import EMA, adamw, param_groups
+from .datasets import RunData, prepare_data, scratch_geometry
+from .finetune import freeze, lr_scales
+from .optim import EMA, build_optimizer, param_groups
 from .run_folder import EpochMetrics, RunFolder, Summary, TrainingState
 from .schedule import WarmupCosine, set_learning_rate
 from .step import TrainStep
@@ -52,6 +57,9 @@ class Run:
     schedule: WarmupCosine
     augment: BatchAugment
     steps_per_epoch: int
+    total_steps: int  # --steps, else epochs x steps_per_epoch
+    frozen: list[nn.Module] = field(default_factory=list)  # kept in eval mode while training
+    init: dict[str, Any] | None = None  # --init: the source and what was adapted
     # counters, saved in every checkpoint
     epoch: int = 0
     steps: int = 0
@@ -72,6 +80,24 @@ class Run:
 
     def out_of_time(self) -> bool:
         return bool(self.cfg.time_budget) and self.train_time >= self.cfg.time_budget
+
+    @property
+    def epochs(self) -> int:
+        """Epochs to run: ``epochs``, or as many as ``--steps`` needs (the last one partial)."""
+        return self.cfg.epochs if self.cfg.steps is None else math.ceil(self.total_steps / self.steps_per_epoch)
+
+    @property
+    def epochs_per_round(self) -> int:
+        """Checkpoints and validation come at epoch ends, but at least 20 steps apart: a 50-image
+        fine-tuning set makes one-step epochs."""
+        return max(1, math.ceil(20 / self.steps_per_epoch))
+
+    def done(self, epoch: int) -> bool:
+        """Whether ``epoch`` (from 0) is the run's last."""
+        return epoch + 1 >= self.epochs or self.stopped_by_budget or self.steps >= self.total_steps
+
+    def round_end(self, epoch: int) -> bool:
+        return (epoch + 1) % self.epochs_per_round == 0 or self.done(epoch)
 
     def state(self) -> TrainingState:
         ema = self.step.ema.state_dict() if self.step.ema is not None else None
@@ -114,19 +140,23 @@ def start(cfg: TrainConfig, resume: bool) -> Run:
     if device.type == "cpu" and keep_freed_memory():
         log.info("malloc: freed memory kept for reuse (steadier and faster CPU steps)")
     bf16 = use_bf16(cfg.precision, device)
-    data = prepare_data(cfg, _model_image_size(cfg))
-    torch.manual_seed(derive_seed(cfg.seed, 0, 9))  # initial weights
-    model = build_model(cfg, data).to(device)
-    optimizer = adamw(param_groups(model, cfg.weight_decay), cfg.lr, device)
+    folder = RunFolder(cfg.out)
+    model, data, init = _model_and_data(cfg, folder if resume else None)
+    cfg = _fit_batch(cfg, len(data.train), world.world_size)
+    frozen = freeze(model, cfg.freeze)
+    model.to(device)
+    scales = lr_scales(model.config.depth, cfg.layer_decay, cfg.head_lr_mult)
+    optimizer = build_optimizer(cfg.optimizer, param_groups(model, cfg.weight_decay, scales), cfg.lr, device)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     steps_per_epoch = max(1, max(1, len(data.train) // cfg.batch_size) // cfg.accum_steps)
-    total = cfg.epochs * steps_per_epoch
-    warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total)
-    schedule = WarmupCosine(cfg.lr, cfg.min_lr, total, warmup, cfg.time_budget)
+    total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * steps_per_epoch)
+    schedule = WarmupCosine(cfg.lr, cfg.min_lr, max(total, 1), min(warmup, total), cfg.time_budget)
     aug_cfg = cfg.augment_config(data.train.image_size)
     augment = BatchAugment(aug_cfg, data.preprocess.mean, data.preprocess.std, data.train.num_classes, cfg.seed)
     step = TrainStep(model, optimizer, device, bf16, cfg.label_smoothing, cfg.clip_grad, ema, world=world)
-    run = Run(cfg, world, device, bf16, RunFolder(cfg.out), data, model, step, schedule, augment, steps_per_epoch)
+    parts = (cfg, world, device, bf16, folder, data, model, step, schedule, augment, steps_per_epoch, total)
+    run = Run(*parts, frozen=frozen, init=init)
     if resume:
         _resume(run)
     else:  # every rank refuses a folder that holds a run; rank 0 makes the folder
@@ -139,6 +169,41 @@ def start(cfg: TrainConfig, resume: bool) -> Run:
     step.forward = torch.compile(step.forward) if cfg.compile else step.forward
     _log_start(run)
     return run
+
+
+def _model_and_data(cfg: TrainConfig, resuming: RunFolder | None) -> tuple[VisionTransformer, RunData, dict | None]:
+    """The model, the data and (for --init) the record of the source: a fresh model from the
+    preset; the source's, adapted to the data; or, resuming a fine-tuning run, the model and the
+    preprocessing its run record describes (the source itself is not needed again)."""
+    if cfg.init is None:
+        data = prepare_data(cfg, scratch_geometry(cfg, _model_image_size(cfg)))
+        torch.manual_seed(derive_seed(cfg.seed, 0, 9))  # initial weights
+        return build_model(cfg, data), data, None
+    if cfg.pad:
+        raise ConfigError("--pad is for training from scratch; with --init the source's preprocessing decides")
+    if resuming is not None:
+        record = resuming.read_record()
+        data = prepare_data(cfg, Preprocess.from_dict(record["preprocess"]), own_statistics=False)
+        return VisionTransformer(ViTConfig.from_dict(record["model"])), data, record.get("init")
+    source = load_source(cfg.init, cfg.mean, cfg.std)
+    log.info("--init %s: %s weights; normalisation from %s", cfg.init, source.fmt, source.normalisation)
+    channels = cfg.channels or native_format(cfg.data)[1]
+    model, geometry, notes = adapt_input(source, channels, cfg.image_size)
+    data = prepare_data(cfg, geometry.replace(dataset=cfg.data), own_statistics=False)
+    model = adapt_head(model, list(data.preprocess.class_names), cfg.keep_head, notes)
+    for note in notes:
+        log.info("--init: %s", note)
+    init = {"source": cfg.init, "format": source.fmt, "normalisation": source.normalisation, "adapted": notes}
+    return model, data, init | {"source_model": source.model.config.to_dict()}
+
+
+def _fit_batch(cfg: TrainConfig, images: int, processes: int) -> TrainConfig:
+    """The config with a batch no larger than the training set (a 10-shot set has 50 images)."""
+    if cfg.batch_size <= images:
+        return cfg
+    batch = max(processes, images - images % processes)
+    log.info("--batch-size %d is more than the %d training images: using %d", cfg.batch_size, images, batch)
+    return dataclasses.replace(cfg, batch_size=batch)
 
 
 def _resume(run: Run) -> None:
@@ -171,12 +236,17 @@ def _run_record(run: Run) -> dict[str, Any]:
         "train": run.cfg.to_dict(),
         "model": run.model.config.to_dict(),
         "preprocess": data.preprocess.to_dict(),
-        "data": {"train": len(data.train), "val": len(data.val), "val_is_test": data.val_is_test},
+        "data": {
+            "train": len(data.train),
+            "val": len(data.val),
+            "val_is_test": data.val_is_test,
+        },
         "steps_per_epoch": run.steps_per_epoch,
         "device": str(run.device),
         "bf16": run.bf16,
         "threads": torch.get_num_threads(),
         "processes": run.world.world_size,
+        "init": run.init,
     }
 
 
@@ -228,11 +298,13 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> EpochStats:
     """One pass over the training set (or what is left of the time budget)."""
     cfg, stats = run.cfg, EpochStats()
     run.model.train()
+    for module in run.frozen:  # frozen: no dropout, no BatchNorm statistics updates
+        module.eval()
     # stochastic depth, dropout (each rank its own draws for its slice of the batch)
     torch.manual_seed(derive_seed(cfg.seed, epoch, 2, *([run.world.rank] if run.world.active else [])))
     order = epoch_order(len(run.data.train), cfg.seed, epoch)
     batches = list(iterate_batches(len(order), cfg.batch_size, order, drop_last=len(order) >= cfg.batch_size))
-    bar = _progress_bar(run.steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", progress and run.world.is_main)
+    bar = _progress_bar(run.steps_per_epoch, f"epoch {epoch + 1}/{run.epochs}", progress and run.world.is_main)
     start = time.perf_counter()
     for s in range(run.steps_per_epoch):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -254,6 +326,7 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> EpochStats:
         _show_progress(bar, stats, start, progress and (s % 10 == 0 or s == run.steps_per_epoch - 1))
         if run.out_of_time():
             run.stopped_by_budget = True
+        if run.stopped_by_budget or run.steps >= run.total_steps:
             break
     bar.close()
     stats.seconds = time.perf_counter() - start
@@ -285,9 +358,9 @@ def _show_progress(bar, stats: EpochStats, start: float, postfix: bool) -> None:
 def validate(run: Run, epoch: int) -> Evaluation | None:
     """The validation set, after the last epoch and every ``eval_every`` epochs (it costs wall
     time on a small CPU); None in the epochs between."""
-    cfg = run.cfg
-    last = epoch + 1 == cfg.epochs or run.stopped_by_budget
-    if not last and not (cfg.eval_every > 0 and (epoch + 1) % cfg.eval_every == 0):
+    cfg, rounds = run.cfg, (epoch + 1) // run.epochs_per_round
+    every = cfg.eval_every > 0 and run.round_end(epoch) and rounds % cfg.eval_every == 0
+    if not run.done(epoch) and not every:
         return None
     model, data = run.eval_model, run.data
     return run.world.evaluate(model, data.val, data.preprocess, cfg.eval_batch_size, run.device, run.bf16)
@@ -315,16 +388,18 @@ def record_epoch(run: Run, epoch: int, stats: EpochStats, val: Evaluation | None
         for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s"):
             if getattr(metrics, k) is not None:
                 run.tensorboard.add_scalar(k, getattr(metrics, k), epoch + 1)
+    if not run.round_end(epoch):
+        return metrics
     val_text = "-" if metrics.val_acc is None else f"{metrics.val_acc:.4f}"
     log.info(
-        f"epoch {epoch + 1}/{run.cfg.epochs}  loss {metrics.train_loss:.4f}  train acc {metrics.train_acc:.4f}  "
+        f"epoch {epoch + 1}/{run.epochs}  loss {metrics.train_loss:.4f}  train acc {metrics.train_acc:.4f}  "
         f"val acc {val_text}  lr {stats.lr:.2e}  {metrics.images_per_s:.0f} img/s  ({stats.seconds:.0f}s)"
     )
     return metrics
 
 
 def save_checkpoints(run: Run, improved: bool) -> None:
-    """last/ with the training state after every epoch; best/ when validation improved."""
+    """last/ with the training state after every round of epochs; best/ when validation improved."""
     if run.world.is_main:
         run.folder.save_checkpoint("last", run.model, run.data.preprocess, run.state())
         if improved:
@@ -380,9 +455,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Summ
     written to ``summary.json``.
     """
     run = start(cfg, resume)
-    for epoch in range(run.epoch, cfg.epochs):
-        if run.out_of_time():
-            run.stopped_by_budget = True
+    if run.total_steps == 0:  # --steps 0: the adapted model as it is, evaluated
+        save_checkpoints(run, improved=True)
+    for epoch in range(run.epoch, run.epochs):
+        if run.out_of_time() or run.steps >= run.total_steps:
+            run.stopped_by_budget = run.out_of_time()
             break
         stats = train_epoch(run, epoch, progress)
         val = validate(run, epoch)
@@ -391,7 +468,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Summ
         run.best_acc = max(run.best_acc, val.top1) if val is not None else run.best_acc
         run.epoch = epoch + 1
         record_epoch(run, epoch, stats, val)
-        save_checkpoints(run, improved)
+        if run.round_end(epoch) or improved:
+            save_checkpoints(run, improved)
         if run.stopped_by_budget:
             log.info("time budget of %.0fs reached after %.0fs of training", cfg.time_budget, run.train_time)
             break

@@ -40,6 +40,16 @@ def adamw(groups: list[dict[str, Any]], lr: float, device: torch.device) -> torc
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), fused=device.type in ("cpu", "cuda"))
 
 
+def sgd(groups: list[dict[str, Any]], lr: float, device: torch.device, momentum: float = 0.9) -> torch.optim.SGD:
+    """SGD with momentum, the optimiser of the paper's fine-tuning (fused where torch has it)."""
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, fused=device.type in ("cpu", "cuda"))
+
+
+def build_optimizer(name: str, groups: list[dict[str, Any]], lr: float, device: torch.device) -> torch.optim.Optimizer:
+    """``adamw`` or ``sgd`` over ``groups``."""
+    return sgd(groups, lr, device) if name == "sgd" else adamw(groups, lr, device)
+
+
 class EMA:
     """Exponential moving average of the weights (Polyak averaging), with the usual warm-up of the
     decay, min(decay, (1 + n) / (10 + n)), so early averages are not dominated by the init."""

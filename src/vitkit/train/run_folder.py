@@ -172,13 +172,18 @@ class RunFolder:
     def write_config(self, record: dict[str, Any]) -> None:
         atomic_write_json(self.config_path, record)
 
-    def read_train_config(self) -> TrainConfig:
+    def read_record(self) -> dict[str, Any]:
+        """The whole ``train_config.json``: the TrainConfig, the model config, the Preprocess, ..."""
         if not self.config_path.is_file():
             raise FileNotFoundError(
                 f"{self.config_path} not found: --resume needs a run folder written by `vitkit train`"
             )
+        return read_json_object(self.config_path, "run settings")
+
+    def read_train_config(self) -> TrainConfig:
+        record = self.read_record()
         try:
-            return TrainConfig.from_dict(read_json_object(self.config_path, "run settings")["train"])
+            return TrainConfig.from_dict(record["train"])
         except (KeyError, TypeError, ConfigError) as e:
             raise ConfigError(f"{self.config_path} is not a vitkit run config ({e})") from None
 
