@@ -17,6 +17,7 @@ import data_efficiency  # noqa: E402
 import patch_size  # noqa: E402
 import pooling  # noqa: E402
 import posemb  # noqa: E402
+import transfer  # noqa: E402
 
 
 def _have_fashion_mnist() -> bool:
@@ -66,13 +67,22 @@ def test_patch_size_records_tokens_and_compute(tmp_path):
     assert (tmp_path / "patch_size.png").is_file()
 
 
-def test_data_efficiency_trains_both_models_on_each_size(tmp_path):
-    data_efficiency.main(["--tiny", "--seeds", "1", "--out", str(tmp_path)])
-    runs = _runs(tmp_path / "data_efficiency.json")
+@pytest.mark.parametrize("budget, name", [("data", "data_efficiency_data"), ("steps", "data_efficiency")])
+def test_data_efficiency_trains_both_models_on_each_size(tmp_path, budget, name):
+    data_efficiency.main(["--tiny", "--seeds", "1", "--budget", budget, "--out", str(tmp_path)])
+    runs = _runs(tmp_path / f"{name}.json")
     assert {(r["model"], r["train_images"]) for r in runs.values()} == {
         (m, n) for m in ("ViT", "ResNet") for n in (64, 256)
     }
     assert (tmp_path / "data_efficiency.png").is_file()
+
+
+def test_data_budget_grows_with_the_data():
+    steps = {n: common.steps_for_data(n) for n in (1000, 5000, 20000, 60000)}
+    assert steps[1000] == steps[5000] == 1500  # the floor: 192 and 38 epochs
+    assert steps[60000] == 3750  # 8 epochs of 128-image steps
+    epochs = {n: s * 128 / n for n, s in steps.items()}
+    assert epochs[1000] > epochs[5000] > epochs[20000] > epochs[60000]  # fewer passes over more data
 
 
 def test_attention_distance_per_layer_and_head(tmp_path):
@@ -99,3 +109,25 @@ def test_resnet_flops_equal_a_hand_count():
     stage3 = conv(7, 3, 64, 128) + conv(7, 3, 128, 128) + conv(7, 1, 64, 128)
     head = 2 * 128 * 10
     assert common.forward_flops(common.ResNet()) == stem + stage1 + stage2 + stage3 + head
+
+
+def test_transfer_pretrains_then_probes_fine_tunes_and_trains_from_scratch(tmp_path):
+    transfer.main(["--tiny", "--out", str(tmp_path), "--models", str(tmp_path / "m")])
+    runs = _runs(tmp_path / "transfer.json")
+    parts = {r["part"] for r in runs.values()}
+    assert parts == {"upstream", "probe", "few", "full", "digits", "digits-probe", "few56", "full56"}
+    for arch in ("ViT", "ResNet"):
+        assert (tmp_path / "m" / f"{arch}-n256.pt").is_file()
+        # scratch and every upstream model see the same 10-shot images, each with its own grid
+        few = [r for r in runs.values() if r["part"] == "few" and r["arch"] == arch and r["seed"] == 0]
+        assert {r["init"] for r in few} == {"scratch", "n64", "n256"}
+        assert {r["train_images"] for r in few} == {50}
+        assert all(len(r["grid"]) == len(transfer.LRS) and r["lr"] in transfer.LRS for r in few)
+    # 56 px runs keep the rate their 28 px twin chose
+    assert runs["few56/ViT/n256/seed1"]["lr"] == runs["few/ViT/n256/seed1"]["lr"]
+    probe = runs["probe/ViT/n256"]["summary"]
+    assert [r["shots"] for r in probe] == [1, 5, 10]  # 25 is more than the tiny set's 12 per class
+    assert (tmp_path / "transfer_upstream.png").is_file() and (tmp_path / "transfer_shots.png").is_file()
+    before = dict(runs)
+    transfer.main(["--tiny", "--out", str(tmp_path), "--models", str(tmp_path / "m")])  # resumes: nothing to do
+    assert _runs(tmp_path / "transfer.json") == before

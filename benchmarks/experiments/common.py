@@ -14,6 +14,7 @@ atomically after each run: a stopped experiment continues where it stopped when 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import sys
@@ -135,15 +136,18 @@ def fit(
     seed: int,
     hflip: bool = True,
     device: str | torch.device = "cpu",
+    stats: tuple[list[float], list[float]] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` for ``budget.steps`` steps on ``train`` and return its test accuracy and costs.
 
     The step, the schedule and the optimiser's groups are ``vitkit train``'s own
-    (:class:`vitkit.train.TrainStep`, :class:`vitkit.train.WarmupCosine`)."""
+    (:class:`vitkit.train.TrainStep`, :class:`vitkit.train.WarmupCosine`). The images are
+    normalised by ``stats`` (mean, std), by default ``train``'s own; a pre-trained model keeps
+    the statistics it was pre-trained with."""
     torch.manual_seed(derive_seed(seed, 0, 3))
     device = torch.device(device)
     model.to(device)
-    mean, std = train.mean_std()
+    mean, std = stats or train.mean_std()
     preprocess = Preprocess(train.image_size, train.channels, mean=mean, std=std)
     augment = BatchAugment(AugmentConfig(crop_padding=2, hflip=hflip), mean, std, train.num_classes, seed)
     optimizer = adamw(param_groups(model, budget.weight_decay), budget.lr, device)
@@ -169,6 +173,7 @@ def fit(
         "train_images": len(train),
         "train_s": round(train_s, 1),
         "images_per_s": round(len(losses) * batch / train_s, 1),
+        "lr": budget.lr,
         "params": num_params(model),
         "gflops_forward": forward_flops(model, tuple(train.images.shape[1:])) / 1e9,
     }
@@ -275,6 +280,17 @@ def budget(args: argparse.Namespace, steps: int) -> Budget:
     if args.tiny:
         return Budget(steps=3, batch_size=16)
     return Budget(steps=args.steps or steps)
+
+
+def steps_for_data(train_images: int, batch_size: int = 128, min_steps: int = 1500) -> int:
+    """A budget that grows with the data, for runs that should measure data rather than steps.
+
+    Eight epochs of 60,000 images, more passes over smaller sets (epochs = 8 * sqrt(60,000 / n),
+    so the images seen grow as sqrt(n)), and never fewer than ``min_steps``: 1,500 steps are
+    192 epochs of 1,000 images, long enough for the ResNet and the ViT to fit them.
+    """
+    epochs = 8.0 * math.sqrt(60_000 / train_images)
+    return max(min_steps, math.ceil(epochs * train_images / batch_size))
 
 
 def log(msg: str) -> None:

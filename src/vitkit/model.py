@@ -7,12 +7,14 @@
 
 ``forward_features`` returns all token states (and, when asked, every layer's attention);
 ``forward_head`` pools them (class token or mean of the patches) and classifies, so features,
-logits and attention all come from one forward pass.
+logits and attention all come from one forward pass. ``forward_intermediates`` returns the
+token states after chosen blocks, as timm's method of that name does.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -189,6 +191,47 @@ class VisionTransformer(nn.Module):
                 attentions.append(probs)
         return self.norm(x), tuple(attentions)
 
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        output_fmt: str = "NCHW",
+        return_prefix_tokens: bool = False,
+        intermediates_only: bool = False,
+        stop_early: bool = False,
+    ) -> list | tuple[torch.Tensor, list]:
+        """The token states after chosen blocks, for features and dense heads (timm's semantics).
+
+        ``indices``: an int n takes the last n blocks, a sequence takes those blocks (negative
+        counts from the end), None takes all. Each state has its prefix tokens (class token)
+        removed and, for ``output_fmt="NCHW"``, is laid out as a (B, D, H, W) map of the patch
+        grid; ``"NLC"`` keeps (B, N, D). ``norm`` applies the final LayerNorm to each;
+        ``return_prefix_tokens`` pairs each with its (B, prefix, D) prefix tokens. Returns
+        (``forward_features``' tokens, intermediates), or only the intermediates. ``stop_early``
+        skips the blocks after the last one asked for (only with ``intermediates_only``).
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise InputError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take = block_indices(len(self.blocks), indices)
+        if stop_early and not intermediates_only:
+            raise InputError("stop_early=True skips blocks the final features need; pass intermediates_only=True")
+        x, grid = self._grid_for(x)
+        tokens = self.embed(x)
+        last = max(take) if stop_early else len(self.blocks) - 1
+        states = []
+        for i, block in enumerate(self.blocks[: last + 1]):
+            tokens, _ = block(tokens)
+            if i in take:
+                states.append(self.norm(tokens) if norm else tokens)
+        n = self.config.num_prefix_tokens
+        prefixes = [s[:, :n] for s in states]
+        states = [s[:, n:] for s in states]
+        if output_fmt == "NCHW":
+            states = [s.transpose(1, 2).reshape(s.shape[0], -1, *grid) for s in states]
+        out: list = list(zip(states, prefixes, strict=True)) if return_prefix_tokens and n else states
+        return out if intermediates_only else (self.norm(tokens), out)
+
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T, D) -> (B, D): the class token's state, or the mean of the patch tokens."""
         if self.config.pool == "cls":
@@ -222,6 +265,26 @@ class VisionTransformer(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def block_indices(depth: int, indices: int | Sequence[int] | None) -> list[int]:
+    """Absolute block indices: None -> all, n -> the last n, a sequence -> those (negative from
+    the end). An index out of range is an error that names the range."""
+    if indices is None:
+        indices = depth
+    if isinstance(indices, int):
+        if not 0 < indices <= depth:
+            raise InputError(f"asked for the last {indices} blocks of {depth}; give 1 to {depth}")
+        return list(range(depth - indices, depth))
+    take = []
+    for i in indices:
+        j = depth + i if i < 0 else i
+        if not 0 <= j < depth:
+            raise InputError(f"block {i} does not exist: the model has blocks 0 to {depth - 1} (or -{depth} to -1)")
+        take.append(j)
+    if not take:
+        raise InputError("no block asked for; give at least one index")
+    return take
 
 
 def count_params(config: ViTConfig) -> int:

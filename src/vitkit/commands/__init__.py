@@ -22,3 +22,11 @@ def floats(text: str) -> list[float]:
         return [float(t) for t in names(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, e.g. 0.5,0.5,0.5, got {text!r}") from None
+
+
+def integers(text: str) -> list[int]:
+    """``1,5,10,25`` -> [1, 5, 10, 25]."""
+    try:
+        return [int(t) for t in names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, e.g. 1,5,10, got {text!r}") from None

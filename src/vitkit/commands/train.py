@@ -113,6 +113,13 @@ _OPTIONS = {
         ("--batch-size", "batch_size", int, "images per micro-batch (shrunk to a smaller training set)"),
         ("--optimizer", "optimizer", str, "adamw | sgd (momentum 0.9)"),
         ("--lr", "lr", float, "peak learning rate"),
+        (
+            "--lr-grid",
+            "lr_grid",
+            floats,
+            "choose --lr from these, e.g. 0.001,0.003,0.01,0.03: a short trial of each (a tenth of --steps or "
+            "--time-budget) validated on a held-out 2 %% of each class, then the best for the rest of the budget",
+        ),
         ("--min-lr", "min_lr", float, "learning rate at the end of the cosine"),
         (
             "--weight-decay",

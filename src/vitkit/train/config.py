@@ -48,6 +48,8 @@ class TrainConfig:
     batch_size: int = 128
     optimizer: str = "adamw"  # adamw | sgd (momentum 0.9)
     lr: float = 1e-3
+    lr_grid: list[float] | None = None  # choose lr: a short trial of each on a held-out 2 %, then the full run
+    hold_out: bool = False  # validate on a held-out 2 % of each class and never score on the test split
     min_lr: float = 1e-5
     weight_decay: float = 0.05
     layer_decay: float | None = None  # layer-wise learning-rate decay (BEiT): block i of L gets decay^(L+1-i)

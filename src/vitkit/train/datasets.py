@@ -15,6 +15,7 @@ from ..data import ImageDataset, derive_seed, has_test_split, load_dataset, nati
 from ..errors import DataError
 from ..preprocess import Preprocess
 from .config import TrainConfig
+from .lr_grid import hold_out
 
 
 @dataclass
@@ -24,6 +25,7 @@ class RunData:
     test: ImageDataset | None  # None when the dataset has no test split (val is held out)
     val_is_test: bool
     preprocess: Preprocess
+    held_out: str | None = None  # with cfg.hold_out: how the validation images were chosen
 
     @property
     def final(self) -> ImageDataset:
@@ -74,8 +76,13 @@ def prepare_data(cfg: TrainConfig, geometry: Preprocess, own_statistics: bool = 
     if cfg.limit_val:
         val = val.subset(torch.arange(min(cfg.limit_val, len(val))))
         test = val if val_is_test else test
+    held_out = None
+    if cfg.hold_out:  # a learning-rate trial: validate on part of the training images, never the test
+        train, held, how = hold_out(train, cfg.seed)
+        val, test, val_is_test = (held if held is not None else train), None, False
+        held_out = how if held is not None else None
     preprocess = geometry.replace(class_names=train.class_names)
     if own_statistics:  # from scratch: --mean/--std, else the training images' own
         mean, std = (cfg.mean, cfg.std) if cfg.mean is not None else train.mean_std()
         preprocess = preprocess.replace(mean=mean, std=std)
-    return RunData(train, val, test, val_is_test, preprocess)
+    return RunData(train, val, test, val_is_test, preprocess, held_out)

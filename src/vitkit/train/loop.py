@@ -34,6 +34,7 @@ from ..transfer import adapt_head, adapt_input, load_source
 from .config import TrainConfig
 from .datasets import RunData, prepare_data, scratch_geometry
 from .finetune import freeze, lr_scales
+from .lr_grid import search
 from .optim import EMA, build_optimizer, param_groups
 from .run_folder import EpochMetrics, RunFolder, Summary, TrainingState
 from .schedule import WarmupCosine, set_learning_rate
@@ -240,6 +241,7 @@ def _run_record(run: Run) -> dict[str, Any]:
             "train": len(data.train),
             "val": len(data.val),
             "val_is_test": data.val_is_test,
+            "held_out": data.held_out,
         },
         "steps_per_epoch": run.steps_per_epoch,
         "device": str(run.device),
@@ -408,7 +410,7 @@ def save_checkpoints(run: Run, improved: bool) -> None:
 
 
 # ============================================================================ finish
-def finish(run: Run) -> Summary:
+def finish(run: Run, grid: dict[str, Any] | None = None) -> Summary:
     """Score the final weights (the EMA's when on) on the test split, else the validation set,
     and write summary.json."""
     if run.folder.find_checkpoint("last") is None:
@@ -435,12 +437,15 @@ def finish(run: Run) -> Summary:
         eval_images=result.images,
         accuracy=result.top1,
         top5=result.top5,
+        loss=result.loss,
         best_val_accuracy=run.best_acc,
         device=str(run.device),
         bf16=run.bf16,
         threads=torch.get_num_threads(),
         processes=run.world.world_size,
         checkpoint=str(run.folder.path / "last"),
+        lr=cfg.lr,
+        lr_grid=grid,
     )
     if run.world.is_main:
         run.folder.write_summary(summary)
@@ -452,8 +457,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Summ
     """Train (or, with ``resume``, continue) the run in ``cfg.out``; returns its summary.
 
     Ends with an evaluation on the test split (or the validation split when there is none),
-    written to ``summary.json``.
+    written to ``summary.json``. With ``cfg.lr_grid``, short trials choose the learning rate
+    first (:func:`vitkit.train.lr_grid.search`) and the run spends what is left of the budget.
     """
+    grid = None
+    if cfg.lr_grid and not resume:
+        cfg, grid = search(cfg, lambda trial: train(trial, progress=progress))
     run = start(cfg, resume)
     if run.total_steps == 0:  # --steps 0: the adapted model as it is, evaluated
         save_checkpoints(run, improved=True)
@@ -475,4 +484,4 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Summ
             break
     if run.tensorboard is not None:
         run.tensorboard.close()
-    return finish(run)
+    return finish(run, grid)

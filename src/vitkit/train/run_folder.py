@@ -86,12 +86,15 @@ class Summary:
     eval_images: int
     accuracy: float
     top5: float
+    loss: float
     best_val_accuracy: float
     device: str
     bf16: bool
     threads: int
     processes: int
     checkpoint: str
+    lr: float = 0.0
+    lr_grid: dict[str, Any] | None = None  # --lr-grid: every rate's trial and the one chosen
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,0 +1,88 @@
+"""``vitkit embed``: write a checkpoint's features of images or a dataset to one file."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError
+from ..evaluate import load_for_inference
+from ..features import POOLS, Embeddings, check_pool, dataset_features, features
+from ..images import collect_images, decode_image
+from ..runtime import resolve_device
+from . import names
+from .probe import splits
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "embed",
+        help="features of images or a dataset (the representation, or any block's tokens) to .safetensors/.npz",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run folder (its best/) or a checkpoint folder")
+    p.add_argument("images", nargs="*", metavar="IMAGE_OR_FOLDER", help="image files or folders (or give --data)")
+    p.add_argument("--data", default=None, help="a dataset name or image folder instead of IMAGES")
+    p.add_argument("--data-dir", default=None, help="folder holding the dataset files")
+    p.add_argument("--split", choices=("train", "test"), default="test", help="with --data")
+    p.add_argument("--classes", type=names, default=None, help="with --data: these classes only")
+    p.add_argument(
+        "--layer",
+        type=int,
+        default=None,
+        help="the token states after this block (0-based; -1 is the last). Default: the representation the head reads",
+    )
+    p.add_argument("--pool", choices=POOLS, default=None, help="with --layer: default, the model's own pooling")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--out", required=True, help="FILE.safetensors or FILE.npz")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.suffix not in (".safetensors", ".npz"):
+        raise InputError(f"--out {out}: write .safetensors or .npz (give the file one of those endings)")
+    if bool(args.images) == bool(args.data):
+        raise InputError("give image files or folders, or --data NAME, but not both")
+    device = resolve_device(args.device)
+    classifier = load_for_inference(args.checkpoint, device)
+    model = classifier.model
+    if args.pool is not None and args.layer is not None:
+        check_pool(model, args.pool)
+    if args.data:
+        embeddings = _of_dataset(args, classifier, device)
+    else:
+        embeddings = _of_files(args, classifier, device)
+    embeddings.info = {
+        "checkpoint": str(classifier.checkpoint),
+        "layer": "representation" if args.layer is None else str(args.layer),
+        "pool": args.pool or model.config.pool,
+    }
+    embeddings.save(out)
+    shape = "x".join(str(d) for d in embeddings.features.shape)
+    print(f"wrote {out}: features {shape}, {len(embeddings.names)} names, labels")
+    return 0
+
+
+def _of_dataset(args: argparse.Namespace, classifier, device: torch.device) -> Embeddings:  # noqa: ANN001
+    train, test, _ = splits(args.data, args.data_dir, classifier, args.classes)
+    ds = train if args.split == "train" else test
+    x = dataset_features(classifier.model, ds, classifier.preprocess, args.layer, args.pool, args.batch_size, device)
+    prefix = f"{Path(args.data).name}/{args.split}"
+    return Embeddings(x, ds.labels.clone(), [f"{prefix}/{i:06d}" for i in range(len(ds))], list(ds.class_names))
+
+
+@torch.no_grad()
+def _of_files(args: argparse.Namespace, classifier, device: torch.device) -> Embeddings:  # noqa: ANN001
+    files = collect_images(args.images)
+    model, pre = classifier.model, classifier.preprocess
+    model.eval()
+    out = []
+    for start in range(0, len(files), args.batch_size):
+        x = torch.stack([pre(decode_image(f)) for f in files[start : start + args.batch_size]]).to(device)
+        out.append(features(model, x, args.layer, args.pool).float().cpu())
+    labels = torch.full((len(files),), -1, dtype=torch.int64)  # loose files carry no label
+    return Embeddings(torch.cat(out), labels, [str(f) for f in files], list(pre.class_names))

@@ -1,0 +1,102 @@
+"""``vitkit probe``: the paper's few-shot linear evaluation of a checkpoint's frozen features."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from ..checkpoint import WEIGHTS_NAME, atomic_write_json
+from ..data import has_test_split, load_dataset, split_dataset
+from ..data.dataset import ImageDataset
+from ..evaluate import load_for_inference
+from ..features import cached_representation
+from ..probe import KNN_K, KNN_TEMPERATURE, L2_GRID, check_shots, few_shot, summarize
+from ..runtime import resolve_device
+from . import integers, names
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "probe",
+        help="few-shot linear probe (closed-form ridge) and k-NN on a checkpoint's frozen features",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=(
+            "For each shot count and seed, draw that many training images per class, fit a ridge "
+            "regression from their frozen features to {-1, 1} targets (the penalty chosen by "
+            "leave-one-out on those images alone) and a k-NN, and score both on the test split. "
+            "Features are computed once per checkpoint and dataset, and cached."
+        ),
+    )
+    p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run folder (its best/) or a checkpoint folder")
+    p.add_argument("--data", default=None, help="dataset name or image folder (default: the one it was trained on)")
+    p.add_argument("--data-dir", default=None, help="folder holding the dataset files")
+    p.add_argument("--classes", type=names, default=None, help="probe on these classes only, e.g. 5,6,7,8,9")
+    p.add_argument("--shots", type=integers, default=[1, 5, 10, 25], help="training images per class")
+    p.add_argument("--seeds", type=int, default=3, help="draws per shot count (seeds 0 .. N-1)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--cache-dir", default=None, help="feature cache (default: the vitkit cache's features/)")
+    p.add_argument("--out", default=None, help="folder for probe.json (default: CHECKPOINT/probe-DATA)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=run)
+
+
+def splits(name: str, data_dir: str | None, classifier, classes) -> tuple[ImageDataset, ImageDataset, str]:  # noqa: ANN001
+    """(train, test, how the test split was found) of ``name``, prepared as the model's data were."""
+    pre = classifier.preprocess
+    train = load_dataset(name, "train", data_dir, pre)
+    if has_test_split(name):
+        test, how = load_dataset(name, "test", data_dir, pre), "its test split"
+    else:
+        train, test = split_dataset(train, 0.2, seed=0)
+        how = "a seeded 20 % of its images (it has no test split)"
+    if classes:
+        train, test = train.select_classes(classes), test.select_classes(classes)
+    return train, test, how
+
+
+def run(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    classifier = load_for_inference(args.checkpoint, device)
+    name = args.data or classifier.preprocess.dataset
+    if not name:
+        raise SystemExit(f"vitkit probe: error: {classifier.checkpoint} does not record its dataset; pass --data")
+    train, test, how = splits(name, args.data_dir, classifier, args.classes)
+    check_shots(train.labels, train.num_classes, args.shots, train.class_names)
+    log = print if not args.json else (lambda *a, **k: None)
+    log(f"probe: {name}, {train.num_classes} classes; scored on {how} ({len(test)} images)")
+    weights = classifier.checkpoint / WEIGHTS_NAME
+    x_train = cached_representation(
+        classifier.model, weights, train, classifier.preprocess, device, args.cache_dir, log
+    )
+    x_test = cached_representation(classifier.model, weights, test, classifier.preprocess, device, args.cache_dir, log)
+    runs = few_shot(
+        x_train, train.labels, x_test, test.labels, train.num_classes, args.shots, range(args.seeds), train.class_names
+    )
+    rows = summarize(runs)
+    record = {
+        "checkpoint": str(classifier.checkpoint),
+        "data": name,
+        "classes": list(train.class_names),
+        "test": how,
+        "test_images": len(test),
+        "features": int(x_train.shape[1]),
+        "ridge": {"targets": "{-1, 1}", "standardized": True, "l2_grid_per_image": list(L2_GRID), "chosen_by": "LOO"},
+        "knn": {"k": KNN_K, "distance": "cosine, centred on the training mean", "vote": f"exp(sim/{KNN_TEMPERATURE})"},
+        "summary": rows,
+        "runs": [asdict(r) for r in runs],
+    }
+    out = Path(args.out) if args.out else classifier.checkpoint / f"probe-{Path(name).name}"
+    atomic_write_json(out / "probe.json", record)
+    if args.json:
+        print(json.dumps(record, indent=2))
+        return 0
+    print(f"{'shots':>5}  {'ridge (LOO-chosen l2)':>22}  {'20-NN, cosine':>15}")
+    for r in rows:
+        print(
+            f"{r['shots']:>5}  {100 * r['ridge_mean']:>14.2f} ± {100 * r['ridge_std']:4.2f} %"
+            f"  {100 * r['knn_mean']:>7.2f} ± {100 * r['knn_std']:4.2f} %"
+        )
+    print(f"({args.seeds} seeds each; wrote {out / 'probe.json'})")
+    return 0

@@ -1,0 +1,187 @@
+"""Choosing the learning rate from a grid, as the paper did for every transfer run (App. B.1.1).
+
+The paper held out 2 % of each downstream training set, fine-tuned once per rate of a small grid
+and kept the rate that did best on the held-out part, never looking at the test split. Here:
+
+- :func:`hold_out` takes a seeded 2 % of every class, and at least one image of each, so that no
+  class goes unscored; a class with a single image cannot give one up, and then the set is not
+  split at all;
+- each rate gets a short trial from the same start (the caller's to run);
+- :func:`choose` keeps the rate with the best held-out accuracy (ties: the lower held-out loss),
+  or, with no held-out part, the lowest final training loss, and says which rule decided.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint import read_json_object
+from ..data.dataset import ImageDataset, derive_seed
+from ..errors import ConfigError, DivergedError
+from .config import TrainConfig
+from .run_folder import RunFolder, Summary
+
+log = logging.getLogger(__name__)
+
+HOLD_OUT_SHARE = 0.02
+NO_HOLD_OUT = "the lowest final training loss (a class has a single image, so none is held out)"
+TRIAL_SHARE = 0.1  # of the budget, for each rate's trial
+TRIALS_AT_MOST = 0.5  # of the budget, for all the trials together
+
+
+@dataclass
+class Trial:
+    """One rate's short run: its held-out accuracy and loss (None without a held-out part), its
+    final training loss (NaN when it diverged)."""
+
+    lr: float
+    steps: int
+    train_loss: float
+    val_top1: float | None = None
+    val_loss: float | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def hold_out(
+    dataset: ImageDataset, seed: int, share: float = HOLD_OUT_SHARE
+) -> tuple[ImageDataset, ImageDataset | None, str]:
+    """(the part to train trials on, the held-out part or None, how the choice will be made)."""
+
+    counts = torch.bincount(dataset.labels, minlength=dataset.num_classes)
+    if int(counts.min()) < 2:
+        return dataset, None, NO_HOLD_OUT
+    g = torch.Generator().manual_seed(derive_seed(seed, 0, 11))
+    held = []
+    for c in range(dataset.num_classes):
+        index = (dataset.labels == c).nonzero()[:, 0]
+        take = max(1, math.floor(share * len(index)))
+        held.append(index[torch.randperm(len(index), generator=g)[:take]])
+    held_index = torch.cat(held)
+    keep = torch.ones(len(dataset), dtype=torch.bool)
+    keep[held_index] = False
+    how = (
+        f"held-out accuracy on {len(held_index)} training images "
+        f"({share:.0%} of each class, at least one; ties: the lower held-out loss)"
+    )
+    return dataset.subset(keep.nonzero()[:, 0]), dataset.subset(held_index.sort().values), how
+
+
+def choose(trials: list[Trial]) -> Trial:
+    """The best trial: highest held-out accuracy, then lowest held-out loss; without held-out
+    scores, the lowest final training loss. Diverged trials (non-finite loss) never win."""
+    if not trials:
+        raise ConfigError("the learning-rate grid is empty")
+    finite = [t for t in trials if math.isfinite(t.train_loss)]
+    if not finite:
+        rates = ", ".join(f"{t.lr:g}" for t in trials)
+        raise FloatingPointError(f"every rate of the grid ({rates}) diverged; try smaller rates")
+    if all(t.val_top1 is not None for t in finite):
+        return max(finite, key=lambda t: (t.val_top1, -(t.val_loss if t.val_loss is not None else math.inf)))
+    return min(finite, key=lambda t: t.train_loss)
+
+
+def parse_grid(text: str | list[float]) -> list[float]:
+    """``0.001,0.003`` -> [0.001, 0.003]; an error for an empty grid or a rate that is not positive."""
+    rates = [float(t) for t in text.split(",") if t.strip()] if isinstance(text, str) else list(text)
+    if not rates or any(not r > 0 for r in rates):
+        raise ConfigError(f"--lr-grid needs positive learning rates, e.g. 0.001,0.003,0.01; got {text!r}")
+    return rates
+
+
+def search(cfg: TrainConfig, train: Callable[[TrainConfig], Summary]) -> tuple[TrainConfig, dict[str, Any]]:
+    """Run a short trial of every rate of ``cfg.lr_grid`` with ``train``, each in its own folder
+    under ``OUT/lr-grid/`` and from the same start; return the config of the full run (the best
+    rate, the budget the trials left) and the grid's record for ``summary.json``.
+
+    Each trial gets a tenth of the budget (less when the grid has more than five rates: the
+    trials never take more than half), with the warm-up shortened in proportion. A trial that
+    finished in an earlier start is read back, not trained again.
+    """
+    rates = parse_grid(cfg.lr_grid or [])
+    if cfg.steps is None and not cfg.time_budget:
+        raise ConfigError("--lr-grid shares one budget between the trials and the run: give --steps or --time-budget")
+    if cfg.steps == 0:
+        raise ConfigError("--lr-grid with --steps 0: there is nothing to train; give --steps N")
+    share = min(TRIAL_SHARE, TRIALS_AT_MOST / len(rates))
+    trials = [_trial(cfg, rate, share, train) for rate in rates]
+    best = choose(trials)
+    how = _how_chosen(cfg, rates[0])
+    log.info("--lr-grid: chose %g by %s (%s)", best.lr, how, ", ".join(_describe(t) for t in trials))
+    full = dataclasses.replace(cfg, lr=best.lr, lr_grid=None)
+    if cfg.steps is not None:
+        full = dataclasses.replace(full, steps=max(1, cfg.steps - sum(t.steps for t in trials)))
+    if cfg.time_budget:
+        spent = sum(t.seconds for t in trials)
+        full = dataclasses.replace(full, time_budget=max(1.0, cfg.time_budget - spent))
+    record = {
+        "rates": rates,
+        "chosen": best.lr,
+        "chosen_by": how,
+        "trial_share": share,
+        "trials": [t.to_dict() for t in trials],
+        "full_run": {"steps": full.steps, "time_budget": full.time_budget},
+    }
+    return full, record
+
+
+def _trial_config(cfg: TrainConfig, rate: float, share: float) -> TrainConfig:
+    warmup = None if cfg.warmup_steps is None else round(cfg.warmup_steps * share)
+    return dataclasses.replace(
+        cfg,
+        out=str(Path(cfg.out) / "lr-grid" / f"lr={rate:g}"),
+        lr=rate,
+        lr_grid=None,
+        hold_out=True,
+        steps=None if cfg.steps is None else max(1, round(share * cfg.steps)),
+        time_budget=None if not cfg.time_budget else share * cfg.time_budget,
+        warmup_steps=warmup,
+        eval_every=0,
+    )
+
+
+def _trial(cfg: TrainConfig, rate: float, share: float, train: Callable[[TrainConfig], Summary]) -> Trial:
+    trial_cfg = _trial_config(cfg, rate, share)
+    folder = RunFolder(trial_cfg.out)
+    summary_path = folder.path / "summary.json"
+    if summary_path.is_file():
+        summary = read_json_object(summary_path, "trial summary")
+        log.info("--lr-grid: lr %g was tried in an earlier start (%s)", rate, folder.path)
+    else:
+        log.info("--lr-grid: trying lr %g in %s", rate, folder.path)
+        try:
+            summary = train(trial_cfg).to_dict()
+        except DivergedError as e:
+            log.warning("--lr-grid: lr %g diverged (%s)", rate, e)
+            return Trial(rate, trial_cfg.steps or 0, math.nan)
+    metrics = folder.read_metrics()
+    train_loss = metrics[-1]["train_loss"] if metrics else math.nan
+    held = folder.read_record()["data"].get("held_out") is not None
+    trial = Trial(rate, summary["steps"], train_loss, summary["accuracy"], summary["loss"])
+    trial.seconds = summary["train_time_s"]
+    if not held:
+        trial.val_top1 = trial.val_loss = None
+    return trial
+
+
+def _how_chosen(cfg: TrainConfig, rate: float) -> str:
+    record = RunFolder(_trial_config(cfg, rate, 1.0).out).read_record()
+    return record["data"].get("held_out") or NO_HOLD_OUT
+
+
+def _describe(t: Trial) -> str:
+    if not math.isfinite(t.train_loss):
+        return f"{t.lr:g}: diverged"
+    if t.val_top1 is None:
+        return f"{t.lr:g}: train loss {t.train_loss:.4f}"
+    return f"{t.lr:g}: {t.val_top1:.2%} held out"

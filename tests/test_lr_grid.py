@@ -1,0 +1,104 @@
+"""Choosing the learning rate from a grid: the hold-out rule, the choice, and a run whose answer is known."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+
+from vitkit.cli import main
+from vitkit.data import ImageDataset
+from vitkit.errors import ConfigError
+from vitkit.train import train
+from vitkit.train.lr_grid import NO_HOLD_OUT, Trial, choose, hold_out, parse_grid
+
+
+def _dataset(counts: list[int]) -> ImageDataset:
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    return ImageDataset(
+        torch.zeros(len(labels), 1, 4, 4, dtype=torch.uint8), labels, [f"c{c}" for c in range(len(counts))]
+    )
+
+
+def test_hold_out_takes_two_percent_of_each_class_and_at_least_one():
+    part, held, how = hold_out(_dataset([500, 10, 3]), seed=0)
+    assert torch.bincount(held.labels).tolist() == [10, 1, 1]  # 2 % of 500; at least one of the others
+    assert len(part) + len(held) == 513 and "held-out accuracy" in how
+    again = hold_out(_dataset([500, 10, 3]), seed=0)[1]
+    assert torch.equal(again.labels, held.labels)  # seeded
+
+
+def test_a_class_with_one_image_keeps_everything_for_training():
+    part, held, how = hold_out(_dataset([5, 1]), seed=0)
+    assert held is None and len(part) == 6 and how == NO_HOLD_OUT
+
+
+def test_choose_prefers_held_out_accuracy_then_loss_and_skips_diverged_rates():
+    trials = [
+        Trial(1e-3, 10, 0.5, 0.80, 0.7),
+        Trial(3e-3, 10, 0.4, 0.90, 0.6),
+        Trial(1e-2, 10, 0.3, 0.90, 0.5),  # ties on accuracy, lower held-out loss: wins
+        Trial(3e-2, 10, math.nan),
+    ]
+    assert choose(trials).lr == 1e-2
+    no_held_out = [Trial(1e-3, 10, 0.5), Trial(3e-3, 10, 0.2), Trial(1e-2, 10, math.inf)]
+    assert choose(no_held_out).lr == 3e-3  # the lowest training loss
+    with pytest.raises(FloatingPointError, match="every rate"):
+        choose([Trial(1.0, 10, math.nan)])
+
+
+def test_parse_grid_refuses_an_empty_or_non_positive_grid():
+    assert parse_grid("0.001, 0.003") == [0.001, 0.003]
+    for bad in ("", "0.01,0", "-1"):
+        with pytest.raises(ConfigError, match="positive learning rates"):
+            parse_grid(bad)
+
+
+def test_the_grid_needs_a_budget(tmp_path):
+    with pytest.raises(ConfigError, match="--steps or --time-budget"):
+        train(tiny_config(tmp_path / "r", lr_grid=[1e-3, 1e-2]), progress=False)
+
+
+def _dark_and_light(root) -> None:
+    """Two classes anyone can tell apart: dark and light 8x8 images, 40 of each, with noise."""
+    from PIL import Image
+
+    g = np.random.default_rng(0)
+    for name, base in (("dark", 40), ("light", 200)):
+        (root / name).mkdir(parents=True)
+        for i in range(40):
+            pixels = np.clip(base + g.normal(0, 20, (8, 8)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+
+
+def test_the_grid_picks_the_rate_that_learns(tmp_path):
+    """A case whose answer is known: at 1e-9 the model stays where it started (a zero head: the
+    uniform prediction, loss ln 2; AdamW's first steps still tilt it the right way, so both rates
+    score every held-out image and the held-out loss decides), 1e-2 learns dark against light in
+    a few steps, 1e4 diverges."""
+    data, out = tmp_path / "data", tmp_path / "grid"
+    _dark_and_light(data)
+    args = ["train", "--data", str(data), "--image-size", "8", "--val-fraction", "0.25"]
+    args += ["--set", "width=32", "--set", "depth=1", "--set", "num_heads=2", "--set", "mlp_dim=64"]
+    args += ["--set", "patch_size=2", "--batch-size", "16", "--threads", "1", "--warmup-steps", "2"]
+    args += ["--lr-grid", "1e-9,1e-2,1e4", "--steps", "100", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    grid = summary["lr_grid"]
+    assert grid["chosen"] == 1e-2 and summary["lr"] == 1e-2
+    tiny, good, huge = grid["trials"]
+    assert [t["lr"] for t in grid["trials"]] == [1e-9, 1e-2, 1e4]
+    assert tiny["steps"] == good["steps"] == 10  # a tenth of the 100 steps each
+    assert tiny["val_top1"] == good["val_top1"] == 1.0
+    assert tiny["val_loss"] == pytest.approx(math.log(2), abs=1e-3) and good["val_loss"] < 0.3
+    assert math.isnan(huge["train_loss"])  # diverged
+    assert summary["steps"] == 100 - 10 - 10 - huge["steps"]  # the rest of the budget
+    assert "held-out accuracy" in grid["chosen_by"]
+    # the trials validated on held-out training images: one per class (2 % of 30, at least one)
+    record = json.loads((out / "lr-grid" / "lr=0.01" / "train_config.json").read_text())
+    assert record["data"]["val"] == 2 and record["data"]["train"] == 58
+    assert summary["accuracy"] == 1.0  # the full run, on the 20 validation images
