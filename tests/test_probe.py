@@ -192,6 +192,21 @@ def test_embed_reads_back_what_it_wrote(digits_run, tmp_path, suffix):
     assert back.class_names == test.class_names and back.info["layer"] == "-1"
 
 
+def test_embed_a_folder_names_each_image_by_its_file(digits_run, tmp_path):
+    from PIL import Image
+
+    for c, shade in (("0", 30), ("7", 220)):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((8, 8), shade + i, dtype=np.uint8)).save(tmp_path / "imgs" / c / f"{i}.png")
+    out = tmp_path / "folder.safetensors"
+    argv = ["embed", str(digits_run), "--data", str(tmp_path / "imgs"), "--classes", "7", "--out", str(out)]
+    assert main(argv) == 0
+    back = Embeddings.load(out)
+    assert back.names == [str(tmp_path / "imgs" / "7" / f"{i}.png") for i in range(2)]
+    assert back.labels.tolist() == [0, 0] and back.class_names == ["7"]
+
+
 def test_embed_files_and_the_errors_it_names(digits_run, tmp_path, capsys):
     from PIL import Image
 

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import torch
 
+from ..data import image_files, load_dataset
 from ..errors import InputError
 from ..evaluate import load_for_inference
 from ..features import POOLS, Embeddings, check_pool, dataset_features, features
 from ..images import collect_images, decode_image
 from ..runtime import resolve_device
 from . import names
-from .probe import splits
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="*", metavar="IMAGE_OR_FOLDER", help="image files or folders (or give --data)")
     p.add_argument("--data", default=None, help="a dataset name or image folder instead of IMAGES")
     p.add_argument("--data-dir", default=None, help="folder holding the dataset files")
-    p.add_argument("--split", choices=("train", "test"), default="test", help="with --data")
+    p.add_argument(
+        "--split", choices=("train", "test"), default="test", help="with --data (a folder without train/, test/: all)"
+    )
     p.add_argument("--classes", type=names, default=None, help="with --data: these classes only")
     p.add_argument(
         "--layer",
@@ -68,11 +70,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _of_dataset(args: argparse.Namespace, classifier, device: torch.device) -> Embeddings:  # noqa: ANN001
-    train, test, _ = splits(args.data, args.data_dir, classifier, args.classes)
-    ds = train if args.split == "train" else test
+    """Every image of the split (a folder without train/ and test/: all its images), named by
+    its file, or for a built-in dataset by its split and index."""
+    ds = load_dataset(args.data, args.split, args.data_dir, classifier.preprocess)
+    files = image_files(args.data, args.split)
+    names = [str(f) for f in files] if files else [f"{args.data}/{args.split}/{i:06d}" for i in range(len(ds))]
+    if args.classes:
+        chosen = ds.select_classes(args.classes)
+        keep = torch.isin(ds.labels, torch.tensor([ds.class_names.index(c) for c in chosen.class_names]))
+        names, ds = [n for n, k in zip(names, keep.tolist(), strict=True) if k], chosen
     x = dataset_features(classifier.model, ds, classifier.preprocess, args.layer, args.pool, args.batch_size, device)
-    prefix = f"{Path(args.data).name}/{args.split}"
-    return Embeddings(x, ds.labels.clone(), [f"{prefix}/{i:06d}" for i in range(len(ds))], list(ds.class_names))
+    return Embeddings(x, ds.labels.clone(), names, list(ds.class_names))
 
 
 @torch.no_grad()

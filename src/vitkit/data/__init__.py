@@ -75,6 +75,14 @@ def load_dataset(
     return load_image_folder(path, preprocess, skip_bad_images, class_names)
 
 
+def image_files(name: str, split: str = "train") -> list[Path] | None:
+    """The files of an image folder or CSV split, in the order :func:`load_dataset` reads them;
+    None for a built-in dataset (its images have no files)."""
+    if canonical_dataset(name) in BUILTIN:
+        return None
+    return scan_image_folder(_folder(name, split))[0]
+
+
 def native_format(name: str) -> tuple[tuple[int, int] | None, int]:
     """(size, channels) of a dataset as stored: a built-in one's own, or for an image folder no
     size (its images differ) and 1 channel when every image is grayscale, else 3."""
@@ -110,6 +118,7 @@ __all__ = [
     "find_dataset_dir",
     "has_test_split",
     "iterate_batches",
+    "image_files",
     "load_dataset",
     "load_idx_dataset",
     "native_format",
