@@ -48,7 +48,9 @@ def tables(runs: dict) -> str:
             )
     lines += [
         "",
-        "| model | pre-trained on | " + " | ".join(f"{k}-shot ridge" for k in (1, 5, 10, 25)) + " | 10-shot 20-NN |",
+        "| model | pre-trained on | "
+        + " | ".join(f"{k}-shot ridge (%)" for k in (1, 5, 10, 25))
+        + " | 10-shot 20-NN (%) |",
     ]
     lines.append("|---|---|" + "---:|" * 5)
     for arch in COLORS:
