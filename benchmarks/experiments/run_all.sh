@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # All five experiments of docs/experiments.md, in two queues of one CPU thread each (the two cores
-# of the machine), about 40 minutes in all. Each script skips the runs already recorded in
+# of the machine), about 75 minutes in all. Each script skips the runs already recorded in
 # docs/experiments/*.json, so running this again after a stop continues where it stopped;
 # `--fresh` (passed on to every script) starts over.
 set -euo pipefail
