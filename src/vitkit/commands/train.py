@@ -1,4 +1,4 @@
-"""``vitkit train``: train a ViT from scratch on real images (Fashion-MNIST by default).
+"""``vitkit train``: train a ViT from scratch on real images (Fashion-MNIST by default), or fine-tune one (``--init``).
 
 Options left out take their value from the recipe (``--recipe``; on Fashion-MNIST the default is
 ``fmnist-10m``, the main job), then from :class:`vitkit.train.TrainConfig`'s defaults.
@@ -188,7 +188,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     recipes = "\n  ".join(_recipe_text(n) for n in RECIPES)
     p = sub.add_parser(
         "train",
-        help="train a ViT from scratch (Fashion-MNIST, MNIST, CIFAR-10, digits, your image folders)",
+        help="train a ViT from scratch (Fashion-MNIST, MNIST, CIFAR-10, digits, your folders), or fine-tune one (--init)",
         description="Train a ViT from scratch. Checkpoints last/ and best/, metrics.jsonl, train_config.json and "
         "summary.json go to --out; continue a stopped run with --resume RUN. Options not given come from the "
         f"recipe, then from the defaults shown.\n\nrecipes:\n  {recipes}",
