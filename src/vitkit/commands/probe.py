@@ -10,6 +10,7 @@ from pathlib import Path
 from ..checkpoint import WEIGHTS_NAME, atomic_write_json
 from ..data import has_test_split, load_dataset, split_dataset
 from ..data.dataset import ImageDataset
+from ..errors import DataError
 from ..evaluate import load_for_inference
 from ..features import cached_representation
 from ..probe import KNN_K, KNN_TEMPERATURE, L2_GRID, check_shots, few_shot, summarize
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     classifier = load_for_inference(args.checkpoint, device)
     name = args.data or classifier.preprocess.dataset
     if not name:
-        raise SystemExit(f"vitkit probe: error: {classifier.checkpoint} does not record its dataset; pass --data")
+        raise DataError(f"{classifier.checkpoint} does not record its dataset; pass --data")
     train, test, how = splits(name, args.data_dir, classifier, args.classes)
     check_shots(train.labels, train.num_classes, args.shots, train.class_names)
     log = print if not args.json else (lambda *a, **k: None)
