@@ -22,8 +22,8 @@ of each class (at least one image), the best held-out accuracy wins, then the fu
 images are normalised everywhere by the upstream set's statistics, so a fine-tuned model and
 its scratch twin differ only in their starting weights.
 
-    python benchmarks/experiments/transfer.py --arch ViT       # about 35 minutes on one core
-    python benchmarks/experiments/transfer.py --arch ResNet    # (the two side by side)
+    python benchmarks/experiments/transfer.py --arch ViT       # about an hour on a quiet core
+    python benchmarks/experiments/transfer.py --arch ResNet    # (the two side by side; less)
     python benchmarks/experiments/transfer.py --report         # tables and figures from the JSON
 """
 
