@@ -160,8 +160,10 @@ def tuned_fit(
     lr: float | None = None,
 ) -> dict[str, Any]:
     """Choose the rate from :data:`LRS` on a held-out part of ``train`` (unless ``lr`` is given),
-    then train on all of ``train`` for the run's steps and score on ``test``."""
+    then train on all of ``train`` for the run's steps and score on ``test``. Digits are not
+    mirror-symmetric, so their runs are not flipped."""
     steps = 3 if args.tiny else STEPS[kind]
+    flip = kind != "digits"
     batch = min(128, len(train))
     grid: list[dict[str, Any]] = []
     how = "given"
@@ -171,7 +173,7 @@ def tuned_fit(
         for rate in LRS:
             budget = common.Budget(steps=max(1, round(TRIAL_SHARE[kind] * steps)), batch_size=batch, lr=rate)
             try:
-                r = common.fit(make_model(), part, held or part, budget, seed, device=args.device, stats=data.stats)
+                r = common.fit(make_model(), part, held or part, budget, seed, flip, args.device, data.stats)
                 trials.append(Trial(rate, budget.steps, r["train_loss_end"], r["test_top1"], r["test_loss"]))
             except FloatingPointError:
                 trials.append(Trial(rate, budget.steps, math.nan))
@@ -180,8 +182,8 @@ def tuned_fit(
         lr = choose(trials).lr
         grid = [t.to_dict() for t in trials]
     budget = common.Budget(steps=steps, batch_size=batch, lr=lr)
-    record = common.fit(make_model(), train, test, budget, seed, device=args.device, stats=data.stats)
-    return record | {"grid": grid, "chosen_by": how}
+    record = common.fit(make_model(), train, test, budget, seed, flip, args.device, data.stats)
+    return record | {"grid": grid, "chosen_by": how, "hflip": flip}
 
 
 # ============================================================================ experiments
