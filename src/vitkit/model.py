@@ -166,6 +166,10 @@ class VisionTransformer(nn.Module):
     # ------------------------------------------------------------------ forward
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Eq. (1): images (B, C, H, W) -> token sequence z_0 (B, prefix + N, D)."""
+        return self._embed(x)[0]
+
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """:meth:`embed`, and the token grid it used (H/P, W/P)."""
         x, grid = self._grid_for(x)
         x = self.patch_embed(x)  # (B, N, D)
         pos = self.pos_embed(grid)
@@ -177,7 +181,7 @@ class VisionTransformer(nn.Module):
             if prefix is not None:
                 cls = cls + prefix
             x = torch.cat([cls.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)  # (B, 1 + N, D)
-        return self.pos_drop(x)
+        return self.pos_drop(x), grid
 
     def forward_features(
         self, x: torch.Tensor, return_attention: bool = False
@@ -216,8 +220,7 @@ class VisionTransformer(nn.Module):
         take = block_indices(len(self.blocks), indices)
         if stop_early and not intermediates_only:
             raise InputError("stop_early=True skips blocks the final features need; pass intermediates_only=True")
-        x, grid = self._grid_for(x)
-        tokens = self.embed(x)
+        tokens, grid = self._embed(x)
         last = max(take) if stop_early else len(self.blocks) - 1
         states = []
         for i, block in enumerate(self.blocks[: last + 1]):
