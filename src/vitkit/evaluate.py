@@ -20,7 +20,6 @@ import torch
 from .checkpoint import CONFIG_NAME, atomic_write, atomic_write_json, find_swapped, load
 from .data import ImageDataset, iterate_batches
 from .errors import CheckpointError
-from .images import decode_image
 from .model import VisionTransformer
 from .preprocess import Preprocess
 from .runtime import autocast
@@ -197,7 +196,7 @@ def predict_files(
     model.eval()
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
-        x = torch.stack([preprocess(decode_image(f)) for f in chunk]).to(device)
+        x = preprocess.files(chunk).to(device)
         p, i = model(x).float().softmax(1).topk(k, dim=1)
         for f, pr, ix in zip(chunk, p.tolist(), i.tolist(), strict=True):
             predictions = [{"class": names[j], "probability": q} for j, q in zip(ix, pr, strict=True)]

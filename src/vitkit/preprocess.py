@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from .checkpoint import atomic_write_json, read_json_object
 from .config import ViTConfig
 from .errors import CheckpointError, ConfigError
-from .images import INTERPOLATIONS, convert_channels, resize, resize_shorter_and_crop
+from .images import INTERPOLATIONS, convert_channels, decode_image, resize, resize_shorter_and_crop
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,11 @@ class Preprocess:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """A decoded image (or a batch of same-size ones) -> the model's input tensor."""
         return self.normalize(self.pixels(images))
+
+    def files(self, paths: Sequence[str | os.PathLike]) -> torch.Tensor:
+        """Image files decoded and made into one normalised batch (B, C, H, W), as :meth:`__call__`
+        makes each."""
+        return torch.stack([self(decode_image(p)) for p in paths])
 
     # ------------------------------------------------------------------ files
     def replace(self, **changes: Any) -> Preprocess:

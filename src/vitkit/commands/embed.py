@@ -11,7 +11,7 @@ from ..data import image_files, load_dataset
 from ..errors import InputError
 from ..evaluate import load_for_inference
 from ..features import POOLS, Embeddings, check_pool, dataset_features, features
-from ..images import collect_images, decode_image
+from ..images import collect_images
 from ..runtime import resolve_device
 from . import names
 
@@ -90,7 +90,7 @@ def _of_files(args: argparse.Namespace, classifier, device: torch.device) -> Emb
     model.eval()
     out = []
     for start in range(0, len(files), args.batch_size):
-        x = torch.stack([pre(decode_image(f)) for f in files[start : start + args.batch_size]]).to(device)
+        x = pre.files(files[start : start + args.batch_size]).to(device)
         out.append(features(model, x, args.layer, args.pool).float().cpu())
     labels = torch.full((len(files),), -1, dtype=torch.int64)  # loose files carry no label
     return Embeddings(torch.cat(out), labels, [str(f) for f in files], list(pre.class_names))
