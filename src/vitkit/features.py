@@ -12,6 +12,7 @@ checkpoint at several shot counts and seeds, or again tomorrow, runs the model o
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -120,12 +121,21 @@ def cached_representation(
     return out
 
 
-def _cache_key(weights: str | os.PathLike, dataset: ImageDataset, preprocess: Preprocess) -> str:
-    """A digest of the weights file, the pixels, the labels and the preparation."""
+@functools.lru_cache(maxsize=8)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """The file's SHA-256, read once per (path, size, modification time): a probe keys the train
+    and the test split by the same weights."""
     h = hashlib.sha256()
-    with open(weights, "rb") as f:
+    with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
+    return h.hexdigest()
+
+
+def _cache_key(weights: str | os.PathLike, dataset: ImageDataset, preprocess: Preprocess) -> str:
+    """A digest of the weights file, the pixels, the labels and the preparation."""
+    stat = os.stat(weights)
+    h = hashlib.sha256(_file_digest(str(weights), stat.st_size, stat.st_mtime_ns).encode())
     h.update(dataset.images.contiguous().numpy().tobytes())
     h.update(dataset.labels.to(torch.int64).numpy().tobytes())
     h.update(repr(preprocess).encode())
