@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .data.dataset import per_class_index
+from .data.dataset import per_class_index, smallest_class
 from .errors import DataError
 
 # Penalties tried (times the number of k-shot images, so that the grid means the same at 1 and
@@ -170,13 +170,12 @@ def check_shots(
     labels: torch.Tensor, num_classes: int, shots: Sequence[int], class_names: Sequence[str] | None = None
 ) -> None:
     """A one-line error when some class has fewer training images than the largest shot count."""
-    counts = torch.bincount(labels, minlength=num_classes)
-    smallest = int(counts.argmin())
-    if shots and max(shots) > counts[smallest]:
+    smallest, count = smallest_class(labels, num_classes)
+    if shots and max(shots) > count:
         name = class_names[smallest] if class_names else str(smallest)
         raise DataError(
             f"--shots {max(shots)} asks for {max(shots)} training images per class, but class {name!r} "
-            f"has {int(counts[smallest])}; give at most {int(counts[smallest])}"
+            f"has {count}; give at most {count}"
         )
     if shots and min(shots) < 1:
         raise DataError(f"--shots must be at least 1, got {min(shots)}")

@@ -76,12 +76,10 @@ class ImageDataset:
 
     def per_class(self, n: int, seed: int) -> ImageDataset:
         """A seeded ``n`` images of every class (few-shot sets); an error when a class has fewer."""
-        counts = torch.bincount(self.labels, minlength=self.num_classes)
-        if self.num_classes and int(counts.min()) < n:
-            k = int(counts.argmin())
+        k, count = smallest_class(self.labels, self.num_classes)
+        if self.num_classes and count < n:
             raise DataError(
-                f"{n} images per class asked for, but class {self.class_names[k]!r} has {int(counts[k])}; "
-                f"give at most {int(counts[k])}"
+                f"{n} images per class asked for, but class {self.class_names[k]!r} has {count}; give at most {count}"
             )
         return self.subset(per_class_index(self.labels, self.num_classes, n, seed))
 
@@ -107,14 +105,25 @@ class ImageDataset:
         return ImageDataset(images, self.labels, self.class_names, self.name, self.skipped)
 
 
-def per_class_index(labels: torch.Tensor, num_classes: int, n: int, seed: int) -> torch.Tensor:
-    """Sorted indices of a seeded ``n`` images of every class (all of a class that has fewer)."""
+def per_class_index(labels: torch.Tensor, num_classes: int, n: int | Sequence[int], seed: int) -> torch.Tensor:
+    """Sorted indices of a seeded ``n`` images of every class (all of a class that has fewer);
+    ``n`` may give each class its own count."""
     g = torch.Generator().manual_seed(seed)
+    counts = [n] * num_classes if isinstance(n, int) else list(n)
     picks = [
-        index[torch.randperm(len(index), generator=g)[:n]]
-        for index in ((labels == c).nonzero()[:, 0] for c in range(num_classes))
+        index[torch.randperm(len(index), generator=g)[:k]]
+        for k, index in zip(counts, ((labels == c).nonzero()[:, 0] for c in range(num_classes)), strict=True)
     ]
     return torch.cat(picks).sort().values
+
+
+def smallest_class(labels: torch.Tensor, num_classes: int) -> tuple[int, int]:
+    """(index, image count) of the class with the fewest images."""
+    if not num_classes:
+        return 0, 0
+    counts = torch.bincount(labels, minlength=num_classes)
+    k = int(counts.argmin())
+    return k, int(counts[k])
 
 
 def split_dataset(ds: ImageDataset, fraction: float, seed: int) -> tuple[ImageDataset, ImageDataset]:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ..checkpoint import read_json_object
-from ..data.dataset import ImageDataset, derive_seed
+from ..data.dataset import ImageDataset, derive_seed, per_class_index, smallest_class
 from ..errors import ConfigError, DivergedError
 from .config import TrainConfig
 from .run_folder import RunFolder, Summary
@@ -57,24 +57,18 @@ def hold_out(
     dataset: ImageDataset, seed: int, share: float = HOLD_OUT_SHARE
 ) -> tuple[ImageDataset, ImageDataset | None, str]:
     """(the part to train trials on, the held-out part or None, how the choice will be made)."""
-
-    counts = torch.bincount(dataset.labels, minlength=dataset.num_classes)
-    if int(counts.min()) < 2:
+    if smallest_class(dataset.labels, dataset.num_classes)[1] < 2:
         return dataset, None, NO_HOLD_OUT
-    g = torch.Generator().manual_seed(derive_seed(seed, 0, 11))
-    held = []
-    for c in range(dataset.num_classes):
-        index = (dataset.labels == c).nonzero()[:, 0]
-        take = max(1, math.floor(share * len(index)))
-        held.append(index[torch.randperm(len(index), generator=g)[:take]])
-    held_index = torch.cat(held)
+    counts = torch.bincount(dataset.labels, minlength=dataset.num_classes).tolist()
+    take = [max(1, math.floor(share * n)) for n in counts]
+    held_index = per_class_index(dataset.labels, dataset.num_classes, take, derive_seed(seed, 0, 11))
     keep = torch.ones(len(dataset), dtype=torch.bool)
     keep[held_index] = False
     how = (
         f"held-out accuracy on {len(held_index)} training images "
         f"({share:.0%} of each class, at least one; ties: the lower held-out loss)"
     )
-    return dataset.subset(keep.nonzero()[:, 0]), dataset.subset(held_index.sort().values), how
+    return dataset.subset(keep.nonzero()[:, 0]), dataset.subset(held_index), how
 
 
 def choose(trials: list[Trial]) -> Trial:
@@ -114,9 +108,10 @@ def search(cfg: TrainConfig, train: Callable[[TrainConfig], Summary]) -> tuple[T
     if cfg.steps == 0:
         raise ConfigError("--lr-grid with --steps 0: there is nothing to train; give --steps N")
     share = min(TRIAL_SHARE, TRIALS_AT_MOST / len(rates))
-    trials = [_trial(cfg, rate, share, train) for rate in rates]
+    trials, rules = zip(*(_trial(cfg, rate, share, train) for rate in rates), strict=True)
+    trials = list(trials)
     best = choose(trials)
-    how = _how_chosen(cfg, rates[0])
+    how = rules[0]  # every trial holds out the same images (same seed, same data)
     log.info("--lr-grid: chose %g by %s (%s)", best.lr, how, ", ".join(_describe(t) for t in trials))
     full = dataclasses.replace(cfg, lr=best.lr, lr_grid=None)
     if cfg.steps is not None:
@@ -150,10 +145,13 @@ def _trial_config(cfg: TrainConfig, rate: float, share: float) -> TrainConfig:
     )
 
 
-def _trial(cfg: TrainConfig, rate: float, share: float, train: Callable[[TrainConfig], Summary]) -> Trial:
+def _trial(cfg: TrainConfig, rate: float, share: float, train: Callable[[TrainConfig], Summary]) -> tuple[Trial, str]:
+    """One rate's trial (trained now, or read back), and the rule its run record says it was
+    scored by."""
     trial_cfg = _trial_config(cfg, rate, share)
     folder = RunFolder(trial_cfg.out)
     summary_path = folder.path / "summary.json"
+    summary = None
     if summary_path.is_file():
         summary = read_json_object(summary_path, "trial summary")
         log.info("--lr-grid: lr %g was tried in an earlier start (%s)", rate, folder.path)
@@ -163,20 +161,17 @@ def _trial(cfg: TrainConfig, rate: float, share: float, train: Callable[[TrainCo
             summary = train(trial_cfg).to_dict()
         except DivergedError as e:
             log.warning("--lr-grid: lr %g diverged (%s)", rate, e)
-            return Trial(rate, trial_cfg.steps or 0, math.nan)
+    held_out = folder.read_record()["data"].get("held_out")  # None: nothing was held out
+    rule = held_out or NO_HOLD_OUT
+    if summary is None:
+        return Trial(rate, trial_cfg.steps or 0, math.nan), rule
     metrics = folder.read_metrics()
     train_loss = metrics[-1]["train_loss"] if metrics else math.nan
-    held = folder.read_record()["data"].get("held_out") is not None
     trial = Trial(rate, summary["steps"], train_loss, summary["accuracy"], summary["loss"])
     trial.seconds = summary["train_time_s"]
-    if not held:
+    if held_out is None:
         trial.val_top1 = trial.val_loss = None
-    return trial
-
-
-def _how_chosen(cfg: TrainConfig, rate: float) -> str:
-    record = RunFolder(_trial_config(cfg, rate, 1.0).out).read_record()
-    return record["data"].get("held_out") or NO_HOLD_OUT
+    return trial, rule
 
 
 def _describe(t: Trial) -> str:
