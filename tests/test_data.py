@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FMNIST, needs_fashion_mnist
+from conftest import FMNIST, needs_fashion_mnist, sample_photo
 from PIL import Image
 
 from vitkit import data as D
@@ -260,3 +260,21 @@ def test_random_erase_zeroes_a_rectangle():
     out = D.random_erase(x, torch.Generator().manual_seed(0), p=1.0)
     erased = (out == 0).flatten(1).sum(1)
     assert (erased > 0).all() and (erased <= 16 * 16 / 3 + 16).all()
+
+
+def test_jpeg_decoder_gives_pillows_pixels_and_names_a_truncated_file(tmp_path):
+    """JPEGs go through torchvision's libjpeg-turbo decoder: the pixels Pillow gives, on a real
+    photo in colour and in gray; a truncated file is still a one-line error naming it."""
+    from vitkit.images import decode_image
+
+    photo = sample_photo()
+    assert torch.equal(
+        decode_image(photo), torch.from_numpy(np.array(Image.open(photo).convert("RGB"))).permute(2, 0, 1)
+    )
+    gray = tmp_path / "gray.jpg"
+    Image.open(photo).convert("L").save(gray, quality=90)
+    assert torch.equal(decode_image(gray), torch.from_numpy(np.array(Image.open(gray)))[None])
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(photo.read_bytes()[:5000])
+    with pytest.raises(DataError, match=r"cut\.jpg: cannot read the image"):
+        decode_image(cut)

@@ -10,8 +10,10 @@ Images are uint8 tensors ``(C, H, W)`` or batches ``(B, C, H, W)``.
 
 from __future__ import annotations
 
+import io
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -34,24 +36,55 @@ def decode_image(source: str | os.PathLike | BinaryIO, name: str | None = None) 
     """Decode an image file (a path, or an open binary file such as an upload held in memory) to
     uint8 ``(C, H, W)`` at its own size: C is 1 for a grayscale image, else 3 (RGB).
 
-    16-bit and float grayscale is scaled to 8 bits; transparency is composited over white, the
-    page colour most image viewers show it on. Every failure (not an image, truncated, a
-    decompression bomb: Pillow's guard stays on) is a one-line :class:`DataError` that starts
-    with ``name``.
+    JPEGs go through torchvision's libjpeg-turbo decoder: the pixels Pillow gives (the same
+    library with the same settings; a test checks it on a real photo) at about 1.8 times the
+    speed, which is what a streamed epoch of photos waits for. Everything else, and any JPEG that
+    decoder declines (CMYK, damaged), goes through Pillow. 16-bit and float grayscale is scaled
+    to 8 bits; transparency is composited over white, the page colour most image viewers show it
+    on. Every failure (not an image, truncated, a decompression bomb: Pillow's guard stays on) is
+    a one-line :class:`DataError` that starts with ``name``.
     """
     from PIL import Image, UnidentifiedImageError
 
-    if isinstance(source, (str, os.PathLike)):
-        source = Path(source)
     name = name or str(source)
     try:
-        with Image.open(source) as img:
+        data = Path(source).read_bytes() if isinstance(source, (str, os.PathLike)) else source.read()
+    except OSError as e:
+        raise DataError(f"{name}: cannot read the file ({e.strerror or e})") from None
+    if data[:3] == b"\xff\xd8\xff":
+        x = _decode_jpeg(data)
+        if x is not None:
+            return x
+    try:
+        with Image.open(io.BytesIO(data)) as img:
             img.load()
             arr = _to_array(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{name}: cannot read the image ({type(e).__name__}: {e})") from None
+        detail = "not an image format Pillow knows" if isinstance(e, UnidentifiedImageError) else str(e)
+        raise DataError(f"{name}: cannot read the image ({type(e).__name__}: {detail})") from None
     x = torch.from_numpy(arr)
     return x[None] if x.ndim == 2 else x.permute(2, 0, 1).contiguous()
+
+
+def _decode_jpeg(data: bytes) -> torch.Tensor | None:
+    """A JPEG by torchvision's decoder, or None for Pillow to decide (not 1 or 3 channels, over
+    Pillow's decompression-bomb limit, damaged, or no such decoder in this torchvision)."""
+    from PIL import Image
+
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError:
+        return None
+    try:
+        with warnings.catch_warnings():  # torchvision 0.29 points to TorchCodec, not installed here
+            warnings.simplefilter("ignore", DeprecationWarning)
+            x = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.UNCHANGED)
+    except RuntimeError:
+        return None
+    limit = Image.MAX_IMAGE_PIXELS
+    if x.shape[0] not in (1, 3) or (limit is not None and x.shape[1] * x.shape[2] > limit):
+        return None
+    return x
 
 
 def _is_gray(img) -> bool:  # noqa: ANN001 - PIL types stay local
