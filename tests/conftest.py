@@ -49,3 +49,21 @@ def sample_photo(name: str = "china.jpg") -> Path:
     import sklearn.datasets
 
     return Path(sklearn.datasets.__file__).parent / "images" / name
+
+
+def write_digits(folder: Path, per_class: int, classes: int = 3, offset: int = 0, sizes: tuple = ((32, 32),)) -> Path:
+    """Real images as files: ``per_class`` of each of scikit-learn's first ``classes`` digits
+    (from the ``offset``-th on), 8x8 upscaled to each of ``sizes`` in turn, as
+    ``folder/<digit>/<digit>_<i>.png`` (even i) or ``.jpg`` (odd i)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for c in range(classes):
+        (folder / str(c)).mkdir(parents=True)
+        rows = (digits.target == c).nonzero()[0][offset : offset + per_class]
+        for i, row in enumerate(rows):
+            pixels = (digits.images[row] * (255 / 16)).round().astype("uint8")
+            img = Image.fromarray(pixels, mode="L").resize(sizes[i % len(sizes)], Image.BILINEAR)
+            img.save(folder / str(c) / f"{c}_{i:02d}{'.png' if i % 2 == 0 else '.jpg'}")
+    return folder

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_ARGS
+from conftest import TINY_ARGS, write_digits
 from conftest import tiny_config as shared_tiny_config
 
 import vitkit
@@ -199,3 +199,23 @@ def test_a_peer_that_dies_is_a_clear_error_for_the_survivor(tmp_path):
             p.communicate()
     assert ranks[0].returncode == 1
     assert "vitkit train: error: rank 0 of 2 lost the other processes" in err and "--resume RUN" in err, err[-3000:]
+
+
+def test_two_processes_on_the_disk_cache_give_the_curve_of_one_in_memory(tmp_path):
+    """The cache path under torchrun: one rank builds the cache while the other waits on its lock,
+    both map it, and the run is the in-memory run of one process."""
+    folder = write_digits(tmp_path / "digits", 24, classes=4, sizes=((8, 8), (12, 10)))
+    kw = dict(data=str(folder), val_fraction=0.25, epochs=2, crop_padding=1, image_size=8)
+    one = tmp_path / "one"
+    train(tiny_config(one, data_mode="memory", **kw), progress=False)
+    two = tmp_path / "two"
+    args = ["--data", str(folder), "--val-fraction", "0.25", "--epochs", "2", "--crop-padding", "1"]
+    args += ["--image-size", "8", "--data-mode", "cache", "--out", str(two)]
+    proc = vitkit_train(*args, nproc=2, env={"VITKIT_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((two / "train_config.json").read_text())["data"]["held"] == "cache"
+    assert len(list((tmp_path / "cache" / "images").glob("digits-*/meta.json"))) == 1  # one cache for both
+    a, b = curve(one), curve(two)
+    assert [r[:2] for r in a] == [r[:2] for r in b] == [(1, 2), (2, 4)]
+    assert [r[2] for r in b] == pytest.approx([r[2] for r in a], rel=1e-4)
+    assert b[-1][3] == pytest.approx(a[-1][3], rel=1e-3)  # validation, after the last epoch

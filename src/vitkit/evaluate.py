@@ -19,6 +19,7 @@ import torch
 
 from .checkpoint import CONFIG_NAME, atomic_write, atomic_write_json, find_swapped, load
 from .data import ImageDataset, iterate_batches
+from .data.dataset import inference_batch
 from .errors import CheckpointError
 from .model import VisionTransformer
 from .preprocess import Preprocess
@@ -116,7 +117,7 @@ def evaluate_model(
     k = dataset.num_classes
     confusion = torch.zeros(k, k, dtype=torch.long)
     loss_sum, top5 = 0.0, 0
-    for index in iterate_batches(len(dataset), batch_size):
+    for index in iterate_batches(len(dataset), inference_batch(batch_size, dataset.images)):
         x = preprocess.normalize(dataset.images[index].to(device, non_blocking=True))
         y = dataset.labels[index].to(device)
         with autocast(device, bf16):

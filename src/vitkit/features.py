@@ -23,7 +23,7 @@ import torch
 
 from .checkpoint import atomic_write
 from .data.builtin import cache_dir
-from .data.dataset import ImageDataset, iterate_batches
+from .data.dataset import ImageDataset, inference_batch, iterate_batches, pixel_digest
 from .errors import InputError
 from .model import VisionTransformer, block_indices
 from .preprocess import Preprocess
@@ -88,7 +88,7 @@ def dataset_features(
     was_training = model.training
     model.eval()
     out = []
-    for index in iterate_batches(len(dataset), batch_size):
+    for index in iterate_batches(len(dataset), inference_batch(batch_size, dataset.images)):
         x = preprocess.normalize(dataset.images[index].to(device))
         with autocast(device, bf16):
             out.append(features(model, x, layer, pool).float().cpu())
@@ -136,7 +136,7 @@ def _cache_key(weights: str | os.PathLike, dataset: ImageDataset, preprocess: Pr
     """A digest of the weights file, the pixels, the labels and the preparation."""
     stat = os.stat(weights)
     h = hashlib.sha256(_file_digest(str(weights), stat.st_size, stat.st_mtime_ns).encode())
-    h.update(dataset.images.contiguous().numpy().tobytes())
+    h.update(pixel_digest(dataset.images).encode())
     h.update(dataset.labels.to(torch.int64).numpy().tobytes())
     h.update(repr(preprocess).encode())
     return h.hexdigest()[:32]

@@ -236,3 +236,40 @@ def set_threads(requested: int | None, processes: int = 1) -> int:
     torch.set_num_threads(threads)
     log.info("CPU threads: %d per process (%s)", threads, reason)
     return threads
+
+
+def available_memory(meminfo: Path = Path("/proc/meminfo"), cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """Bytes of memory this process may fill: the kernel's ``MemAvailable``, or the limit of its
+    memory cgroup (v1 ``memory.limit_in_bytes``, v2 ``memory.max``) when that is lower."""
+    available = 1 << 62
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return min(available, _cgroup_limit(cgroup_root))
+
+
+def _cgroup_limit(root: Path) -> int:
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return 1 << 62
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        rel = path.lstrip("/")
+        if controllers == "":  # cgroup v2
+            candidates = [root / rel / "memory.max"]
+        elif "memory" in controllers.split(","):
+            candidates = [root / "memory" / rel / "memory.limit_in_bytes"]
+        else:
+            continue
+        for file in candidates:
+            try:
+                text = file.read_text().strip()
+            except OSError:
+                continue
+            if text.isdigit():
+                return int(text)
+    return 1 << 62

@@ -13,7 +13,7 @@ from ..evaluate import load_for_inference
 from ..features import POOLS, Embeddings, check_pool, dataset_features, features
 from ..images import collect_images
 from ..runtime import resolve_device
-from . import names
+from . import add_data_mode, names
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,6 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--split", choices=("train", "test"), default="test", help="with --data (a folder without train/, test/: all)"
     )
     p.add_argument("--classes", type=names, default=None, help="with --data: these classes only")
+    add_data_mode(p)
     p.add_argument(
         "--layer",
         type=int,
@@ -72,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
 def _of_dataset(args: argparse.Namespace, classifier, device: torch.device) -> Embeddings:  # noqa: ANN001
     """Every image of the split (a folder without train/ and test/: all its images), named by
     its file, or for a built-in dataset by its split and index."""
-    ds = load_dataset(args.data, args.split, args.data_dir, classifier.preprocess)
+    pre = classifier.preprocess
+    ds = load_dataset(args.data, args.split, args.data_dir, pre, mode=args.data_mode, cache_dir=args.cache_dir)
     files = image_files(args.data, args.split)
     names = [str(f) for f in files] if files else [f"{args.data}/{args.split}/{i:06d}" for i in range(len(ds))]
     if args.classes:

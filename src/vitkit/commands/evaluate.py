@@ -12,6 +12,7 @@ from ..data import load_dataset
 from ..errors import DataError
 from ..evaluate import evaluate_model, load_for_inference, write_report
 from ..runtime import resolve_device, use_bf16
+from . import add_data_mode
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=("train", "test"), default="test")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first this many images")
     p.add_argument("--skip-bad-images", action="store_true", help="leave unreadable image files out with a warning")
+    add_data_mode(p)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="fp32")
@@ -41,7 +43,16 @@ def run(args: argparse.Namespace) -> int:
     name = args.data or pre.dataset
     if not name:
         raise DataError(f"{classifier.checkpoint} does not record its dataset; pass --data")
-    ds = load_dataset(name, args.split, args.data_dir, pre, args.skip_bad_images, class_names=pre.class_names)
+    ds = load_dataset(
+        name,
+        args.split,
+        args.data_dir,
+        pre,
+        args.skip_bad_images,
+        pre.class_names,
+        mode=args.data_mode,
+        cache_dir=args.cache_dir,
+    )
     if tuple(ds.class_names) != pre.class_names:
         raise DataError(f"{name} has classes {ds.class_names[:5]}..., the model {list(pre.class_names[:5])}...")
     if args.limit:

@@ -15,7 +15,7 @@ from ..evaluate import load_for_inference
 from ..features import cached_representation
 from ..probe import KNN_K, KNN_TEMPERATURE, L2_GRID, check_shots, few_shot, summarize
 from ..runtime import resolve_device
-from . import integers, names
+from . import add_data_mode, integers, names
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,17 +38,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=3, help="draws per shot count (seeds 0 .. N-1)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--cache-dir", default=None, help="feature cache (default: the vitkit cache's features/)")
+    add_data_mode(p, cache_dir=False)
     p.add_argument("--out", default=None, help="folder for probe.json (default: CHECKPOINT/probe-DATA)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=run)
 
 
-def splits(name: str, data_dir: str | None, classifier, classes) -> tuple[ImageDataset, ImageDataset, str]:  # noqa: ANN001
+def splits(  # noqa: ANN001
+    name: str, data_dir: str | None, classifier, classes, mode: str = "auto"
+) -> tuple[ImageDataset, ImageDataset, str]:
     """(train, test, how the test split was found) of ``name``, prepared as the model's data were."""
     pre = classifier.preprocess
-    train = load_dataset(name, "train", data_dir, pre)
+    train = load_dataset(name, "train", data_dir, pre, mode=mode)
     if has_test_split(name):
-        test, how = load_dataset(name, "test", data_dir, pre), "its test split"
+        test, how = load_dataset(name, "test", data_dir, pre, mode=mode), "its test split"
     else:
         train, test = split_dataset(train, 0.2, seed=0)
         how = "a seeded 20 % of its images (it has no test split)"
@@ -63,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     name = args.data or classifier.preprocess.dataset
     if not name:
         raise DataError(f"{classifier.checkpoint} does not record its dataset; pass --data")
-    train, test, how = splits(name, args.data_dir, classifier, args.classes)
+    train, test, how = splits(name, args.data_dir, classifier, args.classes, args.data_mode)
     check_shots(train.labels, train.num_classes, args.shots, train.class_names)
     log = print if not args.json else (lambda *a, **k: None)
     log(f"probe: {name}, {train.num_classes} classes; scored on {how} ({len(test)} images)")

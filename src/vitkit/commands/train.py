@@ -72,6 +72,12 @@ _OPTIONS = {
             "fine-tuning resolution (default: the source's own), position embeddings resampled",
         ),
         ("--pad", "pad", int, "zero border in pixels around every image (2 makes 28x28 into 32x32)"),
+        (
+            "--crop-fraction",
+            "crop_fraction",
+            float,
+            "below 1: scale the shorter side to --image-size / this and cut the centre (0.875: 256 -> 224)",
+        ),
         ("--channels", "channels", int, "convert images to 1 or 3 channels"),
         ("--classes", "classes", names, "train on these classes only: names or indices, e.g. 5,6,7,8,9"),
         ("--per-class", "per_class", int, "train on a seeded subset of this many images per class (few-shot)"),
@@ -84,6 +90,25 @@ _OPTIONS = {
         ("--std", "std", floats, "normalisation std per channel (with --mean)"),
         ("--limit-train", "limit_train", int, "train on a seeded subset of this many images"),
         ("--limit-val", "limit_val", int, "validate on the first this many images"),
+        (
+            "--data-mode",
+            "data_mode",
+            str,
+            "auto | memory | cache | stream: where the pixels are held (auto: in memory while they take at most "
+            "1/4 of the memory available, else a disk cache; shards stream)",
+        ),
+        (
+            "--cache-dir",
+            "cache_dir",
+            str,
+            "folder of the disk cache (default: images/ under $VITKIT_CACHE or ~/.cache/vitkit)",
+        ),
+        (
+            "--loader-workers",
+            "loader_workers",
+            int,
+            "streaming: processes that decode images (default: the cores, at most 8)",
+        ),
     ],
     "model": [
         ("--model", "model", str, "preset name (see `vitkit presets`); giving one drops the recipe's --set values"),
@@ -148,8 +173,16 @@ _OPTIONS = {
             int,
             "random crop after padding by this many pixels (0: off; default: 1/8 of the side)",
         ),
+        (
+            "--crop-scale",
+            "crop_scale",
+            float,
+            "RandomResizedCrop instead of pad-and-crop: the smallest area fraction, e.g. 0.08 (ImageNet's)",
+        ),
         ("--erase-prob", "erase_prob", float, "random erasing probability per image"),
         ("--auto-augment", "auto_augment", str, "none | randaugment | trivialaugment (torchvision v2)"),
+        ("--randaugment-ops", "randaugment_ops", int, "RandAugment: operations per image"),
+        ("--randaugment-magnitude", "randaugment_magnitude", int, "RandAugment: their strength (0-30)"),
         ("--mixup", "mixup", float, "MixUp alpha (0: off)"),
         ("--cutmix", "cutmix", float, "CutMix alpha (0: off)"),
     ],
@@ -180,6 +213,12 @@ _OPTIONS = {
         ),
         ("--eval-batch-size", "eval_batch_size", int, "batch size of the evaluations"),
         ("--eval-every", "eval_every", int, "validate every this many epochs (0: only after the last)"),
+        (
+            "--checkpoint-every",
+            "checkpoint_every",
+            int,
+            "also write last/ every this many steps, mid-epoch, for long epochs (0: at epoch ends only)",
+        ),
     ],
 }
 

@@ -29,6 +29,9 @@ class AugmentConfig:
     auto_augment_groups: int = 8  # one policy draw per group of a batch (v2 applies one per call)
     mixup: float = 0.0  # MixUp alpha (0: off)
     cutmix: float = 0.0  # CutMix alpha (0: off)
+    crop_scale: float | None = None  # RandomResizedCrop's smallest area fraction (None: off)
+    randaugment_ops: int = 2  # torchvision's RandAugment defaults
+    randaugment_magnitude: int = 9
 
     def __post_init__(self) -> None:
         if self.auto_augment not in ("none", "randaugment", "trivialaugment"):
@@ -37,6 +40,15 @@ class AugmentConfig:
             raise ConfigError(f"erase_prob={self.erase_prob} must be in [0, 1]")
         if self.crop_padding < 0 or self.mixup < 0 or self.cutmix < 0:
             raise ConfigError("crop_padding, mixup and cutmix must be >= 0")
+        if self.crop_scale is not None and not 0 < self.crop_scale <= 1:
+            raise ConfigError(
+                f"--crop-scale {self.crop_scale}: the smallest area fraction must be in (0, 1], e.g. 0.08"
+            )
+        if self.randaugment_ops < 0 or not 0 <= self.randaugment_magnitude <= 30:
+            raise ConfigError(
+                f"RandAugment {self.randaugment_ops} ops at magnitude {self.randaugment_magnitude}: "
+                "give ops >= 0 and a magnitude in 0-30"
+            )
 
 
 def random_crop(x: torch.Tensor, padding: int, g: torch.Generator) -> torch.Tensor:
@@ -52,6 +64,63 @@ def random_crop(x: torch.Tensor, padding: int, g: torch.Generator) -> torch.Tens
     bi = torch.arange(b, device=x.device)[:, None, None, None]
     ci = torch.arange(c, device=x.device)[None, :, None, None]
     return padded[bi, ci, rows, cols]
+
+
+def random_resized_boxes(
+    n: int,
+    height: int,
+    width: int,
+    g: torch.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
+    """``n`` crop boxes ``(top, left, height, width)`` (int64, shape (n, 4)) drawn by the rule of
+    Szegedy et al. 2015 ("Inception" crops), as torchvision's ``RandomResizedCrop.get_params``:
+    an area fraction in ``scale`` and a log-uniform aspect ratio in ``ratio``, ten tries, then the
+    whole image cut to the nearest allowed ratio. All ``n`` boxes come from one generator."""
+    tries = 10
+    area = height * width * torch.empty(n, tries, dtype=torch.float64).uniform_(*scale, generator=g)
+    log_r = torch.empty(n, tries, dtype=torch.float64).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g)
+    aspect = log_r.exp()
+    w = (area * aspect).sqrt().round().long()
+    h = (area / aspect).sqrt().round().long()
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    u = torch.rand(n, tries, 2, generator=g, dtype=torch.float64)
+    first = ok.long().argmax(1)  # the first try that fits (0 when none does)
+    pick = torch.arange(n)
+    h, w = h[pick, first], w[pick, first]
+    top = (u[pick, first, 0] * (height - h + 1)).floor().long()
+    left = (u[pick, first, 1] * (width - w + 1)).floor().long()
+    fallback = ~ok.any(1)
+    if fallback.any():  # torchvision's fallback: the centre, at the nearest allowed aspect ratio
+        r = width / height
+        fh, fw = (height, width)
+        if r < min(ratio):
+            fw, fh = width, round(width / min(ratio))
+        elif r > max(ratio):
+            fh, fw = height, round(height * max(ratio))
+        h[fallback], w[fallback] = fh, fw
+        top[fallback], left[fallback] = (height - fh) // 2, (width - fw) // 2
+    return torch.stack([top, left, h, w], 1)
+
+
+def resized_crops(images: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 ``(B, C, H, W)`` -> each image's box cut out and resized (bilinear, antialiased as
+    torchvision's RandomResizedCrop) to ``size``: uint8 ``(B, C, *size)``."""
+    from .. import images as imgs
+
+    out = torch.empty(images.shape[0], images.shape[1], *size, dtype=torch.uint8, device=images.device)
+    for i, (top, left, h, w) in enumerate(boxes.tolist()):
+        out[i] = imgs.resize(images[i, :, top : top + h, left : left + w], size)
+    return out
+
+
+def random_resized_crop(
+    x: torch.Tensor, g: torch.Generator, scale: tuple[float, float], ratio: tuple[float, float] = (3 / 4, 4 / 3)
+) -> torch.Tensor:
+    """RandomResizedCrop of a batch back to its own size: a seeded box per image."""
+    size = (x.shape[-2], x.shape[-1])
+    return resized_crops(x, random_resized_boxes(x.shape[0], *size, g, scale, ratio), size)
 
 
 def random_hflip(x: torch.Tensor, g: torch.Generator, p: float = 0.5) -> torch.Tensor:
@@ -104,7 +173,10 @@ class BatchAugment:
         if config.auto_augment != "none":
             from torchvision.transforms import v2
 
-            self._policy = v2.RandAugment() if config.auto_augment == "randaugment" else v2.TrivialAugmentWide()
+            if config.auto_augment == "randaugment":
+                self._policy = v2.RandAugment(config.randaugment_ops, config.randaugment_magnitude)
+            else:
+                self._policy = v2.TrivialAugmentWide()
         self._mix = None
         if config.mixup > 0 or config.cutmix > 0:
             from torchvision.transforms import v2
@@ -123,6 +195,8 @@ class BatchAugment:
         seed = derive_seed(self.seed, epoch, batch + 1)
         g = torch.Generator().manual_seed(seed)
         x = images
+        if c.crop_scale is not None:  # first, as timm and torchvision order it: crop, flip, policy
+            x = random_resized_crop(x, g, (c.crop_scale, 1.0))
         if self._policy is not None:  # torchvision draws from the global RNG: fork it, seeded
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)

@@ -1,28 +1,124 @@
-"""An image dataset held in memory as one uint8 tensor, and the seeded order it is visited in.
+"""An image dataset as one uint8 array, and the seeded order it is visited in.
 
 With two CPU cores a per-image PIL pipeline costs as much as the model itself, so a dataset is
-decoded once into a ``(N, C, H, W)`` uint8 tensor, already at the model's input size (resized
-and padded by the run's :class:`~vitkit.preprocess.Preprocess`). Every random choice about it
-(the split, the order of an epoch) depends only on a seed and an epoch, so a resumed run visits
+decoded once into a ``(N, C, H, W)`` uint8 array, already at the model's input size (resized
+and padded by the run's :class:`~vitkit.preprocess.Preprocess`): a tensor in memory, or, for
+sets larger than memory, :class:`MappedImages`, a memory-mapped file on disk
+(:mod:`vitkit.data.cache`) that is read a batch at a time. Every random choice about it (the
+split, the order of an epoch) depends only on a seed and an epoch, so a resumed run visits
 exactly the images an uninterrupted run would have visited.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import DataError
 from ..preprocess import Preprocess
 
+CHUNK_ELEMENTS = 1 << 22  # pixels per chunk when a whole set is scanned: 32 MB as float64
+
+
+class MappedImages:
+    """``(N, C, H, W)`` uint8 images in a memory-mapped file, read a batch at a time.
+
+    Indexing returns an ordinary tensor holding just those images, so training, evaluation and
+    features read it as they read an in-memory tensor; :meth:`take` is a lazy view (a subset, a
+    split, some classes) that copies nothing. The file's pages belong to the kernel's page cache,
+    which it may reclaim: a set larger than memory trains in bounded memory.
+    """
+
+    dtype = torch.uint8
+    ndim = 4
+
+    def __init__(self, path: str | Path, shape: tuple[int, int, int, int], key: str, rows: torch.Tensor | None = None):
+        self.path, self.key = Path(path), key
+        self.file_shape = tuple(int(s) for s in shape)
+        self.rows = rows  # None: every image of the file, in order
+        self._array: np.memmap | None = None
+
+    @property
+    def shape(self) -> torch.Size:
+        n = self.file_shape[0] if self.rows is None else len(self.rows)
+        return torch.Size((n, *self.file_shape[1:]))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def numel(self) -> int:
+        return self.shape.numel()
+
+    def _file(self) -> np.memmap:
+        if self._array is None:
+            self._array = np.memmap(self.path, dtype=np.uint8, mode="r", shape=self.file_shape)
+        return self._array
+
+    def _file_rows(self, index: torch.Tensor | slice | int) -> np.ndarray:
+        index = torch.arange(len(self))[index] if not isinstance(index, torch.Tensor) else index.long()
+        rows = index if self.rows is None else self.rows[index]
+        return rows.reshape(-1).numpy()
+
+    def __getitem__(self, index: torch.Tensor | slice | int) -> torch.Tensor:
+        """The images at ``index`` (int, slice or index tensor), read into memory."""
+        rows = self._file_rows(index)
+        batch = torch.from_numpy(np.ascontiguousarray(self._file()[rows]))
+        return batch[0] if isinstance(index, int) else batch
+
+    def take(self, index: torch.Tensor | Sequence[int]) -> MappedImages:
+        """A view of the images at ``index``, nothing read."""
+        return MappedImages(
+            self.path, self.file_shape, self.key, torch.as_tensor(self._file_rows(torch.as_tensor(index)))
+        )
+
+    def split(self, chunk: int) -> Iterator[torch.Tensor]:
+        for start in range(0, len(self), chunk):
+            yield self[start : start + chunk]
+
+    def digest(self) -> str:
+        """What identifies these pixels: the cache's key and the rows viewed."""
+        rows = b"" if self.rows is None else self.rows.numpy().tobytes()
+        return hashlib.sha256(self.key.encode() + rows).hexdigest()
+
+    def __getstate__(self) -> dict:
+        return self.__dict__ | {"_array": None}  # a worker process maps the file itself
+
+
+def pixel_digest(images: torch.Tensor | MappedImages) -> str:
+    """A SHA-256 of the pixels (a mapped set: of its cache key and rows, without reading them)."""
+    if isinstance(images, MappedImages):
+        return images.digest()
+    h = hashlib.sha256(str(tuple(images.shape)).encode())
+    for x in images.split(chunk_of(images)):
+        h.update(x.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def inference_batch(batch_size: int, images: torch.Tensor | MappedImages) -> int:
+    """``batch_size``, lowered so that one batch holds at most 16 M pixels (64 MB as float
+    input, and activations in proportion): 512 Fashion-MNIST images stay 512, at 224x224 RGB
+    it is 111. The batch size changes nothing but memory in evaluation."""
+    c, h, w = images.shape[1:]
+    return max(1, min(batch_size, (CHUNK_ELEMENTS * 4) // (c * h * w)))
+
+
+def chunk_of(images: torch.Tensor | MappedImages) -> int:
+    """Images per chunk for a scan of the whole set: :data:`CHUNK_ELEMENTS` pixels, at least one."""
+    c, h, w = images.shape[1:]
+    return max(1, CHUNK_ELEMENTS // (c * h * w))
+
 
 @dataclass
 class ImageDataset:
-    """Images ``(N, C, H, W)`` uint8 and labels ``(N,)`` int64, all in memory."""
+    """Images ``(N, C, H, W)`` uint8 (in memory, or mapped from a disk cache) and labels
+    ``(N,)`` int64."""
 
-    images: torch.Tensor
+    images: torch.Tensor | MappedImages
     labels: torch.Tensor
     class_names: list[str]
     name: str = ""
@@ -50,9 +146,18 @@ class ImageDataset:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def mapped(self) -> bool:
+        """Whether the images are read from a disk cache rather than held in memory."""
+        return isinstance(self.images, MappedImages)
+
+    def _take(self, index: torch.Tensor) -> torch.Tensor | MappedImages:
+        return self.images.take(index) if isinstance(self.images, MappedImages) else self.images[index]
+
     def subset(self, index: torch.Tensor | Sequence[int], name: str | None = None) -> ImageDataset:
+        """The images at ``index``: a copy in memory, a view of a mapped set."""
         index = torch.as_tensor(index, dtype=torch.long)
-        return ImageDataset(self.images[index], self.labels[index], self.class_names, name or self.name)
+        return ImageDataset(self._take(index), self.labels[index], self.class_names, name or self.name)
 
     def select_classes(self, classes: Sequence[str]) -> ImageDataset:
         """Only the images of ``classes`` (names, or indices into :attr:`class_names`), labelled
@@ -62,7 +167,7 @@ class ImageDataset:
             raise DataError(f"classes {list(classes)} name a class twice")
         old = torch.tensor([self.class_names.index(n) for n in names])
         keep = (self.labels[:, None] == old[None, :]).nonzero()  # (image, position in `names`)
-        return ImageDataset(self.images[keep[:, 0]], keep[:, 1], names, self.name)
+        return ImageDataset(self._take(keep[:, 0]), keep[:, 1], names, self.name)
 
     def _class_name(self, c: str | int) -> str:
         text = str(c).strip()
@@ -83,12 +188,12 @@ class ImageDataset:
             )
         return self.subset(per_class_index(self.labels, self.num_classes, n, seed))
 
-    def mean_std(self, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    def mean_std(self, chunk: int | None = None) -> tuple[list[float], list[float]]:
         """Per-channel mean and standard deviation in [0, 1] units (for normalisation), summed in
-        float64 chunks so that no float copy of the whole set is ever made."""
+        float64 chunks of a few million pixels so that no float copy of the set is ever made."""
         total = torch.zeros(self.channels, dtype=torch.float64)
         squares = torch.zeros(self.channels, dtype=torch.float64)
-        for x in self.images.split(chunk):
+        for x in self.images.split(chunk or chunk_of(self.images)):
             x = x.to(torch.float64).div_(255).transpose(0, 1).reshape(self.channels, -1)
             total += x.sum(1)
             squares += x.square().sum(1)
@@ -97,11 +202,11 @@ class ImageDataset:
         std = ((squares - n * mean.square()) / max(n - 1, 1)).clamp_min(0).sqrt().clamp_min(1e-3)
         return [round(v, 6) for v in mean.tolist()], [round(v, 6) for v in std.tolist()]
 
-    def prepared(self, preprocess: Preprocess, chunk: int = 4096) -> ImageDataset:
+    def prepared(self, preprocess: Preprocess) -> ImageDataset:
         """The images as ``preprocess`` makes them (channels, size, border), in chunks."""
         if preprocess.keeps(self.image_size, self.channels):
             return self
-        images = torch.cat([preprocess.pixels(x) for x in self.images.split(chunk)])
+        images = torch.cat([preprocess.pixels(x) for x in self.images.split(chunk_of(self.images))])
         return ImageDataset(images, self.labels, self.class_names, self.name, self.skipped)
 
 

@@ -10,6 +10,7 @@ import logging
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,6 +21,16 @@ from ..preprocess import Preprocess
 from .dataset import ImageDataset
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The images of a folder or CSV: files, label indices and class names, in reading order."""
+
+    source: Path
+    files: list[Path]
+    labels: list[int]
+    class_names: list[str]
 
 
 def scan_image_folder(path: Path) -> tuple[list[Path], list[str], list[str]]:
@@ -57,19 +68,10 @@ def folder_channels(path: str | os.PathLike) -> int:
     return 1 if all(image_is_gray(f) in (True, None) for f in files) else 3
 
 
-def load_image_folder(
-    path: str | os.PathLike,
-    preprocess: Preprocess,
-    skip_bad_images: bool = False,
-    class_names: Sequence[str] | None = None,
-) -> ImageDataset:
-    """Decode every image of a class-folder tree (or a ``path,label`` CSV) into memory, each
-    prepared by ``preprocess`` (channels, size, border) as soon as it is decoded.
+def list_images(path: str | os.PathLike, class_names: Sequence[str] | None = None) -> Listing:
+    """The files of a class-folder tree (or a ``path,label`` CSV) with their label indices.
 
-    ``class_names`` fixes the label order (to evaluate a folder with a trained model's classes).
-    A corrupt or unreadable file raises :class:`DataError` naming it, or with
-    ``skip_bad_images`` is left out with a warning and counted in ``skipped``.
-    """
+    ``class_names`` fixes the label order (to evaluate a folder with a trained model's classes)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"image folder or CSV {path} does not exist")
@@ -82,9 +84,19 @@ def load_image_folder(
     if not files:
         raise DataError(f"{path} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     index = {c: i for i, c in enumerate(classes)}
-    images = torch.empty(len(files), preprocess.channels, *preprocess.input_size, dtype=torch.uint8)
+    return Listing(path, files, [index[label] for label in labels], classes)
+
+
+def load_image_folder(listing: Listing, preprocess: Preprocess, skip_bad_images: bool = False) -> ImageDataset:
+    """Decode every image of ``listing`` into memory, each prepared by ``preprocess`` (channels,
+    size, border) as soon as it is decoded, into one preallocated tensor.
+
+    A corrupt or unreadable file raises :class:`DataError` naming it, or with
+    ``skip_bad_images`` is left out with a warning and counted in ``skipped``.
+    """
+    images = torch.empty(len(listing.files), preprocess.channels, *preprocess.input_size, dtype=torch.uint8)
     ys, skipped = [], []
-    for f, label in zip(files, labels, strict=True):
+    for f, label in zip(listing.files, listing.labels, strict=True):
         try:
             images[len(ys)] = preprocess.pixels(decode_image(f))
         except (DataError, FileNotFoundError) as e:
@@ -93,9 +105,10 @@ def load_image_folder(
             warnings.warn(f"skipping {e}", stacklevel=2)
             skipped.append(str(f))
             continue
-        ys.append(index[label])
+        ys.append(label)
+    path = listing.source
     if skipped:
-        log.warning("skipped %d unreadable image(s) of %d in %s", len(skipped), len(files), path)
+        log.warning("skipped %d unreadable image(s) of %d in %s", len(skipped), len(listing.files), path)
     if not ys:
-        raise DataError(f"{path}: none of the {len(files)} images could be read")
-    return ImageDataset(images[: len(ys)], torch.tensor(ys), classes, path.name, skipped=skipped)
+        raise DataError(f"{path}: none of the {len(listing.files)} images could be read")
+    return ImageDataset(images[: len(ys)], torch.tensor(ys), listing.class_names, path.name, skipped=skipped)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import from_known_fields
-from ..data import AugmentConfig, canonical_dataset
+from ..data import DATA_MODES, AugmentConfig, canonical_dataset
 from ..errors import ConfigError
 from ..runtime import PRECISIONS
 
@@ -30,8 +30,12 @@ class TrainConfig:
     val_fraction: float | None = None  # None: 0 (validate on the test split) if there is one, else 0.1
     image_size: int | None = None  # resize images; None: the dataset's size (folders: the model's)
     pad: int = 0  # zero border added around every image (after resizing), e.g. 2 turns 28x28 into 32x32
+    crop_fraction: float = 1.0  # < 1: shorter side to image_size / this, then the centre (0.875: ImageNet's 256 -> 224)
     channels: int | None = None  # 1 or 3; None: the dataset's
     skip_bad_images: bool = False
+    data_mode: str = "auto"  # auto | memory | cache | stream: where the pixels are held (vitkit.data.choose_mode)
+    cache_dir: str | None = None  # the disk cache's folder; None: images/ under the vitkit cache
+    loader_workers: int | None = None  # streaming: DataLoader processes that decode; None: the cores, at most 8
     classes: list[str] | None = None  # train on these classes only (names, or indices into the dataset's)
     per_class: int | None = None  # a seeded subset of this many training images per class (few-shot)
     limit_train: int | None = None  # a seeded subset of the training images (smoke tests)
@@ -67,13 +71,17 @@ class TrainConfig:
     time_budget: float | None = None  # seconds of training; the cosine then follows the clock too
     budget_clock: str = "wall"  # "wall", or "cpu": process CPU time / threads (a shared machine's fair share)
     crop_padding: int | None = None  # None: 1/8 of the image side (4 px at 28-32 px, 1 px at 8 px)
+    crop_scale: float | None = None  # RandomResizedCrop's smallest area fraction, e.g. 0.08 (None: pad and crop)
     hflip: bool | None = None  # None: on, except for mnist and digits
     erase_prob: float = 0.0
     auto_augment: str = "none"
+    randaugment_ops: int = 2  # RandAugment: operations per image (torchvision's default)
+    randaugment_magnitude: int = 9  # RandAugment: their strength, of 31 bins (torchvision's default)
     mixup: float = 0.0
     cutmix: float = 0.0
     eval_batch_size: int = 512
     eval_every: int = 1  # validate every this many epochs (0: only after the last); best/ follows
+    checkpoint_every: int = 0  # also write last/ every this many steps, mid-epoch (0: at epoch ends only)
     threads: int | None = None  # CPU threads; None: the cores this process may use
     compile: bool = False
     out: str = "runs/fmnist"
@@ -95,6 +103,12 @@ class TrainConfig:
             raise ConfigError(f"time_budget={self.time_budget} must be > 0 seconds")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads={self.threads}: give at least 1")
+        if not 0 < self.crop_fraction <= 1:
+            raise ConfigError(f"--crop-fraction {self.crop_fraction} must be in (0, 1], e.g. 0.875 (256 -> 224)")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"--checkpoint-every {self.checkpoint_every}: give a number of steps >= 0")
+        if self.data_mode not in DATA_MODES:
+            raise ConfigError(f"--data-mode {self.data_mode!r}: choose one of {', '.join(DATA_MODES)}")
         self._check_finetuning()
         self.augment_config()  # validates the augmentation fields
 
@@ -123,7 +137,20 @@ class TrainConfig:
         """The augmentation for images of ``image_size``, with the automatic choices made."""
         hflip = self.hflip if self.hflip is not None else canonical_dataset(self.data) not in _NO_HFLIP
         pad = self.crop_padding if self.crop_padding is not None else round(min(image_size) / 8)
-        return AugmentConfig(pad, hflip, self.erase_prob, self.auto_augment, 8, self.mixup, self.cutmix)
+        if self.crop_scale is not None:
+            pad = 0  # the random-resized crop replaces the pad-and-crop
+        return AugmentConfig(
+            pad,
+            hflip,
+            self.erase_prob,
+            self.auto_augment,
+            8,
+            self.mixup,
+            self.cutmix,
+            crop_scale=self.crop_scale,
+            randaugment_ops=self.randaugment_ops,
+            randaugment_magnitude=self.randaugment_magnitude,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -188,6 +215,44 @@ RECIPES: dict[str, dict[str, Any]] = {
         warmup_steps=50,
         label_smoothing=0.0,
         eval_every=0,
+    ),
+    # Plain ViT-S/16 on ImageNet-1k, 76.5 % top-1 after 90 epochs: Beyer, Zhai and Kolesnikov 2022,
+    # "Better plain ViT baselines for ImageNet-1k" (arXiv 2205.01580), as in big_vision's
+    # configs/vit_s16_i1k.py. Global average pooling; fixed 2-D sin-cos position embeddings; a
+    # pre-logits layer of the model's width (big_vision's rep_size=True); batch 1024 for 90 epochs;
+    # Adam (0.9, 0.999) at 0.001 with decoupled weight decay 0.0001 on the weight matrices (torch's
+    # AdamW multiplies weight_decay by the learning rate: 0.1 x 0.001), 10,000 linear warm-up steps
+    # then cosine to 0; global gradient clipping at 1; Inception crop at 224 px (5-100 % of the
+    # area), flip, RandAugment with 2 operations at magnitude 10, MixUp with Beta(0.2, 0.2) and no
+    # CutMix; no label smoothing, dropout or stochastic depth; pixels scaled to [-1, 1]. Evaluation
+    # scales the shorter side to 256 and cuts the centre 224. Give --data (a folder with train/ and
+    # test/, or its shards); on fewer than 1024 images' worth of memory, --batch-size with
+    # --accum-steps keeps the batch.
+    "imagenet-s16": dict(
+        model="vit_s16",
+        model_overrides=dict(pool="gap", class_token=False, posemb="sincos2d", representation_size=384, drop_path=0.0),
+        image_size=224,
+        crop_fraction=0.875,
+        channels=3,
+        mean=[0.5, 0.5, 0.5],
+        std=[0.5, 0.5, 0.5],
+        epochs=90,
+        batch_size=1024,
+        optimizer="adamw",
+        lr=1e-3,
+        min_lr=0.0,
+        weight_decay=0.1,
+        warmup_steps=10_000,
+        clip_grad=1.0,
+        label_smoothing=0.0,
+        crop_scale=0.05,
+        hflip=True,
+        auto_augment="randaugment",
+        randaugment_ops=2,
+        randaugment_magnitude=10,
+        mixup=0.2,
+        cutmix=0.0,
+        checkpoint_every=1000,
     ),
     # A GPU recipe: a wider model, more epochs, stronger augmentation, EMA.
     "fmnist-gpu": dict(

@@ -7,20 +7,61 @@ images as prepared, border included.
 
 from __future__ import annotations
 
+import io
+import itertools
+import logging
 from dataclasses import dataclass
 
 import torch
 
-from ..data import ImageDataset, derive_seed, has_test_split, load_dataset, native_format, split_dataset
-from ..errors import DataError
+from ..data import (
+    ImageDataset,
+    ShardSet,
+    derive_seed,
+    has_test_split,
+    is_shard_location,
+    load_dataset,
+    native_format,
+    shard_split,
+    split_dataset,
+)
+from ..data.shards import iter_samples
+from ..errors import ConfigError, DataError
+from ..images import decode_image
 from ..preprocess import Preprocess
 from .config import TrainConfig
 from .lr_grid import hold_out
 
+log = logging.getLogger(__name__)
+
+STATISTICS_SAMPLE = 1000  # streamed shards: the images the normalisation statistics come from
+
+
+@dataclass
+class StreamedSet:
+    """Training images streamed from shards (:mod:`vitkit.data.stream`): what a run knows of
+    them without reading them."""
+
+    shards: ShardSet
+    image_size: tuple[int, int]
+    channels: int
+    name: str
+
+    def __len__(self) -> int:
+        return self.shards.samples
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.shards.class_names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.shards.class_names)
+
 
 @dataclass
 class RunData:
-    train: ImageDataset
+    train: ImageDataset | StreamedSet
     val: ImageDataset
     test: ImageDataset | None  # None when the dataset has no test split (val is held out)
     val_is_test: bool
@@ -38,11 +79,15 @@ def scratch_geometry(cfg: TrainConfig, model_image_size: tuple[int, int]) -> Pre
     size and channels unless the config says otherwise (an image folder: the model's size)."""
     native_size, native_channels = native_format(cfg.data)
     size = (cfg.image_size, cfg.image_size) if cfg.image_size else (native_size or model_image_size)
-    return Preprocess(size, cfg.channels or native_channels, pad=cfg.pad, dataset=cfg.data)
+    fit = "crop" if cfg.crop_fraction < 1 else "stretch"
+    channels = cfg.channels or native_channels
+    return Preprocess(size, channels, pad=cfg.pad, fit=fit, crop_fraction=cfg.crop_fraction, dataset=cfg.data)
 
 
 def _load(cfg: TrainConfig, split: str, geometry: Preprocess) -> ImageDataset:
-    ds = load_dataset(cfg.data, split, cfg.data_dir, geometry, cfg.skip_bad_images)
+    ds = load_dataset(
+        cfg.data, split, cfg.data_dir, geometry, cfg.skip_bad_images, mode=cfg.data_mode, cache_dir=cfg.cache_dir
+    )
     return ds.select_classes(cfg.classes) if cfg.classes else ds
 
 
@@ -67,6 +112,8 @@ def prepare_data(cfg: TrainConfig, geometry: Preprocess, own_statistics: bool = 
     """Load train / validation / test as the config says (classes, split, subsets), each prepared
     by ``geometry``; normalised by ``--mean/--std`` or the training images' own statistics when
     ``own_statistics`` (from scratch), else by ``geometry``'s (a pre-trained source's)."""
+    if cfg.data_mode == "stream" or is_shard_location(cfg.data):
+        return _stream_data(cfg, geometry, own_statistics)
     train, val, test, val_is_test = _splits(cfg, geometry)
     if cfg.per_class:
         train = train.per_class(cfg.per_class, derive_seed(cfg.seed, 0, 10))
@@ -86,3 +133,49 @@ def prepare_data(cfg: TrainConfig, geometry: Preprocess, own_statistics: bool = 
         mean, std = (cfg.mean, cfg.std) if cfg.mean is not None else train.mean_std()
         preprocess = preprocess.replace(mean=mean, std=std)
     return RunData(train, val, test, val_is_test, preprocess, held_out)
+
+
+def _stream_data(cfg: TrainConfig, geometry: Preprocess, own_statistics: bool) -> RunData:
+    """Training shards to stream, and the test shards (decoded once into the disk cache) to
+    validate and score on."""
+    if not is_shard_location(cfg.data):
+        raise DataError("--data-mode stream reads shards: write them with `vitkit shards FOLDER OUT`, then --data OUT")
+    given = {
+        "--classes": cfg.classes,
+        "--per-class": cfg.per_class,
+        "--limit-train": cfg.limit_train,
+        "--val-fraction": cfg.val_fraction,
+        "--lr-grid": cfg.hold_out or cfg.lr_grid,
+    }
+    unsupported = [flag for flag, value in given.items() if value]
+    if unsupported:
+        raise ConfigError(
+            f"{', '.join(unsupported)}: streamed shards are read in order, not picked from; use the images "
+            "as a folder (memory or the disk cache), or write shards of the subset you want"
+        )
+    shards = ShardSet.open(shard_split(cfg.data, "train"))
+    if not has_test_split(cfg.data):
+        raise DataError(
+            f"{cfg.data}: streaming trains on shards and validates on test shards; write both with "
+            "`vitkit shards FOLDER OUT` from a folder holding train/ and test/"
+        )
+    test = _load(cfg, "test", geometry)
+    if test.class_names != list(shards.class_names):
+        raise DataError(f"{cfg.data}: test classes {test.class_names} differ from train {shards.class_names}")
+    if cfg.limit_val:
+        test = test.subset(torch.arange(min(cfg.limit_val, len(test))))
+    preprocess = geometry.replace(class_names=shards.class_names)
+    if own_statistics:
+        mean, std = (cfg.mean, cfg.std) if cfg.mean is not None else _stream_statistics(shards, geometry)
+        preprocess = preprocess.replace(mean=mean, std=std)
+    train = StreamedSet(shards, geometry.input_size, geometry.channels, cfg.data)
+    log.info("%s: %d training images streamed from %d shard(s)", cfg.data, len(train), len(shards.urls))
+    return RunData(train, test, test, True, preprocess)
+
+
+def _stream_statistics(shards: ShardSet, geometry: Preprocess) -> tuple[list[float], list[float]]:
+    """The normalisation of the first :data:`STATISTICS_SAMPLE` images of the shards (written in
+    a shuffled order, so a sample of every class), prepared as for evaluation."""
+    samples = itertools.islice(iter_samples(shards.urls), STATISTICS_SAMPLE)
+    images = [geometry.pixels(decode_image(io.BytesIO(s.data), name=s.key)) for s in samples]
+    return ImageDataset(torch.stack(images), torch.zeros(len(images)), ["?"]).mean_std()

@@ -23,7 +23,7 @@ from torch import nn
 from .. import distributed
 from ..checkpoint import WEIGHTS_NAME, check_state_dict, read_weights
 from ..config import ViTConfig, get_config
-from ..data import BatchAugment, derive_seed, epoch_order, iterate_batches, native_format
+from ..data import derive_seed, native_format
 from ..errors import CheckpointError, ConfigError, DivergedError
 from ..evaluate import Evaluation
 from ..factory import create_model
@@ -32,7 +32,8 @@ from ..preprocess import Preprocess
 from ..runtime import keep_freed_memory, resolve_device, set_threads, use_bf16
 from ..transfer import adapt_head, adapt_input, load_source
 from .config import TrainConfig
-from .datasets import RunData, prepare_data, scratch_geometry
+from .datasets import RunData, StreamedSet, prepare_data, scratch_geometry
+from .feed import ArrayFeed, StreamFeed, make_feed
 from .finetune import freeze, lr_scales
 from .lr_grid import search
 from .optim import EMA, build_optimizer, param_groups
@@ -56,13 +57,14 @@ class Run:
     model: VisionTransformer
     step: TrainStep
     schedule: WarmupCosine
-    augment: BatchAugment
+    feed: ArrayFeed | StreamFeed
     steps_per_epoch: int
     total_steps: int  # --steps, else epochs x steps_per_epoch
     frozen: list[nn.Module] = field(default_factory=list)  # kept in eval mode while training
     init: dict[str, Any] | None = None  # --init: the source and what was adapted
     # counters, saved in every checkpoint
-    epoch: int = 0
+    epoch: int = 0  # epochs finished
+    epoch_step: int = 0  # steps done in epoch `epoch` (a mid-epoch checkpoint, --checkpoint-every)
     steps: int = 0
     train_time: float = 0.0
     best_acc: float = -1.0
@@ -103,7 +105,7 @@ class Run:
     def state(self) -> TrainingState:
         ema = self.step.ema.state_dict() if self.step.ema is not None else None
         opt = self.step.optimizer.state_dict()
-        return TrainingState(self.epoch, self.steps, self.train_time, self.best_acc, opt, ema)
+        return TrainingState(self.epoch, self.steps, self.train_time, self.best_acc, opt, ema, self.epoch_step)
 
 
 @dataclass
@@ -149,14 +151,13 @@ def start(cfg: TrainConfig, resume: bool) -> Run:
     scales = lr_scales(model.config.depth, cfg.layer_decay, cfg.head_lr_mult)
     optimizer = build_optimizer(cfg.optimizer, param_groups(model, cfg.weight_decay, scales), cfg.lr, device)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    steps_per_epoch = max(1, max(1, len(data.train) // cfg.batch_size) // cfg.accum_steps)
+    feed = make_feed(cfg, data, world, device)
+    steps_per_epoch = feed.steps_per_epoch
     total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * steps_per_epoch)
     schedule = WarmupCosine(cfg.lr, cfg.min_lr, max(total, 1), min(warmup, total), cfg.time_budget)
-    aug_cfg = cfg.augment_config(data.train.image_size)
-    augment = BatchAugment(aug_cfg, data.preprocess.mean, data.preprocess.std, data.train.num_classes, cfg.seed)
     step = TrainStep(model, optimizer, device, bf16, cfg.label_smoothing, cfg.clip_grad, ema, world=world)
-    parts = (cfg, world, device, bf16, folder, data, model, step, schedule, augment, steps_per_epoch, total)
+    parts = (cfg, world, device, bf16, folder, data, model, step, schedule, feed, steps_per_epoch, total)
     run = Run(*parts, frozen=frozen, init=init)
     if resume:
         _resume(run)
@@ -225,9 +226,11 @@ def _resume(run: Run) -> None:
     if run.step.ema is not None and state.ema is not None:
         run.step.ema.load_state_dict(state.ema)
     run.epoch, run.steps, run.train_time, run.best_acc = state.epoch, state.step, state.train_time, state.best_acc
+    run.epoch_step = state.epoch_step or 0
     if run.world.is_main:
         run.folder.truncate_metrics(run.epoch)
-    log.info("resuming %s from %s: epoch %d, step %d", run.folder.path, ckpt, run.epoch, run.steps)
+    within = f" (step {run.epoch_step} of epoch {run.epoch + 1})" if run.epoch_step else ""
+    log.info("resuming %s from %s: epoch %d, step %d%s", run.folder.path, ckpt, run.epoch, run.steps, within)
 
 
 def _run_record(run: Run) -> dict[str, Any]:
@@ -238,6 +241,7 @@ def _run_record(run: Run) -> dict[str, Any]:
         "model": run.model.config.to_dict(),
         "preprocess": data.preprocess.to_dict(),
         "data": {
+            "held": _held(data),
             "train": len(data.train),
             "val": len(data.val),
             "val_is_test": data.val_is_test,
@@ -250,6 +254,13 @@ def _run_record(run: Run) -> dict[str, Any]:
         "processes": run.world.world_size,
         "init": run.init,
     }
+
+
+def _held(data: RunData) -> str:
+    """Where the training pixels are: streamed, in the disk cache, or in memory."""
+    if isinstance(data.train, StreamedSet):
+        return "stream"
+    return "cache" if data.train.mapped else "memory"
 
 
 def _log_start(run: Run) -> None:
@@ -276,16 +287,6 @@ def _tensorboard(run: Run):  # noqa: ANN202 - a SummaryWriter, when tensorboard 
 
 
 # ============================================================================ one epoch
-def _micro_batch(run: Run, batches: list[torch.Tensor], epoch: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Global micro-batch ``b`` of the epoch, augmented, then this process's slice of it."""
-    index = batches[b]
-    train = run.data.train
-    x = train.images[index].to(run.device, non_blocking=True)
-    y = train.labels[index].to(run.device, non_blocking=True)
-    x, target = run.augment(x, y, epoch, b)  # augmented as in one process, whatever the world size
-    return run.world.shard(x), run.world.shard(target)
-
-
 def _step_seconds(run: Run, t0: float, c0: float) -> float:
     """The step's time on the budget's clock, the same on every process (they stop together)."""
     dt = time.perf_counter() - t0
@@ -297,22 +298,25 @@ def _step_seconds(run: Run, t0: float, c0: float) -> float:
 
 
 def train_epoch(run: Run, epoch: int, progress: bool) -> EpochStats:
-    """One pass over the training set (or what is left of the time budget)."""
+    """One pass over the training set (or what is left of the time budget, or of an epoch that a
+    mid-epoch checkpoint began)."""
     cfg, stats = run.cfg, EpochStats()
     run.model.train()
     for module in run.frozen:  # frozen: no dropout, no BatchNorm statistics updates
         module.eval()
-    # stochastic depth, dropout (each rank its own draws for its slice of the batch)
-    torch.manual_seed(derive_seed(cfg.seed, epoch, 2, *([run.world.rank] if run.world.active else [])))
-    order = epoch_order(len(run.data.train), cfg.seed, epoch)
-    batches = list(iterate_batches(len(order), cfg.batch_size, order, drop_last=len(order) >= cfg.batch_size))
+    first = run.epoch_step if epoch == run.epoch else 0
     bar = _progress_bar(run.steps_per_epoch, f"epoch {epoch + 1}/{run.epochs}", progress and run.world.is_main)
+    bar.update(first)
     start = time.perf_counter()
-    for s in range(run.steps_per_epoch):
-        t0, c0 = time.perf_counter(), time.process_time()
+    batches = run.feed.epoch(epoch, first)
+    for s in range(first, run.steps_per_epoch):
+        t0, c0 = time.perf_counter(), time.process_time()  # the clock counts reading the batch too
+        micro_batches = next(batches)
+        # stochastic depth, dropout: seeded per step (and rank: each its own draws for its slice)
+        torch.manual_seed(derive_seed(cfg.seed, epoch, 2, s, *([run.world.rank] if run.world.active else [])))
         stats.lr = run.schedule(run.steps, run.train_time)
         set_learning_rate(run.step.optimizer, stats.lr)
-        result = run.step([_micro_batch(run, batches, epoch, s * cfg.accum_steps + m) for m in range(cfg.accum_steps)])
+        result = run.step(micro_batches)
         if not result.finite:
             bar.close()
             raise DivergedError(
@@ -323,9 +327,12 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> EpochStats:
         dt = _step_seconds(run, t0, c0)
         run.steps, run.train_time, run.compute_time = run.steps + 1, run.train_time + dt, run.compute_time + dt
         run.images_seen += cfg.batch_size * cfg.accum_steps
-        stats.loss_sum, stats.steps = stats.loss_sum + result.loss, s + 1
+        stats.loss_sum, stats.steps = stats.loss_sum + result.loss, stats.steps + 1
         stats.correct, stats.seen = stats.correct + result.correct, stats.seen + result.seen
         _show_progress(bar, stats, start, progress and (s % 10 == 0 or s == run.steps_per_epoch - 1))
+        if cfg.checkpoint_every and run.steps % cfg.checkpoint_every == 0 and s + 1 < run.steps_per_epoch:
+            run.epoch_step = s + 1
+            save_checkpoints(run, improved=False)  # mid-epoch: last/ only
         if run.out_of_time():
             run.stopped_by_budget = True
         if run.stopped_by_budget or run.steps >= run.total_steps:
@@ -475,7 +482,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Summ
         run.last_val = val
         improved = val is not None and val.top1 > run.best_acc
         run.best_acc = max(run.best_acc, val.top1) if val is not None else run.best_acc
-        run.epoch = epoch + 1
+        run.epoch, run.epoch_step = epoch + 1, 0
         record_epoch(run, epoch, stats, val)
         if run.round_end(epoch) or improved:
             save_checkpoints(run, improved)

@@ -37,14 +37,16 @@ STATE_NAME = "training_state.pt"
 
 @dataclass
 class TrainingState:
-    """Where a run stands after an epoch: what ``--resume`` needs besides the weights."""
+    """Where a run stands after an epoch, or part-way through one: what ``--resume`` needs
+    besides the weights."""
 
-    epoch: int
+    epoch: int  # epochs finished
     step: int
     train_time: float
     best_acc: float
     optimizer: dict[str, Any]
     ema: dict[str, Any] | None = None
+    epoch_step: int | None = 0  # steps done in the next epoch (a mid-epoch checkpoint); None: older files
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
