@@ -42,7 +42,13 @@ def digits(tmp_path, monkeypatch) -> Path:
 
 def test_cache_yields_the_pixels_of_the_in_memory_path(digits):
     memory = load_dataset(str(digits), preprocess=GEOMETRY, mode="memory")
-    cached = load_dataset(str(digits), preprocess=GEOMETRY, mode="cache")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cached = load_dataset(str(digits), preprocess=GEOMETRY, mode="cache")  # decoded in this process
+        assert torch.get_num_threads() == 2  # the training process keeps its threads
+    finally:
+        torch.set_num_threads(threads)
     assert cached.mapped and not memory.mapped
     assert torch.equal(pixels(cached), memory.images) and torch.equal(cached.labels, memory.labels)
     assert cached.class_names == memory.class_names and cached.mean_std() == memory.mean_std()

@@ -306,7 +306,9 @@ def _decode_all(
                 bar.update(done(job[2], decode_rows(*job)))
         else:
             # forked as DataLoader forks its workers: each sets itself to one thread first
-            with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
+            with ProcessPoolExecutor(
+                workers, get_context("fork"), initializer=torch.set_num_threads, initargs=(1,)
+            ) as pool:
                 futures = {pool.submit(decode_rows, *job): job[2] for job in jobs}
                 for future in as_completed(futures):
                     bar.update(done(futures[future], future.result()))
@@ -321,7 +323,6 @@ def decode_rows(
     """Decode one task's images into rows ``start...`` of the cache file at ``path``: one task of
     a worker (one thread each: the workers are the parallelism). Returns the rows' labels, and
     {row: message} for unreadable images (their rows stay black), which raise without ``skip``."""
-    torch.set_num_threads(1)
     prepare = Preprocess.from_dict(geometry)
     images = _encoded(items) if kind == "shard" else ((f, f, y) for f, y in items)
     rows, labels, bad = [], [], {}
