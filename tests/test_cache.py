@@ -213,6 +213,7 @@ def test_mid_epoch_resume_on_the_cache_path_is_bit_exact(digits, tmp_path, monke
         threads=1,
         ema_decay=0.9,
         crop_scale=0.3,
+        crop_fraction=0.75,  # kept at 16 px, cropped to 12, evaluated on the centre 12 of 16
         auto_augment="randaugment",
         randaugment_ops=1,
         checkpoint_every=2,
@@ -240,7 +241,10 @@ def test_mid_epoch_resume_on_the_cache_path_is_bit_exact(digits, tmp_path, monke
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(x, y), name
     record = json.loads((tmp_path / "killed" / "train_config.json").read_text())
-    assert record["train"]["data_mode"] == "cache"
+    assert record["train"]["data_mode"] == "cache" and record["data"]["held"] == "cache"
+    assert record["preprocess"]["image_size"] == [12, 12] and record["preprocess"]["fit"] == "crop"
+    (meta,) = (digits.parent / "cache" / "images").glob("digits-*/meta.json")
+    assert json.loads(meta.read_text())["shape"] == [80, 1, 16, 16]  # the (gray) training images, kept larger
 
 
 def test_log_says_which_path_ran(digits, caplog):

@@ -30,6 +30,7 @@ class AugmentConfig:
     mixup: float = 0.0  # MixUp alpha (0: off)
     cutmix: float = 0.0  # CutMix alpha (0: off)
     crop_scale: float | None = None  # RandomResizedCrop's smallest area fraction (None: off)
+    crop_size: tuple[int, int] | None = None  # its output size (None: the images' own)
     randaugment_ops: int = 2  # torchvision's RandAugment defaults
     randaugment_magnitude: int = 9
 
@@ -116,11 +117,15 @@ def resized_crops(images: torch.Tensor, boxes: torch.Tensor, size: tuple[int, in
 
 
 def random_resized_crop(
-    x: torch.Tensor, g: torch.Generator, scale: tuple[float, float], ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    x: torch.Tensor,
+    g: torch.Generator,
+    scale: tuple[float, float],
+    size: tuple[int, int] | None = None,
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
 ) -> torch.Tensor:
-    """RandomResizedCrop of a batch back to its own size: a seeded box per image."""
-    size = (x.shape[-2], x.shape[-1])
-    return resized_crops(x, random_resized_boxes(x.shape[0], *size, g, scale, ratio), size)
+    """RandomResizedCrop of a batch to ``size`` (default: its own): a seeded box per image."""
+    boxes = random_resized_boxes(x.shape[0], x.shape[-2], x.shape[-1], g, scale, ratio)
+    return resized_crops(x, boxes, size or (x.shape[-2], x.shape[-1]))
 
 
 def random_hflip(x: torch.Tensor, g: torch.Generator, p: float = 0.5) -> torch.Tensor:
@@ -196,7 +201,7 @@ class BatchAugment:
         g = torch.Generator().manual_seed(seed)
         x = images
         if c.crop_scale is not None:  # first, as timm and torchvision order it: crop, flip, policy
-            x = random_resized_crop(x, g, (c.crop_scale, 1.0))
+            x = random_resized_crop(x, g, (c.crop_scale, 1.0), c.crop_size)
         if self._policy is not None:  # torchvision draws from the global RNG: fork it, seeded
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)

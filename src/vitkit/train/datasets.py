@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import itertools
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
@@ -84,6 +85,23 @@ def scratch_geometry(cfg: TrainConfig, model_image_size: tuple[int, int]) -> Pre
     return Preprocess(size, channels, pad=cfg.pad, fit=fit, crop_fraction=cfg.crop_fraction, dataset=cfg.data)
 
 
+def stored_geometry(cfg: TrainConfig, geometry: Preprocess) -> Preprocess:
+    """How the training images are kept: with a random-resized crop (``--crop-scale``) and an
+    evaluation that cuts the centre (``--crop-fraction`` < 1), the shorter side at
+    ``image_size / crop_fraction`` and its whole centre square (ImageNet's 256 for 224 px), so
+    the crops draw on more pixels than they keep; otherwise as evaluated."""
+    if cfg.crop_scale is None or geometry.fit != "crop" or geometry.crop_fraction >= 1 or geometry.pad:
+        return geometry
+    size = tuple(math.floor(s / geometry.crop_fraction) for s in geometry.image_size)
+    return geometry.replace(image_size=size, crop_fraction=1.0)
+
+
+def as_evaluated(ds: ImageDataset, stored: Preprocess, geometry: Preprocess) -> ImageDataset:
+    """Training images held out for validation, as evaluation prepares images (the centre cut
+    from the larger square they were kept at), in memory."""
+    return ds if stored == geometry else ds.prepared(geometry)
+
+
 def _load(cfg: TrainConfig, split: str, geometry: Preprocess) -> ImageDataset:
     ds = load_dataset(
         cfg.data, split, cfg.data_dir, geometry, cfg.skip_bad_images, mode=cfg.data_mode, cache_dir=cfg.cache_dir
@@ -93,7 +111,7 @@ def _load(cfg: TrainConfig, split: str, geometry: Preprocess) -> ImageDataset:
 
 def _splits(cfg: TrainConfig, geometry: Preprocess) -> tuple[ImageDataset, ImageDataset, ImageDataset | None, bool]:
     """(train, validation, test, validation is the test split)."""
-    train = _load(cfg, "train", geometry)
+    train = _load(cfg, "train", stored_geometry(cfg, geometry))
     test = None
     if has_test_split(cfg.data):
         test = _load(cfg, "test", geometry)
@@ -102,7 +120,7 @@ def _splits(cfg: TrainConfig, geometry: Preprocess) -> tuple[ImageDataset, Image
     fraction = cfg.val_fraction if cfg.val_fraction is not None else (0.0 if test is not None else 0.1)
     if fraction > 0:
         train, val = split_dataset(train, fraction, derive_seed(cfg.seed, 0, 7))
-        return train, val, test, False
+        return train, as_evaluated(val, stored_geometry(cfg, geometry), geometry), test, False
     if test is None:
         raise DataError(f"{cfg.data} has no test split: give --val-fraction > 0")
     return train, test, test, True
@@ -126,7 +144,8 @@ def prepare_data(cfg: TrainConfig, geometry: Preprocess, own_statistics: bool = 
     held_out = None
     if cfg.hold_out:  # a learning-rate trial: validate on part of the training images, never the test
         train, held, how = hold_out(train, cfg.seed)
-        val, test, val_is_test = (held if held is not None else train), None, False
+        val = as_evaluated(held if held is not None else train, stored_geometry(cfg, geometry), geometry)
+        test, val_is_test = None, False
         held_out = how if held is not None else None
     preprocess = geometry.replace(class_names=train.class_names)
     if own_statistics:  # from scratch: --mean/--std, else the training images' own

@@ -115,7 +115,7 @@ def make_feed(cfg: TrainConfig, data: RunData, world: World, device: torch.devic
     """The run's feed: an array's (the augmentation as one process would draw it), or a stream's
     (crop and flip in the loader's workers, the rest here with each rank's own draws)."""
     train, pre = data.train, data.preprocess
-    aug = cfg.augment_config(train.image_size)
+    aug = dataclasses.replace(cfg.augment_config(train.image_size), crop_size=pre.input_size)
     if not isinstance(train, StreamedSet):
         augment = BatchAugment(aug, pre.mean, pre.std, train.num_classes, cfg.seed)
         return ArrayFeed(train, cfg.batch_size, cfg.accum_steps, augment, world, device, cfg.seed)
