@@ -338,6 +338,7 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> EpochStats:
         if run.stopped_by_budget or run.steps >= run.total_steps:
             break
     bar.close()
+    batches.close()  # a stream's loader workers end here, not when collected
     stats.seconds = time.perf_counter() - start
     if run.world.active:
         stats.correct, stats.seen = (round(v) for v in run.world.sum_all([stats.correct, stats.seen]))
