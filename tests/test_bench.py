@@ -29,6 +29,9 @@ def test_bench_cli_runs_a_tiny_case(tmp_path, capsys):
     assert record["model"] == "vit_tiny_28" and len(record["seconds"]) == 2
     assert record["images_per_s"] > 0 and record["mfu"] > 0
     assert record["gflops_forward"] == pytest.approx(record["gflops_counted"], rel=0.02)
+    probes = record["peak_probes_tflops"]  # three before the steps, three after; the best is the peak
+    assert len(probes) == 6 and record["peak_tflops"] == pytest.approx(max(probes), abs=1e-4)
+    assert record["peak_spread"] == pytest.approx((max(probes) - min(probes)) / max(probes), abs=2e-3)
 
 
 def test_bench_cli_names_a_missing_gpu(capsys):
@@ -57,7 +60,9 @@ def test_train_step_changes_the_weights_and_infer_does_not():
     assert not torch.equal(model.head.weight, before)
 
 
-def test_peak_probe_reports_a_positive_rate():
+def test_peak_probe_reports_a_positive_rate_per_try():
+    rates = bench.peak_probes(torch.device("cpu"), torch.float32, size=128, repeats=3, min_seconds=0.01)
+    assert len(rates) == 3 and min(rates) > 0
     assert bench.peak_matmul_flops(torch.device("cpu"), torch.float32, size=128, repeats=1, min_seconds=0.01) > 0
 
 

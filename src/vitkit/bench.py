@@ -70,20 +70,21 @@ def counted_flops(config: ViTConfig) -> int:
 
 
 # ----------------------------------------------------------------------------- peak matmul probe
-def peak_matmul_flops(
+def peak_probes(
     device: torch.device, dtype: torch.dtype, size: int | None = None, repeats: int = 3, min_seconds: float = 0.5
-) -> float:
-    """The best FLOP/s of a large square matmul in ``dtype`` on ``device``, measured now.
+) -> list[float]:
+    """The FLOP/s of each of ``repeats`` tries of a large square matmul in ``dtype`` on ``device``.
 
     Each try runs back-to-back products until ``min_seconds`` have passed, checking the clock
-    every ~50 ms of work; the best of ``repeats`` tries is the least disturbed by other work on
-    the machine. Sizes: 4096 on CPU, 8192 on GPU (large enough that the kernel runs at its
-    steady rate).
+    every ~50 ms of work. Sizes: 4096 on CPU, 8192 on GPU (large enough that the kernel runs at
+    its steady rate). On a CPU the tries differ by tens of percent (frequency, other work), so
+    :func:`peak_matmul_flops` keeps the best and ``vitkit bench`` reports the spread.
     """
     size = size or (8192 if device.type == "cuda" else 4096)
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     flops = 2 * size**3
+    rates = []
     with torch.inference_mode():
         torch.mm(a, b)  # warm-up: library initialisation, kernel selection
         synchronize(device)
@@ -91,7 +92,6 @@ def peak_matmul_flops(
         torch.mm(a, b)  # a first estimate of the time of one product
         synchronize(device)
         chunk = max(1, int(0.05 / max(time.perf_counter() - start, 1e-6)))  # products per clock check
-        best = 0.0
         for _ in range(repeats):
             count, start = 0, time.perf_counter()
             while True:
@@ -102,8 +102,15 @@ def peak_matmul_flops(
                 elapsed = time.perf_counter() - start
                 if elapsed >= min_seconds:
                     break
-            best = max(best, count * flops / elapsed)
-    return best
+            rates.append(count * flops / elapsed)
+    return rates
+
+
+def peak_matmul_flops(
+    device: torch.device, dtype: torch.dtype, size: int | None = None, repeats: int = 3, min_seconds: float = 0.5
+) -> float:
+    """The best FLOP/s of :func:`peak_probes`: the try least disturbed by other work."""
+    return max(peak_probes(device, dtype, size, repeats, min_seconds))
 
 
 # ----------------------------------------------------------------------------- one step of work

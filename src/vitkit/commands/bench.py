@@ -60,12 +60,18 @@ def run(args: argparse.Namespace) -> int:
         f"forward GFLOPs/image: {analytic / 1e9:.3f} counted from the config, {counted / 1e9:.3f} by "
         f"torch.utils.flop_counter ({100 * (analytic - counted) / counted:+.2f} %)"
     )
+    probes = bench.peak_probes(device, dtype, size=args.peak_size)  # before the steps and after them:
     timing = bench.time_interleaved({"model": step}, device, warmup=args.warmup, repeats=args.repeats)["model"]
-    peak = bench.peak_matmul_flops(device, dtype, size=args.peak_size)
+    probes += bench.peak_probes(device, dtype, size=args.peak_size)  # a drift in the machine shows
+    peak = max(probes)
     res = bench.result(timing, args.batch_size, bench.model_flops(config, args.mode), peak)
     print(f"images/s: {res.images_per_s:.1f} (median of {args.repeats}, spread {100 * res.spread:.1f} %)")
-    print(f"achieved: {res.tflops:.3f} TFLOP/s; peak {args.dtype} matmul measured now: {res.peak_tflops:.3f} TFLOP/s")
-    print(f"MFU: {100 * res.mfu:.1f} %")
+    print(
+        f"achieved: {res.tflops:.3f} TFLOP/s; peak {args.dtype} matmul measured now: {res.peak_tflops:.3f} TFLOP/s, "
+        f"the best of {len(probes)} probes (half before the steps, half after) from {min(probes) / 1e12:.3f} "
+        f"(spread {100 * (peak - min(probes)) / peak:.0f} %)"
+    )
+    print(f"MFU: {100 * res.mfu:.1f} % of the best probe, {100 * res.tflops * 1e12 / min(probes):.1f} % of the worst")
     if args.json:
         record = dict(
             model=args.model,
@@ -77,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
             gflops_forward=analytic / 1e9,
             gflops_counted=counted / 1e9,
             peak_tflops=round(res.peak_tflops, 4),
+            peak_probes_tflops=[round(p / 1e12, 4) for p in probes],
+            peak_spread=round((peak - min(probes)) / peak, 3),
             **res.to_dict(),
         )
         atomic_write_json(args.json, record)
