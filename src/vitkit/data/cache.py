@@ -1,4 +1,5 @@
-"""The disk cache: an image folder or CSV decoded once into a memory-mapped uint8 file.
+"""The disk cache: an image folder, a CSV or a shard set decoded once into a memory-mapped
+uint8 file.
 
 A set whose decoded pixels would crowd memory (:func:`choose_mode`) is decoded once, by worker
 processes in parallel, into one file of ``(N, C, H, W)`` uint8 pixels, prepared exactly as the
@@ -10,8 +11,8 @@ The batched augmentation and the seeded order work on top of it unchanged.
 
 Three rules keep a cache trustworthy:
 
-- **Its key** is a SHA-256 of the file list with each file's size and modification time, the
-  labels and class names, the preparation (size, channels, border, resize rule) and the decoder's
+- **Its key** is a SHA-256 of the file (or shard) list with each file's size and modification
+  time, the labels and class names, the preparation (size, channels, border, resize rule) and the decoder's
   version. A changed folder has another key, so a stale cache is never read; it is rebuilt.
 - **It is built whole or not at all**: in a ``.tmp`` sibling that is renamed into place only
   once every image, the labels and ``meta.json`` are on disk. A killed or failed build leaves
