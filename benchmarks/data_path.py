@@ -171,9 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "data_path.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"load average at start {load}; {args.threads} threads")
-    print(
-        f"decode: {decode['one_core_images_per_s']:.0f} img/s on one core, {decode['all_workers_images_per_s']:.0f}"
-    )
+    print(f"decode: {decode['one_core_images_per_s']:.0f} img/s on one core, {decode['all_workers_images_per_s']:.0f}")
     print(
         f"  with {decode['workers']} workers; the 10,000-image cache ({decode['decoded_mb']:.0f} MB) in {decode['build_seconds']:.0f} s"
     )

@@ -64,7 +64,9 @@ def test_trains_from_streamed_shards_and_scores_the_test_shards(shards, tmp_path
     record = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert record["data"]["held"] == "stream"
     # evaluate reads the test shards through the same cache
-    assert main(["evaluate", str(tmp_path / "run" / "last"), "--data", str(shards), "--out", str(tmp_path / "eval")]) == 0
+    assert (
+        main(["evaluate", str(tmp_path / "run" / "last"), "--data", str(shards), "--out", str(tmp_path / "eval")]) == 0
+    )
     result = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert result["top1"] == pytest.approx(summary.accuracy)
 

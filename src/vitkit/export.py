@@ -12,6 +12,8 @@ as the PyTorch model does; sizes must then be multiples of the patch size.
 
 Every export can be checked with onnxruntime against PyTorch on the same random input
 (:func:`check_onnx`), which returns the largest absolute difference of the logits.
+:class:`OnnxModel` runs an exported graph behind the ``nn.Module`` interface, so that the code
+that evaluates a PyTorch model evaluates the graph too (``vitkit evaluate --onnx``).
 """
 
 from __future__ import annotations
@@ -175,10 +177,6 @@ def check_onnx(
 ) -> float:
     """Run the ONNX file with onnxruntime and PyTorch on the same random images; return the
     largest absolute logit difference over all ``batch_sizes``."""
-    try:
-        import onnxruntime as ort
-    except ImportError as e:
-        raise ImportError("checking an ONNX export needs onnxruntime: pip install onnxruntime") from e
     c = model.config
     if image_size is None:
         h, w = c.image_size
@@ -187,7 +185,7 @@ def check_onnx(
     if (h, w) != tuple(c.image_size) and not c.dynamic_image_size:
         model = copy.copy(model)  # same weights; the reference accepts the other size by resampling
         model.config = c.replace(dynamic_image_size=True)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnx_session(path)
     generator = torch.Generator().manual_seed(seed)
     worst = 0.0
     model = model.eval()
@@ -200,3 +198,44 @@ def check_onnx(
             raise ExportError(f"ONNX output shape {got.shape} differs from PyTorch's {expected.shape}")
         worst = max(worst, float(np.abs(got - expected).max()))
     return worst
+
+
+def onnx_session(path: str | os.PathLike, threads: int | None = None, spin: bool = True):  # noqa: ANN201 - an ort.InferenceSession
+    """An onnxruntime CPU session for the graph at ``path``; ``threads`` caps its intra-op threads
+    (None: onnxruntime's default, one per physical core).
+
+    ``spin=False`` stops its threads from busy-waiting for the next run after each one: faster
+    answers by default, but spinning threads take cores from whatever runs next in the process
+    (``benchmarks/int8.py`` interleaves PyTorch runs with onnxruntime's, and turns it off).
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ExportError(
+            "running an ONNX graph needs onnxruntime, which is not installed: pip install onnxruntime"
+        ) from None
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxModel(nn.Module):
+    """An exported graph run by onnxruntime, called like the model it came from: images (B, C, H, W)
+    in, float logits (B, classes) out on the images' device.
+
+    onnxruntime reads the file once, when the session is made; the file can be deleted afterwards.
+    The module has no parameters, so ``train()`` / ``eval()`` change nothing.
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, spin: bool = True) -> None:
+        super().__init__()
+        self.session = onnx_session(path, threads, spin)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        pixels = images.detach().to("cpu", torch.float32).contiguous().numpy()
+        (logits,) = self.session.run(["logits"], {"images": pixels})
+        return torch.from_numpy(logits).to(images.device)
