@@ -81,6 +81,12 @@ def test_a_changed_folder_is_rebuilt_never_stale(digits):
     index = list_images(digits).files.index(victim)
     assert (pixels(second)[index] == 255).sum() > 0 and not torch.equal(second.images[index], first[index])
     assert torch.equal(pixels(second), load_dataset(str(digits), preprocess=GEOMETRY, mode="memory").images)
+    caches = [p for p in (digits.parent / "cache" / "images").iterdir() if p.is_dir()]
+    assert len(caches) == 1, caches  # the stale one is removed once its replacement is whole
+    other = Preprocess((10, 10), channels=1)  # another preparation of the same folder is kept
+    load_dataset(str(digits), preprocess=other, mode="cache")
+    load_dataset(str(digits), preprocess=GEOMETRY, mode="cache")
+    assert len([p for p in (digits.parent / "cache" / "images").iterdir() if p.is_dir()]) == 2
 
 
 KILL_MID_BUILD = textwrap.dedent(

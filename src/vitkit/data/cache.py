@@ -108,12 +108,16 @@ def _stat(path: str) -> str:
     return f"{st.st_size}\0{st.st_mtime_ns}"
 
 
+def preparation(geometry: Preprocess | dict) -> dict:
+    """The fields of a Preprocess that decide the cached pixels (not the normalisation)."""
+    d = geometry if isinstance(geometry, dict) else geometry.to_dict()
+    return {k: d.get(k) for k in ("image_size", "channels", "pad", "interpolation", "fit", "crop_fraction")}
+
+
 def cache_key(source: CacheSource, geometry: Preprocess) -> str:
     """What the cached pixels depend on (see the module's docstring), as a hex digest."""
-    fields = ("image_size", "channels", "pad", "interpolation", "fit", "crop_fraction")
-    prep = {k: geometry.to_dict()[k] for k in fields}
-    what = {"decoder": DECODER, "prepare": prep, "classes": source.class_names, "images": source.identity}
-    return hashlib.sha256(json.dumps(what).encode()).hexdigest()
+    what = {"decoder": DECODER, "prepare": preparation(geometry), "classes": source.class_names}
+    return hashlib.sha256(json.dumps(what | {"images": source.identity}).encode()).hexdigest()
 
 
 def cached_image_folder(
@@ -144,11 +148,29 @@ def cached_images(
         if meta is None:
             _build(source, geometry, key, folder, skip_bad_images, workers)
             meta = _read_meta(folder)
+            _remove_stale(folder, source.name, preparation(geometry))
         else:
             log.info("image cache: reusing %s (%s)", folder, _megabytes(folder / IMAGES_NAME))
     if meta is None or meta["key"] != key:
         raise DataError(f"{folder}: the image cache is incomplete or belongs to other images; delete it and run again")
     return _open(folder, meta, skip_bad_images)
+
+
+def _remove_stale(folder: Path, source: str, prepared: dict) -> None:
+    """Remove the caches of the same source and preparation that ``folder`` replaces: the source
+    changed since they were built, so nothing will read them again. One being built or read
+    under its lock right now is left alone (a process that maps it keeps its pixels anyway)."""
+    for other in folder.parent.glob(f"{folder.name.rsplit('-', 1)[0]}-*"):
+        meta = _read_meta(other) if other != folder and ".tmp-" not in other.name else None
+        if meta is None or meta.get("source") != source or preparation(meta.get("preprocess", {})) != prepared:
+            continue
+        with open(folder.parent / f".{other.name}.lock", "a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            shutil.rmtree(other, ignore_errors=True)  # (its empty lock file stays: a waiter may hold it)
+        log.info("image cache: removed %s, built from an earlier state of %s", other, source)
 
 
 def _slug(source: str) -> str:
