@@ -7,11 +7,13 @@ either the old complete file or the new complete one, never half of either.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -72,6 +74,27 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+@contextlib.contextmanager
+def building_folder(final: Path, on_oserror: Callable[[OSError], Exception]) -> Iterator[Path]:
+    """A folder written whole or not at all: the block fills a temporary sibling of ``final``
+    (``final.tmp-PID``), which is renamed to ``final`` when the block ends well and removed when it
+    does not. An OSError (a full disk, above all) is raised as ``on_oserror(error)``: a one-line
+    message that names the place and what to do."""
+    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)  # left by an earlier process of the same pid
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise on_oserror(e) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_write_json, fsync_dir
+from ..checkpoint import atomic_write_json, building_folder
 from ..errors import DataError
 from ..images import decode_image
 from ..preprocess import Preprocess
@@ -237,26 +237,20 @@ def _build(source: CacheSource, geometry: Preprocess, key: str, folder: Path, sk
     shape = (n, geometry.channels, *geometry.input_size)
     nbytes = int(np.prod(shape))
     _check_space(folder.parent, nbytes)
-    tmp = folder.parent / f"{folder.name}.tmp-{os.getpid()}"
-    tmp.mkdir()
     start = time.perf_counter()
     log.info("image cache: decoding %d images of %s into %s (%.1f MB)", n, source.name, folder, nbytes / 1e6)
-    try:
+
+    def disk_full(e: OSError) -> Exception:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return e
+        return DataError(
+            f"no space left on the disk of {folder.parent} while caching {n} images ({nbytes / 1e6:,.0f} MB); "
+            "free some space or give --cache-dir on a larger disk; nothing half-built was kept"
+        )
+
+    with building_folder(folder, disk_full) as tmp:
         labels, bad = _decode_all(source, geometry, tmp / IMAGES_NAME, shape, skip, workers)
         _finish(source, geometry, key, tmp, shape, labels, bad)
-        os.replace(tmp, folder)
-        fsync_dir(folder.parent)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DataError(
-                f"no space left on the disk of {folder.parent} while caching {n} images ({nbytes / 1e6:,.0f} MB); "
-                "free some space or give --cache-dir on a larger disk; nothing half-built was kept"
-            ) from None
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     seconds = time.perf_counter() - start
     log.info("image cache: %s built in %.0f s (%.0f images/s)", folder, seconds, n / max(seconds, 1e-9))
 

@@ -89,6 +89,22 @@ class MappedImages:
         return self.__dict__ | {"_array": None}  # a worker process maps the file itself
 
 
+def pixel_mean_std(images: torch.Tensor | MappedImages, chunk: int | None = None) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation in [0, 1] units (for normalisation), summed in
+    float64 chunks of a few million pixels so that no float copy of the set is ever made."""
+    channels = images.shape[1]
+    total = torch.zeros(channels, dtype=torch.float64)
+    squares = torch.zeros(channels, dtype=torch.float64)
+    for x in images.split(chunk or chunk_of(images)):
+        x = x.to(torch.float64).div_(255).transpose(0, 1).reshape(channels, -1)
+        total += x.sum(1)
+        squares += x.square().sum(1)
+    n = images.numel() // channels
+    mean = total / n
+    std = ((squares - n * mean.square()) / max(n - 1, 1)).clamp_min(0).sqrt().clamp_min(1e-3)
+    return [round(v, 6) for v in mean.tolist()], [round(v, 6) for v in std.tolist()]
+
+
 def pixel_digest(images: torch.Tensor | MappedImages) -> str:
     """A SHA-256 of the pixels (a mapped set: of its cache key and rows, without reading them)."""
     if isinstance(images, MappedImages):
@@ -189,18 +205,8 @@ class ImageDataset:
         return self.subset(per_class_index(self.labels, self.num_classes, n, seed))
 
     def mean_std(self, chunk: int | None = None) -> tuple[list[float], list[float]]:
-        """Per-channel mean and standard deviation in [0, 1] units (for normalisation), summed in
-        float64 chunks of a few million pixels so that no float copy of the set is ever made."""
-        total = torch.zeros(self.channels, dtype=torch.float64)
-        squares = torch.zeros(self.channels, dtype=torch.float64)
-        for x in self.images.split(chunk or chunk_of(self.images)):
-            x = x.to(torch.float64).div_(255).transpose(0, 1).reshape(self.channels, -1)
-            total += x.sum(1)
-            squares += x.square().sum(1)
-        n = self.images.numel() // self.channels
-        mean = total / n
-        std = ((squares - n * mean.square()) / max(n - 1, 1)).clamp_min(0).sqrt().clamp_min(1e-3)
-        return [round(v, 6) for v in mean.tolist()], [round(v, 6) for v in std.tolist()]
+        """:func:`pixel_mean_std` of the images."""
+        return pixel_mean_std(self.images, chunk)
 
     def prepared(self, preprocess: Preprocess) -> ImageDataset:
         """The images as ``preprocess`` makes them (channels, size, border), in chunks."""

@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import tarfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -46,7 +45,7 @@ import webdataset
 from webdataset.gopen import gopen
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from ..checkpoint import atomic_write_json, fsync_dir
+from ..checkpoint import atomic_write_json, building_folder
 from ..errors import ConfigError, DataError
 from ..images import IMAGE_EXTENSIONS, decode_image
 from .dataset import derive_seed
@@ -196,33 +195,11 @@ def _scan(source: Path) -> tuple[list[Path], list[str], list[str]]:
     return files, labels, class_names
 
 
-class _building:
-    """A context that gives a temporary sibling folder of ``out`` and renames it to ``out`` on
-    success; on any failure it removes the folder, and an OSError (a full disk) becomes one line."""
-
-    def __init__(self, out: Path) -> None:
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise DataError(f"{out} already exists and is not empty; remove it or choose another OUT")
-        self.out = out
-        self.tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-
-    def __enter__(self) -> Path:
-        shutil.rmtree(self.tmp, ignore_errors=True)  # left by an earlier process of the same pid
-        self.tmp.mkdir(parents=True)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> bool:  # noqa: ANN001
-        if exc_type is None:
-            try:
-                os.replace(self.tmp, self.out)
-                fsync_dir(self.out.parent)
-                return False
-            except OSError as e:
-                exc_type, exc = type(e), e
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        if issubclass(exc_type, OSError):
-            raise _write_error(exc, self.out) from None
-        return False
+def _building(out: Path) -> contextlib.AbstractContextManager[Path]:
+    """The shard folder ``out``, written whole or not at all; an existing non-empty one is refused."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"{out} already exists and is not empty; remove it or choose another OUT")
+    return building_folder(out, lambda e: _write_error(e, out))
 
 
 def _write_error(e: OSError, out: Path) -> DataError:

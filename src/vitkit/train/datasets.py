@@ -26,6 +26,7 @@ from ..data import (
     shard_split,
     split_dataset,
 )
+from ..data.dataset import pixel_mean_std
 from ..data.shards import iter_samples
 from ..errors import ConfigError, DataError
 from ..images import decode_image
@@ -197,4 +198,4 @@ def _stream_statistics(shards: ShardSet, geometry: Preprocess) -> tuple[list[flo
     a shuffled order, so a sample of every class), prepared as for evaluation."""
     samples = itertools.islice(iter_samples(shards.urls), STATISTICS_SAMPLE)
     images = [geometry.pixels(decode_image(io.BytesIO(s.data), name=s.key)) for s in samples]
-    return ImageDataset(torch.stack(images), torch.zeros(len(images)), ["?"]).mean_std()
+    return pixel_mean_std(torch.stack(images))
