@@ -10,6 +10,7 @@ path (``fused_attn=False``), so that "timm at its best" is its fastest eager var
     python benchmarks/vs_timm.py                       # the full CPU table (about 10 minutes)
     python benchmarks/vs_timm.py --cases vit_tiny_28   # only the cases whose name contains this
     python benchmarks/vs_timm.py --compile --cases vit_tiny_28:train   # add torch.compile'd runs
+                                                       # (both attention paths, both libraries)
     python benchmarks/vs_timm.py --device cuda         # on a GPU: results/vs_timm-cuda.json
 
 Writes ``benchmarks/results/vs_timm-<device>.json`` (or ``--out``) and prints the table.
@@ -88,13 +89,16 @@ def run_case(preset, mode, batch, repeats, dtypes, compile_, device, peak):
         # The explicit attention path, in both libraries (timm: every block's fused_attn=False):
         # vitkit's CPU training recipes use it, since torch's CPU flash-attention backward is the
         # slowest kernel of a small ViT's step; timm at its best may be either. Same rounds.
-        for dtype, lib in ((d, lib) for d in dtypes for lib in ("vitkit", "timm")):
+        # With --compile, both libraries' explicit-attention models compiled too.
+        explicit = [(dt, lib, c) for dt in dtypes for lib in ("vitkit", "timm") for c in (False, True)[: 1 + compile_]]
+        for dtype, lib, compiled in explicit:
             with bench.seeded(0):
                 model = vitkit.create_model(preset, fused_attention=False) if lib == "vitkit" else timm_model(preset)
             for block in getattr(model, "blocks", []) if lib == "timm" else []:
                 block.attn.fused_attn = False
-            steps[f"{lib}/{dtype}/explicit"] = bench.make_step(
-                model.to(device), mode, bench.DTYPES[dtype], batch, device, image_shape, config.num_classes
+            model = bench.compile_model(model.to(device)) if compiled else model.to(device)
+            steps[f"{lib}/{dtype}/explicit{'/compiled' if compiled else ''}"] = bench.make_step(
+                model, mode, bench.DTYPES[dtype], batch, device, image_shape, config.num_classes
             )
     start = time.perf_counter()
     if compile_:  # compile (or load from torch's cache) before the timed loop, and say how long it took
@@ -125,23 +129,37 @@ def run_case(preset, mode, batch, repeats, dtypes, compile_, device, peak):
         )
     # vitkit's fastest variant against timm's fp32 and against timm at its best (its fastest eager
     # variant: any dtype, fused or explicit attention), from the same interleaved rounds
-    extra = {}
+    best = min((k for k in timings if k.startswith("vitkit/")), key=lambda k: timings[k].median)
+    eager = [k for k in timings if k.startswith("timm/") and not k.endswith("compiled")]
+    timm_best = min(eager, key=lambda k: timings[k].median)
+    extra = dict(vitkit_fastest=best, vitkit_fastest_images_per_s=round(batch / timings[best].median, 2))
     if "timm/fp32" in timings:
-        best = min((k for k in timings if k.startswith("vitkit/")), key=lambda k: timings[k].median)
-        eager = [k for k in timings if k.startswith("timm/") and not k.endswith("compiled")]
-        timm_best = min(eager, key=lambda k: timings[k].median)
-        extra = dict(
-            vitkit_fastest=best,
+        extra |= dict(
             vitkit_fastest_vs_timm_fp32=round(bench.speedup(timings["timm/fp32"], timings[best]), 3),
-            vitkit_fastest_images_per_s=round(batch / timings[best].median, 2),
             timm_fp32_images_per_s=round(batch / timings["timm/fp32"].median, 2),
-            timm_best_eager=timm_best,
-            timm_best_eager_images_per_s=round(batch / timings[timm_best].median, 2),
-            vitkit_fastest_vs_timm_best_eager=round(bench.speedup(timings[timm_best], timings[best]), 3),
         )
-        for key in timings:
-            if key.endswith("/explicit"):  # the explicit-attention variants, against the same-dtype SDPA one
-                extra[f"{key}_vs_sdpa"] = round(bench.speedup(timings[key.removesuffix("/explicit")], timings[key]), 3)
+    extra |= dict(
+        timm_best_eager=timm_best,
+        timm_best_eager_images_per_s=round(batch / timings[timm_best].median, 2),
+        vitkit_fastest_vs_timm_best_eager=round(bench.speedup(timings[timm_best], timings[best]), 3),
+        images_per_s={k: round(batch / t.median, 2) for k, t in timings.items()},
+    )
+    compiled_timm = [k for k in timings if k.startswith("timm/") and k.endswith("compiled")]
+    if compiled_timm:  # both libraries compiled, each at its best
+        timm_c = min(compiled_timm, key=lambda k: timings[k].median)
+        vitkit_c = min(
+            (k for k in timings if k.startswith("vitkit/") and k.endswith("compiled")),
+            key=lambda k: timings[k].median,
+        )
+        extra |= dict(
+            timm_best_compiled=timm_c,
+            vitkit_best_compiled=vitkit_c,
+            vitkit_vs_timm_both_compiled=round(bench.speedup(timings[timm_c], timings[vitkit_c]), 3),
+        )
+    for key in timings:
+        if "/explicit" in key:  # the explicit-attention variants, against the same-dtype, same-compile SDPA one
+            sdpa = key.replace("/explicit", "")
+            extra[f"{key}_vs_sdpa"] = round(bench.speedup(timings[sdpa], timings[key]), 3)
     print(f"  ({preset} {mode}: {time.perf_counter() - start:.0f} s)", flush=True)
     return rows, extra, fused
 
@@ -204,10 +222,16 @@ def main() -> None:
     print("ratio: of the median img/s; paired: median over rounds of timm time / vitkit time (same round).")
     for k, v in fastest.items():
         print(
-            f"{k}: vitkit's fastest ({v['vitkit_fastest']}) is {v['vitkit_fastest_vs_timm_fp32']:.2f}x timm fp32 "
-            f"and {v['vitkit_fastest_vs_timm_best_eager']:.2f}x timm at its best ({v['timm_best_eager']}, "
+            f"{k}: vitkit's fastest ({v['vitkit_fastest']}) is {v.get('vitkit_fastest_vs_timm_fp32', 0):.2f}x timm fp32 "
+            f"(0: not run) and {v['vitkit_fastest_vs_timm_best_eager']:.2f}x timm at its best ({v['timm_best_eager']}, "
             f"{v['timm_best_eager_images_per_s']:.0f} img/s)"
         )
+        if "timm_best_compiled" in v:
+            print(
+                f"{k}: both compiled, each at its best: vitkit ({v['vitkit_best_compiled']}) "
+                f"{v['vitkit_vs_timm_both_compiled']:.2f}x timm ({v['timm_best_compiled']})"
+            )
+        print(f"{k}: img/s of every variant: {v['images_per_s']}")
 
     if device.type == "cuda":
         where = torch.cuda.get_device_name(device)

@@ -29,7 +29,9 @@ def attention(
 
     q, k, v: (..., N, D_h). A: (..., N_q, N_k), each row a probability distribution over keys.
     """
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (..., N, N)
+    # Scaling q rather than the scores is the same product, and it keeps torch.compile from
+    # rewriting this written-out path into the fused kernel, whose CPU backward is the slow one.
+    scores = (q / math.sqrt(q.shape[-1])) @ k.transpose(-2, -1)  # (..., N, N)
     probs = scores.softmax(dim=-1)
     weights = F.dropout(probs, p=dropout_p) if dropout_p > 0 else probs
     return weights @ v, probs
