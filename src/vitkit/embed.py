@@ -37,6 +37,15 @@ class PatchEmbed(nn.Module):
         return x.flatten(2).transpose(1, 2)  # -> (B, N, D), patches in row-major order
 
 
+class ChannelsLastConv2d(nn.Conv2d):
+    """A Conv2d that runs in the channels-last (NHWC) layout, the one oneDNN's CPU kernels are
+    fastest in: its small weight is reordered at each call (its gradient flows back to the usual
+    NCHW parameter), so checkpoints, EMA and DDP see an ordinary Conv2d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.weight.contiguous(memory_format=torch.channels_last), self.bias)
+
+
 class ConvStem(nn.Module):
     """The paper's hybrid input (sec. 3.1): a small CNN's feature map, cut into 1x1 patches.
 
@@ -54,13 +63,13 @@ class ConvStem(nn.Module):
         *convs, (c_out, k, s) = conv_stem_layers(patch_size, channels, width)
         for c, kernel, stride in convs:
             layers += [
-                nn.Conv2d(c_in, c, kernel, stride, padding=kernel // 2, bias=False),
+                ChannelsLastConv2d(c_in, c, kernel, stride, padding=kernel // 2, bias=False),
                 nn.BatchNorm2d(c),
                 nn.ReLU(),
             ]
             c_in = c
         self.convs = nn.Sequential(*layers)
-        self.proj = nn.Conv2d(c_in, c_out, kernel_size=k, stride=s)
+        self.proj = ChannelsLastConv2d(c_in, c_out, kernel_size=k, stride=s)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.proj(self.convs(x))  # (B, C, H, W) -> (B, D, H/P, W/P)
