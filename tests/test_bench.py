@@ -80,3 +80,54 @@ def test_compiled_and_eager_models_agree_within_bf16_tolerance():
     scale = eager_fp32.abs().max()
     assert (comp - eager).abs().max() <= 0.02 * scale + 1e-3
     assert (comp - eager_fp32).abs().max() <= 0.05 * scale + 1e-3
+
+
+def test_bench_times_a_recipes_model_and_profiles_its_step(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = ["bench", "--recipe", "fmnist-10m", "--batch-size", "4", "--mode", "train", "--dtype", "fp32"]
+    args += [
+        "--device",
+        "cpu",
+        "--warmup",
+        "1",
+        "--repeats",
+        "1",
+        "--peak-size",
+        "128",
+        "--profile",
+        "--json",
+        str(out),
+    ]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "kind of work" in text and "aten::" in text
+    record = json.loads(out.read_text())
+    # The main job's model as `vitkit train` built it in the search's width-128 runs (the params in
+    # benchmarks/results/recipe_search.json): 28x28 images padded to 32, the conv stem, width 128, depth 6.
+    assert record["params"] == 907_882
+    by_kind = record["profile"]["ms_per_step_by_kind"]
+    assert by_kind["matmul"] > 0 and by_kind["convolution"] > 0  # the blocks' linears and the conv stem
+    assert by_kind["optimiser and clipping"] > 0  # AdamW and the gradient norm for clipping at 1
+    top = {o["op"] for o in record["profile"]["top_ops"]}
+    assert top & {"aten::mm", "aten::addmm"}
+
+
+@pytest.mark.parametrize(
+    "op, kind",
+    [
+        ("aten::addmm", "matmul"),
+        ("aten::bmm", "matmul"),
+        ("aten::add_", "elementwise and reductions"),
+        ("aten::_fused_adamw_", "optimiser and clipping"),
+        ("aten::linalg_vector_norm", "optimiser and clipping"),
+        ("aten::_scaled_dot_product_flash_attention_for_cpu_backward", "attention (SDPA)"),
+        ("aten::mkldnn_convolution", "convolution"),
+        ("aten::native_layer_norm_backward", "normalisation"),
+        ("aten::copy_", "dtype casts and copies"),
+        ("aten::gelu_backward", "activation"),
+        ("aten::_softmax_backward_data", "softmax and loss"),
+        ("aten::cat", "other"),
+    ],
+)
+def test_operators_are_sorted_into_kinds_of_work(op, kind):
+    assert bench.op_kind(op) == kind

@@ -252,3 +252,85 @@ def compile_model(model: nn.Module) -> nn.Module:
     """``torch.compile`` with the default Inductor backend. Compiled code is cached on disk by
     torch (its default Inductor cache), so the next process skips most of the compile time."""
     return torch.compile(model)
+
+
+# ----------------------------------------------------------------------------- where the time goes
+# Operator name patterns (torch.profiler's aten names, searched in order) -> the kind of work.
+# A step's self time summed by kind says what a faster step must attack: matmuls are the work the
+# FLOP count measures; the rest is overhead around them.
+OP_KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("optimiser and clipping", ("adam", "sgd", "foreach", "vector_norm", "clip")),
+    ("attention (SDPA)", ("attention",)),
+    ("matmul", ("mm", "linear", "matmul", "baddbmm")),
+    ("convolution", ("conv",)),
+    ("dtype casts and copies", ("copy_", "_to_copy", "clone", "contiguous")),
+    ("normalisation", ("layer_norm", "batch_norm")),
+    ("activation", ("gelu", "relu", "threshold", "silu")),
+    ("softmax and loss", ("softmax", "log_softmax", "nll", "cross_entropy")),
+    ("elementwise and reductions", ("add", "mul", "div", "sub", "sum", "mean", "where", "fill", "neg")),
+)
+
+
+def op_kind(name: str) -> str:
+    """The kind of work an aten operator name does (:data:`OP_KINDS`), or "other"."""
+    name = name.lower()
+    for kind, patterns in OP_KINDS:
+        if any(p in name for p in patterns):
+            return kind
+    return "other"
+
+
+@dataclass
+class Profile:
+    """Self time of one step by kind of work and by operator (seconds per step)."""
+
+    by_kind: dict[str, float]
+    top_ops: list[tuple[str, float, int]]  # (operator, seconds per step, calls per step)
+    seconds_per_step: float
+
+    def table(self) -> str:
+        total = sum(self.by_kind.values())
+        lines = [f"{'kind of work':<40} {'ms/step':>8} {'share':>6}"]
+        for kind, s in sorted(self.by_kind.items(), key=lambda kv: -kv[1]):
+            lines.append(f"{kind:<40} {1e3 * s:>8.2f} {100 * s / total:>5.1f}%")
+        lines.append(f"{'operator':<40} {'ms/step':>8} {'calls':>6}")
+        lines += [f"{name:<40} {1e3 * s:>8.2f} {calls:>6}" for name, s, calls in self.top_ops]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "seconds_per_step": self.seconds_per_step,
+            "ms_per_step_by_kind": {k: round(1e3 * v, 3) for k, v in self.by_kind.items()},
+            "top_ops": [{"op": n, "ms_per_step": round(1e3 * s, 3), "calls_per_step": c} for n, s, c in self.top_ops],
+        }
+
+
+def profile_step(step: Callable[[], None], device: torch.device, steps: int = 10, top: int = 12) -> Profile:
+    """Run ``step`` ``steps`` times under torch.profiler and sum the operators' self time by kind.
+
+    Only aten operators count (``aten::``), each with its *self* time, so nothing is counted
+    twice; what is left between them (Python, autograd's engine; on a GPU, the device idle) is the
+    gap between their sum and the step's wall time. The profiler's own cost lands there too.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    synchronize(device)
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        synchronize(device)
+    wall = (time.perf_counter() - start) / steps
+    by_kind: dict[str, float] = {}
+    ops = []
+    for event in prof.key_averages():
+        if not event.key.startswith("aten::"):
+            continue
+        seconds = (event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total) / 1e6
+        seconds /= steps
+        by_kind[op_kind(event.key)] = by_kind.get(op_kind(event.key), 0.0) + seconds
+        ops.append((event.key, seconds, event.count // steps))
+    ops.sort(key=lambda o: -o[1])
+    by_kind["between operators (Python, autograd)"] = max(wall - sum(by_kind.values()), 0.0)
+    return Profile(by_kind, ops[:top], wall)

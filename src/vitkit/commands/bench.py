@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import torch
 
 from .. import bench
 from ..checkpoint import atomic_write_json
-from ..config import get_config
+from ..config import ViTConfig, get_config
 from ..errors import ConfigError
 from ..model import VisionTransformer
 from ..runtime import configure_device, resolve_device
+from ..train.config import RECIPES
+from .train import add_set_flag
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +27,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "(FLOPs counted from the config) by the peak matmul rate measured in the same run."
         ),
     )
-    p.add_argument("--model", default="vit_b16", help="preset name, e.g. vit_b16, ViT-S/16, vit_tiny_28")
+    p.add_argument("--model", default=None, help="preset name, e.g. vit_b16, ViT-S/16, vit_tiny_28 (default: vit_b16)")
+    p.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        help="the model a training recipe builds, at the size its data arrive (fmnist-10m: the main job's)",
+    )
+    add_set_flag(p)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--mode", choices=bench.MODES, default="infer")
     p.add_argument("--dtype", choices=tuple(bench.DTYPES), default="bf16", help="autocast dtype")
@@ -33,8 +42,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--repeats", type=int, default=5, help="timed steps")
     p.add_argument("--peak-size", type=int, default=None, help="matmul size of the peak probe (4096 CPU, 8192 GPU)")
+    p.add_argument(
+        "--profile", action="store_true", help="also profile the step: time by kind of work and the slowest operators"
+    )
     p.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
     p.set_defaults(func=run)
+
+
+def bench_config(model: str | None, recipe: str | None, overrides: dict[str, Any]) -> ViTConfig:
+    """The model to time: a preset, or the one a recipe trains (its model and overrides, at the
+    image size and channels its data arrive with: Fashion-MNIST's 28 px plus the recipe's pad)."""
+    if recipe is None:
+        return get_config(model or "vit_b16", **overrides)
+    r = RECIPES[recipe]
+    base = get_config(model or r.get("model", "vit_b16"))
+    size = r.get("image_size") or base.image_size[0]
+    fields = dict(image_size=size + 2 * r.get("pad", 0), in_channels=r.get("channels") or base.in_channels)
+    return base.replace(**(fields | r.get("model_overrides", {}) | overrides))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     dtype = bench.parse_dtype(args.dtype)
     configure_device(device)
-    config = get_config(args.model)
+    config = bench_config(args.model, args.recipe, dict(args.overrides))
+    name = args.model or args.recipe or "vit_b16"
     analytic = config.flops()
     counted = bench.counted_flops(config)
     with bench.seeded(0):
@@ -55,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     )
     where = f"{torch.get_num_threads()} CPU threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
     compiled = " compiled" if args.compile else ""
-    print(f"{args.model} {args.mode} {args.dtype}{compiled}, batch {args.batch_size}, on {device.type} ({where})")
+    print(f"{name} {args.mode} {args.dtype}{compiled}, batch {args.batch_size}, on {device.type} ({where})")
     print(
         f"forward GFLOPs/image: {analytic / 1e9:.3f} counted from the config, {counted / 1e9:.3f} by "
         f"torch.utils.flop_counter ({100 * (analytic - counted) / counted:+.2f} %)"
@@ -72,9 +97,15 @@ def run(args: argparse.Namespace) -> int:
         f"(spread {100 * (peak - min(probes)) / peak:.0f} %)"
     )
     print(f"MFU: {100 * res.mfu:.1f} % of the best probe, {100 * res.tflops * 1e12 / min(probes):.1f} % of the worst")
+    profile = bench.profile_step(step, device) if args.profile else None
+    if profile is not None:
+        print(profile.table())
     if args.json:
         record = dict(
-            model=args.model,
+            model=name,
+            params=sum(p.numel() for p in model.parameters()),
+            recipe=args.recipe,
+            overrides=dict(args.overrides),
             mode=args.mode,
             dtype=args.dtype,
             compile=args.compile,
@@ -87,5 +118,7 @@ def run(args: argparse.Namespace) -> int:
             peak_spread=round((peak - min(probes)) / peak, 3),
             **res.to_dict(),
         )
+        if profile is not None:
+            record["profile"] = profile.to_dict()
         atomic_write_json(args.json, record)
     return 0

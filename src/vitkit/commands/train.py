@@ -263,10 +263,10 @@ def _add_model_flags(g: argparse._ArgumentGroup) -> None:
         default=None,
         help="with --init: keep the source's head (its class names must be the data's); default: a new one",
     )
-    _add_set_flag(g)
+    add_set_flag(g)
 
 
-def _add_set_flag(g: argparse._ArgumentGroup) -> None:
+def add_set_flag(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--set",
         dest="overrides",
