@@ -1,0 +1,118 @@
+"""Search the main job's recipe and model on a short proxy budget, one run at a time.
+
+    python benchmarks/recipe_search.py                       # every candidate, 180 s each, seed 0
+    python benchmarks/recipe_search.py --only base lr3e-3 --seconds 600 --seeds 0 1
+
+Each candidate is ``vitkit train --recipe fmnist-10m`` as it was when the search began
+(:data:`SEARCHED_FROM`) with a few options changed, trained for
+``--seconds`` of wall clock (the cosine follows the clock, so a short budget is a whole, shorter
+schedule) on the 60,000 training images, scored once on the 10,000 test images at the end. Runs go
+one after another, never side by side: the budget is wall-clock time, so a parallel job would
+cost a candidate epochs. The results are appended to ``benchmarks/results/recipe_search.json``
+as each run ends (the load average at its start included), so an interrupted search keeps what
+it measured; ``--out`` names another file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+# The search started from fmnist-10m as it then was (the width-192 hybrid, crop with 2 px of padding);
+# every candidate begins with these options, so that it reproduces after the recipe took the winner.
+SEARCHED_FROM = ["--set", "width=192", "--set", "num_heads=3", "--set", "mlp_dim=384", "--crop-padding", "2"]
+_WIDTH128 = ["--set", "width=128", "--set", "num_heads=2", "--set", "mlp_dim=256"]
+# name -> the `vitkit train` options that differ from SEARCHED_FROM.
+CANDIDATES: dict[str, list[str]] = {
+    "base": [],
+    "lr3e-3": ["--lr", "3e-3"],
+    "lr1e-3": ["--lr", "1e-3"],
+    "lr5e-4": ["--lr", "5e-4"],
+    "batch128": ["--batch-size", "128"],
+    "no-smoothing": ["--label-smoothing", "0"],
+    "ema": ["--ema", "0.999"],
+    "depth4": ["--set", "depth=4"],
+    "width128": ["--set", "width=128", "--set", "num_heads=2", "--set", "mlp_dim=256"],
+    "width256-depth4": ["--set", "width=256", "--set", "num_heads=4", "--set", "mlp_dim=512", "--set", "depth=4"],
+    "width128-lr1e-3": ["--set", "width=128", "--set", "num_heads=2", "--set", "mlp_dim=256", "--lr", "1e-3"],
+    "no-crop": ["--crop-padding", "0"],
+    "width128-no-crop": ["--set", "width=128", "--set", "num_heads=2", "--set", "mlp_dim=256", "--crop-padding", "0"],
+    "width128-no-crop-lr1e-3": [*_WIDTH128, "--crop-padding", "0", "--lr", "1e-3"],
+    "width128-no-crop-no-smoothing": [*_WIDTH128, "--crop-padding", "0", "--label-smoothing", "0"],
+    "width128-no-crop-ema": [*_WIDTH128, "--crop-padding", "0", "--ema", "0.999"],
+    "width96-no-crop": ["--set", "width=96", "--set", "num_heads=2", "--set", "mlp_dim=192", "--crop-padding", "0"],
+    "stem64": ["--set", "stem_channels=64"],
+    # an 8x8 grid of tokens (two stride-2 convs), narrower and shallower to stay affordable
+    "grid8-width128-depth4": [
+        *("--set", "patch_size=4", "--set", "width=128", "--set", "num_heads=2"),
+        *("--set", "mlp_dim=256", "--set", "depth=4"),
+    ],
+}
+
+
+def run_one(name: str, options: list[str], seconds: float, seed: int, threads: int) -> dict:
+    """Train one candidate in a temporary run folder and return its summary and the load before it."""
+    vitkit = Path(sys.executable).with_name("vitkit")
+    with tempfile.TemporaryDirectory(prefix=f"search-{name}-") as out:
+        command = [str(vitkit), "train", "--recipe", "fmnist-10m", *SEARCHED_FROM, *options]
+        command += ["--time-budget", str(seconds)]
+        command += ["--seed", str(seed), "--threads", str(threads), "--eval-every", "0", "--no-progress"]
+        load = round(os.getloadavg()[0], 2)
+        started = time.perf_counter()
+        proc = subprocess.run([*command, "--out", out], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"recipe_search: {name} failed:\n{proc.stderr[-2000:]}")
+        summary = json.loads((Path(out) / "summary.json").read_text())
+        last_epoch = json.loads((Path(out) / "metrics.jsonl").read_text().splitlines()[-1])
+    return {
+        "name": name,
+        "options": options,
+        "seed": seed,
+        "seconds": seconds,
+        "threads": threads,
+        "load_average_at_start": load,
+        "wall_s": round(time.perf_counter() - started, 1),
+        "test_top1": summary["accuracy"],
+        "train_top1_last_epoch": round(last_epoch["train_acc"], 4),  # on augmented images
+        "epochs": summary["epochs_done"],
+        "images_per_s": round(summary["images_per_s"], 1),
+        "params": summary["params"],
+        "command": " ".join(["vitkit", *command[1:]]),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", nargs="+", choices=sorted(CANDIDATES), help="these candidates (default: all)")
+    p.add_argument("--seconds", type=float, default=180.0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--out", type=Path, default=RESULTS / "recipe_search.json")
+    args = p.parse_args(argv)
+    records = json.loads(args.out.read_text()) if args.out.exists() else []
+    print(f"{'candidate':<18} {'seed':>4} {'budget':>7} {'epochs':>6} {'img/s':>7} {'test top-1':>10} {'load':>5}")
+    for name in args.only or list(CANDIDATES):
+        for seed in args.seeds:
+            r = run_one(name, CANDIDATES[name], args.seconds, seed, args.threads)
+            r["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+            records.append(r)
+            args.out.write_text(json.dumps(records, indent=1) + "\n")
+            print(
+                f"{name:<18} {seed:>4} {args.seconds:>6.0f}s {r['epochs']:>6} {r['images_per_s']:>7.0f} "
+                f"{r['test_top1']:>10.2%} {r['load_average_at_start']:>5.2f}",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
