@@ -49,6 +49,7 @@ CANDIDATES: dict[str, list[str]] = {
     "width128-no-crop-lr1e-3": [*_WIDTH128, "--crop-padding", "0", "--lr", "1e-3"],
     "width128-no-crop-no-smoothing": [*_WIDTH128, "--crop-padding", "0", "--label-smoothing", "0"],
     "width128-no-crop-ema": [*_WIDTH128, "--crop-padding", "0", "--ema", "0.999"],
+    "width128-depth4-no-crop": [*_WIDTH128, "--set", "depth=4", "--crop-padding", "0"],
     "width96-no-crop": ["--set", "width=96", "--set", "num_heads=2", "--set", "mlp_dim=192", "--crop-padding", "0"],
     "stem64": ["--set", "stem_channels=64"],
     # an 8x8 grid of tokens (two stride-2 convs), narrower and shallower to stay affordable
