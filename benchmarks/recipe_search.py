@@ -41,11 +41,11 @@ CANDIDATES: dict[str, list[str]] = {
     "no-smoothing": ["--label-smoothing", "0"],
     "ema": ["--ema", "0.999"],
     "depth4": ["--set", "depth=4"],
-    "width128": ["--set", "width=128", "--set", "num_heads=2", "--set", "mlp_dim=256"],
+    "width128": _WIDTH128,
     "width256-depth4": ["--set", "width=256", "--set", "num_heads=4", "--set", "mlp_dim=512", "--set", "depth=4"],
-    "width128-lr1e-3": ["--set", "width=128", "--set", "num_heads=2", "--set", "mlp_dim=256", "--lr", "1e-3"],
+    "width128-lr1e-3": [*_WIDTH128, "--lr", "1e-3"],
     "no-crop": ["--crop-padding", "0"],
-    "width128-no-crop": ["--set", "width=128", "--set", "num_heads=2", "--set", "mlp_dim=256", "--crop-padding", "0"],
+    "width128-no-crop": [*_WIDTH128, "--crop-padding", "0"],
     "width128-no-crop-lr1e-3": [*_WIDTH128, "--crop-padding", "0", "--lr", "1e-3"],
     "width128-no-crop-no-smoothing": [*_WIDTH128, "--crop-padding", "0", "--label-smoothing", "0"],
     "width128-no-crop-ema": [*_WIDTH128, "--crop-padding", "0", "--ema", "0.999"],
@@ -54,8 +54,8 @@ CANDIDATES: dict[str, list[str]] = {
     "stem64": ["--set", "stem_channels=64"],
     # an 8x8 grid of tokens (two stride-2 convs), narrower and shallower to stay affordable
     "grid8-width128-depth4": [
-        *("--set", "patch_size=4", "--set", "width=128", "--set", "num_heads=2"),
-        *("--set", "mlp_dim=256", "--set", "depth=4"),
+        *_WIDTH128,
+        *("--set", "patch_size=4", "--set", "depth=4"),
     ],
 }
 

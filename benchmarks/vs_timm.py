@@ -127,11 +127,15 @@ def run_case(preset, mode, batch, repeats, dtypes, compile_, device, peak):
                 ratio_paired=round(bench.speedup(t_timm, t_vitkit), 3),  # median of per-round ratios
             )
         )
+
     # vitkit's fastest variant against timm's fp32 and against timm at its best (its fastest eager
     # variant: any dtype, fused or explicit attention), from the same interleaved rounds
-    best = min((k for k in timings if k.startswith("vitkit/")), key=lambda k: timings[k].median)
-    eager = [k for k in timings if k.startswith("timm/") and not k.endswith("compiled")]
-    timm_best = min(eager, key=lambda k: timings[k].median)
+    def fastest(lib: str, compiled: bool | None = None) -> str | None:
+        """The key of ``lib``'s fastest variant (only compiled, or only eager, unless None)."""
+        keys = [k for k in timings if k.startswith(f"{lib}/") and compiled in (None, k.endswith("compiled"))]
+        return min(keys, key=lambda k: timings[k].median) if keys else None
+
+    best, timm_best = fastest("vitkit"), fastest("timm", compiled=False)
     extra = dict(vitkit_fastest=best, vitkit_fastest_images_per_s=round(batch / timings[best].median, 2))
     if "timm/fp32" in timings:
         extra |= dict(
@@ -144,13 +148,8 @@ def run_case(preset, mode, batch, repeats, dtypes, compile_, device, peak):
         vitkit_fastest_vs_timm_best_eager=round(bench.speedup(timings[timm_best], timings[best]), 3),
         images_per_s={k: round(batch / t.median, 2) for k, t in timings.items()},
     )
-    compiled_timm = [k for k in timings if k.startswith("timm/") and k.endswith("compiled")]
-    if compiled_timm:  # both libraries compiled, each at its best
-        timm_c = min(compiled_timm, key=lambda k: timings[k].median)
-        vitkit_c = min(
-            (k for k in timings if k.startswith("vitkit/") and k.endswith("compiled")),
-            key=lambda k: timings[k].median,
-        )
+    timm_c, vitkit_c = fastest("timm", compiled=True), fastest("vitkit", compiled=True)
+    if timm_c and vitkit_c:  # both libraries compiled, each at its best
         extra |= dict(
             timm_best_compiled=timm_c,
             vitkit_best_compiled=vitkit_c,

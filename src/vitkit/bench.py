@@ -329,7 +329,8 @@ def profile_step(step: Callable[[], None], device: torch.device, steps: int = 10
             continue
         seconds = (event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total) / 1e6
         seconds /= steps
-        by_kind[op_kind(event.key)] = by_kind.get(op_kind(event.key), 0.0) + seconds
+        kind = op_kind(event.key)
+        by_kind[kind] = by_kind.get(kind, 0.0) + seconds
         ops.append((event.key, seconds, event.count // steps))
     ops.sort(key=lambda o: -o[1])
     by_kind["between operators (Python, autograd)"] = max(wall - sum(by_kind.values()), 0.0)

@@ -12,6 +12,7 @@ from ..checkpoint import atomic_write_json
 from ..config import ViTConfig, get_config
 from ..errors import ConfigError
 from ..model import VisionTransformer
+from ..preprocess import Preprocess
 from ..runtime import configure_device, resolve_device
 from ..train.config import RECIPES
 from .train import add_set_flag
@@ -56,8 +57,9 @@ def bench_config(model: str | None, recipe: str | None, overrides: dict[str, Any
         return get_config(model or "vit_b16", **overrides)
     r = RECIPES[recipe]
     base = get_config(model or r.get("model", "vit_b16"))
-    size = r.get("image_size") or base.image_size[0]
-    fields = dict(image_size=size + 2 * r.get("pad", 0), in_channels=r.get("channels") or base.in_channels)
+    channels = r.get("channels") or base.in_channels
+    pre = Preprocess(r.get("image_size") or base.image_size, channels, pad=r.get("pad", 0))
+    fields = dict(image_size=pre.input_size, in_channels=channels)
     return base.replace(**(fields | r.get("model_overrides", {}) | overrides))
 
 
