@@ -125,9 +125,35 @@ def test_flops_count_matches_torch_flop_counter():
         ("vit_tiny_28", {}),
         ("vit_ti16", {"depth": 2}),
         ("vit_s32", {"depth": 2, "representation_size": 100}),
+        # the hybrid stem with its stride-1 convolutions (image 32, patch 8: three stages)
+        (
+            "vit_tiny_28",
+            {"depth": 1, "stem": "conv", "patch_size": 8, "image_size": 32, "stem_channels": 8, "stem_convs": 2},
+        ),
     ]:
         cfg = get_config(name, fused_attention=False, **kw)  # torch counts nothing inside CPU SDPA
         model = VisionTransformer(cfg).eval()
         with FlopCounterMode(display=False) as counter:
             model(torch.randn(1, cfg.in_channels, *cfg.image_size))
         assert abs(cfg.flops() - counter.get_total_flops()) / counter.get_total_flops() < 0.02
+
+
+def test_conv_stem_stride1_convs_keep_the_token_grid():
+    """stem_convs=2 adds a stride-1 3x3 conv to each stride-2 stage: six convs and the 1x1
+    projection for patch 8, the same 4x4 grid of tokens as the plain hybrid stem."""
+    kw = dict(depth=1, stem="conv", patch_size=8, image_size=32, stem_channels=8, pool="gap", class_token=False)
+    plain, deeper = (create_model("vit_tiny_28", stem_convs=n, **kw) for n in (1, 2))
+    strides = [m.stride[0] for m in deeper.patch_embed.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert strides == [2, 1, 2, 1, 2, 1, 1]
+    assert [m.out_channels for m in deeper.patch_embed.convs if isinstance(m, torch.nn.Conv2d)] == [
+        8,
+        8,
+        16,
+        16,
+        32,
+        32,
+    ]
+    x = torch.randn(2, 1, 32, 32)
+    assert deeper.patch_embed(x).shape == plain.patch_embed(x).shape == (2, 16, 192)
+    with pytest.raises(ValueError, match="stem_convs"):
+        create_model("vit_tiny_28", stem_convs=0, **kw)

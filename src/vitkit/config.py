@@ -60,6 +60,7 @@ class ViTConfig:
     representation_size: int | None = None  # pre-logits Linear + tanh (paper sec. 3.1); None: none
     stem: str = "patch"  # "patch": one linear map per patch; "conv": the paper's hybrid (sec. 3.1)
     stem_channels: int = 64  # width of the convolutional stem when stem="conv"
+    stem_convs: int = 1  # 3x3 convolutions per stage of the conv stem: one halves the size, the rest keep it
     qkv_bias: bool = True
     gelu_approximate: bool = False  # tanh-approximated GELU, as Flax's nn.gelu in Google's JAX models
     layer_norm_eps: float = 1e-6
@@ -87,7 +88,16 @@ class ViTConfig:
             raise ConfigError(f"stem={self.stem!r} is not one of {STEMS}")
         if self.pool == "cls" and not self.class_token:
             raise ConfigError("pool='cls' needs class_token=True; use pool='gap' to average the patch tokens")
-        for name in ("patch_size", "in_channels", "width", "depth", "num_heads", "mlp_dim"):
+        for name in (
+            "patch_size",
+            "in_channels",
+            "width",
+            "depth",
+            "num_heads",
+            "mlp_dim",
+            "stem_channels",
+            "stem_convs",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name}={value!r} must be a positive integer")
@@ -159,7 +169,7 @@ class ViTConfig:
 
     def _conv_stem_flops(self, h: int, w: int) -> int:
         flops, c_in = 0, self.in_channels
-        for c_out, k, s in conv_stem_layers(self.patch_size, self.stem_channels, self.width):
+        for c_out, k, s in conv_stem_layers(self.patch_size, self.stem_channels, self.width, self.stem_convs):
             h, w = -(-h // s), -(-w // s)
             flops += 2 * h * w * c_in * c_out * k * k
             c_in = c_out
@@ -185,13 +195,18 @@ class ViTConfig:
         return ViTConfig.from_dict(d)
 
 
-def conv_stem_layers(patch_size: int, channels: int, width: int) -> list[tuple[int, int, int]]:
-    """(out_channels, kernel, stride) of the hybrid stem: 3x3 stride-2 convolutions while the
-    patch size stays even, then one projection whose kernel and stride are what remains
-    (1x1 when the patch size is a power of two: the paper's "patches of spatial size 1x1")."""
+def conv_stem_layers(patch_size: int, channels: int, width: int, per_stage: int = 1) -> list[tuple[int, int, int]]:
+    """(out_channels, kernel, stride) of the hybrid stem: a stage of 3x3 convolutions while the
+    patch size stays even, each stage halving the size with its first convolution and doubling
+    the channels, then one projection whose kernel and stride are what remains (1x1 when the
+    patch size is a power of two: the paper's "patches of spatial size 1x1").
+
+    ``per_stage`` > 1 adds stride-1 convolutions to every stage, as Xiao et al. 2021 ("Early
+    convolutions help transformers see better") interleave them: more of a CNN's locality and
+    depth before the tokens, at the cost of convolutions at the stem's resolutions."""
     layers, remaining, c = [], patch_size, channels
     while remaining % 2 == 0:
-        layers.append((c, 3, 2))
+        layers += [(c, 3, 2)] + [(c, 3, 1)] * (per_stage - 1)
         remaining //= 2
         c *= 2
     layers.append((width, remaining, remaining))

@@ -55,12 +55,12 @@ class ConvStem(nn.Module):
     everything after the stem is the same as with ``PatchEmbed``.
     """
 
-    def __init__(self, patch_size: int, in_channels: int, width: int, channels: int = 64) -> None:
+    def __init__(self, patch_size: int, in_channels: int, width: int, channels: int = 64, per_stage: int = 1) -> None:
         super().__init__()
         self.patch_size = patch_size
         layers: list[nn.Module] = []
         c_in = in_channels
-        *convs, (c_out, k, s) = conv_stem_layers(patch_size, channels, width)
+        *convs, (c_out, k, s) = conv_stem_layers(patch_size, channels, width, per_stage)
         for c, kernel, stride in convs:
             layers += [
                 ChannelsLastConv2d(c_in, c, kernel, stride, padding=kernel // 2, bias=False),

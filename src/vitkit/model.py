@@ -94,7 +94,7 @@ class VisionTransformer(nn.Module):
         if c.stem == "patch":
             self.patch_embed: nn.Module = PatchEmbed(c.patch_size, c.in_channels, c.width)
         else:
-            self.patch_embed = ConvStem(c.patch_size, c.in_channels, c.width, c.stem_channels)
+            self.patch_embed = ConvStem(c.patch_size, c.in_channels, c.width, c.stem_channels, c.stem_convs)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.width)) if c.class_token else None
         self.pos_embed = PositionEmbedding(c.posemb, c.grid_size, c.width, c.num_prefix_tokens)
         self.pos_drop = nn.Dropout(c.dropout)
