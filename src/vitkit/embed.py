@@ -40,10 +40,16 @@ class PatchEmbed(nn.Module):
 class ChannelsLastConv2d(nn.Conv2d):
     """A Conv2d that runs in the channels-last (NHWC) layout, the one oneDNN's CPU kernels are
     fastest in: its small weight is reordered at each call (its gradient flows back to the usual
-    NCHW parameter), so checkpoints, EMA and DDP see an ordinary Conv2d."""
+    NCHW parameter), so checkpoints, EMA and DDP see an ordinary Conv2d.
+
+    The output is made channels-last too. With one input channel (a grayscale image) torch cannot
+    tell the layouts apart and the first conv answers in NCHW; the BatchNorm and ReLU after it would
+    then save NCHW tensors while their gradients come back channels-last from the next conv, and
+    the ReLU's backward over mixed layouts is over ten times slower."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.weight.contiguous(memory_format=torch.channels_last), self.bias)
+        y = self._conv_forward(x, self.weight.contiguous(memory_format=torch.channels_last), self.bias)
+        return y.contiguous(memory_format=torch.channels_last)
 
 
 class ConvStem(nn.Module):
