@@ -143,16 +143,9 @@ def test_conv_stem_stride1_convs_keep_the_token_grid():
     projection for patch 8, the same 4x4 grid of tokens as the plain hybrid stem."""
     kw = dict(depth=1, stem="conv", patch_size=8, image_size=32, stem_channels=8, pool="gap", class_token=False)
     plain, deeper = (create_model("vit_tiny_28", stem_convs=n, **kw) for n in (1, 2))
-    strides = [m.stride[0] for m in deeper.patch_embed.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert strides == [2, 1, 2, 1, 2, 1, 1]
-    assert [m.out_channels for m in deeper.patch_embed.convs if isinstance(m, torch.nn.Conv2d)] == [
-        8,
-        8,
-        16,
-        16,
-        32,
-        32,
-    ]
+    convs = [m for m in deeper.patch_embed.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [m.stride[0] for m in convs] == [2, 1, 2, 1, 2, 1, 1]
+    assert [m.out_channels for m in convs] == [8, 8, 16, 16, 32, 32, 192]
     x = torch.randn(2, 1, 32, 32)
     assert deeper.patch_embed(x).shape == plain.patch_embed(x).shape == (2, 16, 192)
     with pytest.raises(ValueError, match="stem_convs"):

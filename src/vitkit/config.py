@@ -18,6 +18,16 @@ from .errors import ConfigError
 POOLS = ("cls", "gap")
 POSEMBS = ("learned", "learned2d", "sincos2d", "none")
 STEMS = ("patch", "conv")
+_POSITIVE_INTEGERS = (
+    "patch_size",
+    "in_channels",
+    "width",
+    "depth",
+    "num_heads",
+    "mlp_dim",
+    "stem_channels",
+    "stem_convs",
+)
 
 
 def from_known_fields(cls: type, d: dict[str, Any]) -> Any:
@@ -88,16 +98,7 @@ class ViTConfig:
             raise ConfigError(f"stem={self.stem!r} is not one of {STEMS}")
         if self.pool == "cls" and not self.class_token:
             raise ConfigError("pool='cls' needs class_token=True; use pool='gap' to average the patch tokens")
-        for name in (
-            "patch_size",
-            "in_channels",
-            "width",
-            "depth",
-            "num_heads",
-            "mlp_dim",
-            "stem_channels",
-            "stem_convs",
-        ):
+        for name in _POSITIVE_INTEGERS:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name}={value!r} must be a positive integer")
