@@ -83,6 +83,9 @@ def test_recipe_fills_what_the_command_line_leaves_out():
     assert cfg("--data", "digits").model_overrides == {} and cfg("--data", "digits").time_budget is None
     assert cfg("--recipe", "none").model_overrides == {}
     assert cfg("--set", "depth=3").model_overrides["depth"] == 3
+    # Python's spelling of a boolean is the boolean, not the (truthy) string "False"
+    assert cfg("--set", "fused_attention=False").model_overrides["fused_attention"] is False
+    assert cfg("--set", "class_token=true").model_overrides["class_token"] is True
 
 
 def test_evaluate_through_the_cli(run_dir, capsys):

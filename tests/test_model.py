@@ -45,6 +45,8 @@ def test_unknown_preset_and_override_are_clear_errors():
         ViTConfig(class_token=False)
     with pytest.raises(ValueError, match="not divisible by patch_size"):
         ViTConfig(image_size=30, patch_size=16)
+    with pytest.raises(ValueError, match="fused_attention='False' must be true or false"):
+        create_model("vit_tiny_28", fused_attention="False")
 
 
 def test_head_is_zero_initialised_so_a_fresh_model_is_uniform():

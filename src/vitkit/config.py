@@ -98,6 +98,10 @@ class ViTConfig:
             raise ConfigError(f"stem={self.stem!r} is not one of {STEMS}")
         if self.pool == "cls" and not self.class_token:
             raise ConfigError("pool='cls' needs class_token=True; use pool='gap' to average the patch tokens")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type == "bool" and not isinstance(value, bool):
+                raise ConfigError(f"{f.name}={value!r} must be true or false")
         for name in _POSITIVE_INTEGERS:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

@@ -24,8 +24,15 @@ _DEFAULTS = TrainConfig()
 _DEFAULT_RECIPE = "fmnist-10m"
 
 
+# Python's spellings of the JSON literals, which people type as often as JSON's.
+_PYTHON_LITERALS = {"True": True, "False": False, "None": None}
+
+
 def _value(text: str) -> Any:
-    """``KEY=VALUE`` values: JSON when it parses (numbers, true, null, lists), else a string."""
+    """``KEY=VALUE`` values: JSON when it parses (numbers, true, null, lists), Python's True,
+    False and None, else a string."""
+    if text in _PYTHON_LITERALS:
+        return _PYTHON_LITERALS[text]
     try:
         return json.loads(text)
     except json.JSONDecodeError:
