@@ -150,5 +150,9 @@ def test_conv_stem_stride1_convs_keep_the_token_grid():
     assert [m.out_channels for m in convs] == [8, 8, 16, 16, 32, 32, 192]
     x = torch.randn(2, 1, 32, 32)
     assert deeper.patch_embed(x).shape == plain.patch_embed(x).shape == (2, 16, 192)
+    # A grayscale image's first conv answers channels-last too, so the BatchNorm and ReLU after it
+    # save tensors in the layout their gradients come back in from the next conv.
+    first_stage = deeper.patch_embed.convs[:3](x)
+    assert first_stage.stride()[1] == 1 and first_stage.is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(ValueError, match="stem_convs"):
         create_model("vit_tiny_28", stem_convs=0, **kw)
