@@ -1,0 +1,92 @@
+"""What a process-wide setting does for CPU training speed: the allocator, or thread affinity.
+
+    python benchmarks/process_settings.py allocator --rounds 3 --seconds 25
+    python benchmarks/process_settings.py affinity --rounds 3 --seconds 25
+
+Trains the main job's recipe for ``--seconds`` in fresh processes (each process can set these
+only once, before its first allocation or its first parallel region), alternating the two
+variants of the setting and swapping their order every round, and prints images/s:
+
+- ``allocator``: glibc's default settings against vitkit's (``vitkit.runtime.keep_freed_memory``);
+- ``affinity``: OpenMP threads left to the kernel's scheduler against threads pinned one to a core
+  (``OMP_PROC_BIND=close OMP_PLACES=cores``, which torch's GNU OpenMP reads at start-up).
+
+Writes ``benchmarks/results/<setting>.json``. Run it alone: the images/s are the measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+RUN = """
+import json, sys
+import vitkit.train.loop as L
+from vitkit.train import RECIPES, TrainConfig, train
+if sys.argv[1] == "default":
+    L.keep_freed_memory = lambda: False
+cfg = TrainConfig(**(RECIPES["fmnist-10m"] | dict(time_budget=float(sys.argv[2]), threads=2, out=sys.argv[3], eval_every=0)))
+print(json.dumps(train(cfg, progress=False).images_per_s))
+"""
+# setting -> (baseline variant, changed variant, environment of the changed variant)
+SETTINGS: dict[str, tuple[str, str, dict[str, str]]] = {
+    "allocator": ("default", "kept", {}),
+    "affinity": ("unbound", "bound", {"OMP_PROC_BIND": "close", "OMP_PLACES": "cores"}),
+}
+
+
+def run_variant(setting: str, variant: str, seconds: float, out: str) -> float:
+    """Train in a fresh process with ``variant`` of ``setting``; its images/s."""
+    base, changed, env = SETTINGS[setting]
+    environ = {k: v for k, v in os.environ.items() if k not in SETTINGS["affinity"][2]}
+    if variant == changed:
+        environ |= env
+    # the allocator's baseline is the one variant that turns vitkit's own setting off
+    mode = "default" if (setting, variant) == ("allocator", base) else "vitkit"
+    done = subprocess.run(
+        [sys.executable, "-c", RUN, mode, str(seconds), out], capture_output=True, text=True, check=True, env=environ
+    )
+    return round(float(done.stdout.strip().splitlines()[-1]), 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("setting", choices=tuple(SETTINGS))
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=25.0)
+    args = p.parse_args(argv)
+    base, changed, env = SETTINGS[args.setting]
+    load = [round(v, 2) for v in os.getloadavg()]
+    res: dict[str, list[float]] = {base: [], changed: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            for variant in (base, changed) if r % 2 == 0 else (changed, base):
+                res[variant].append(run_variant(args.setting, variant, args.seconds, f"{tmp}/{variant}-{r}"))
+    mean = {k: round(sum(v) / len(v), 1) for k, v in res.items()}
+    record = {
+        "setting": args.setting,
+        "changed_environment": env,
+        "recipe": "fmnist-10m, 2 threads, validation off",
+        "seconds_per_run": args.seconds,
+        "images_per_s": res,
+        "mean": mean,
+        "speedup": round(mean[changed] / mean[base], 3),
+        "load_average_at_start": load,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    (RESULTS / f"{args.setting}.json").write_text(json.dumps(record, indent=2) + "\n")
+    for k in res:
+        print(f"{k:<8} {', '.join(f'{v:.0f}' for v in res[k])}  mean {mean[k]:.0f} images/s")
+    print(f"{changed} / {base}: {record['speedup']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
