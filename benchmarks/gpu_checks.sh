@@ -7,6 +7,7 @@
 # so replaying the CPU recipes there to pick one is not cheaper than running them on the CPU.
 #
 #   OUT=/tmp/gpu VITKIT_DATA=/path/with/fashion-mnist PARTS="train timings" bash benchmarks/gpu_checks.sh
+#   PARTS="timings compile" ...   # a second call: eager, then compiled ViT-B/16 timings (under 8 minutes)
 #
 # Everything lands in $OUT/gpu_checks.tgz and $OUT/log.txt.
 set -u
@@ -36,7 +37,7 @@ train() {  # name, then vitkit train options
 train gpu --recipe fmnist-gpu --time-budget "${GPU_BUDGET:-360s}" & pids+=($!)
 fi
 wait "${pids[@]}"
-say "pytest: $(tail -n 1 "$R/pytest.log")"
+[ -f "$R/pytest.log" ] && say "pytest: $(tail -n 1 "$R/pytest.log")"
 d="$R/gpu"
 if [ -d "$d" ]; then
     say "gpu: $(python -c "import json,sys; s=json.load(open(sys.argv[1])); print({k: s.get(k) for k in ('accuracy','epochs_done','wall_time_s','images_per_s','best_val_accuracy')})" "$d/summary.json" 2>&1 | tail -n 1)"
@@ -44,7 +45,7 @@ if [ -d "$d" ]; then
 fi
 tar czf "$OUT/gpu_checks.tgz" -C "$R" .
 # 2. timings, the GPU to themselves
-[[ $PARTS == *" timings "* ]] || { say "done"; exit 0; }
+if [[ $PARTS == *" timings "* ]]; then
 say "vs_timm on cuda"
 timeout 150 python benchmarks/vs_timm.py --device cuda --out "$R/vs_timm-cuda.json" \
     --note "H200 lent for one session; nothing else on the GPU" > "$R/vs_timm.log" 2>&1
@@ -55,6 +56,17 @@ for spec in "infer 512" "train 128"; do
         --warmup 5 --repeats 20 --json "$R/bench_vit_b16_$1.json" > "$R/bench_vit_b16_$1.log" 2>&1
     say "bench vit_b16 $1 rc=$?"; tail -n 6 "$R/bench_vit_b16_$1.log" >> "$LOG"
 done
+fi
+
+# 3. torch.compile for training and inference (a cold compile of ViT-B/16 takes a minute or so)
+if [[ $PARTS == *" compile "* ]]; then
+for spec in "infer 512" "train 128"; do
+    set -- $spec
+    timeout 150 python -m vitkit bench --model vit_b16 --mode "$1" --batch-size "$2" --dtype bf16 --device cuda \
+        --compile --warmup 5 --repeats 20 --json "$R/bench_vit_b16_$1_compiled.json" > "$R/bench_vit_b16_$1_compiled.log" 2>&1
+    say "bench vit_b16 $1 compiled rc=$?"; tail -n 6 "$R/bench_vit_b16_$1_compiled.log" >> "$LOG"
+done
+fi
 
 tar czf "$OUT/gpu_checks.tgz" -C "$R" .
 say "done"
