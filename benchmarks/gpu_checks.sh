@@ -45,27 +45,27 @@ if [ -d "$d" ]; then
 fi
 tar czf "$OUT/gpu_checks.tgz" -C "$R" .
 # 2. timings, the GPU to themselves
+bench_b16() {  # timeout, file suffix, then extra `vitkit bench` options: ViT-B/16 bf16 inference and training
+    local limit=$1 suffix=$2 mode batch; shift 2
+    for spec in "infer 512" "train 128"; do
+        read -r mode batch <<< "$spec"
+        timeout "$limit" python -m vitkit bench --model vit_b16 --mode "$mode" --batch-size "$batch" --dtype bf16 \
+            --device cuda --warmup 5 --repeats 20 "$@" --json "$R/bench_vit_b16_$mode$suffix.json" \
+            > "$R/bench_vit_b16_$mode$suffix.log" 2>&1
+        say "bench vit_b16 $mode$suffix rc=$?"; tail -n 6 "$R/bench_vit_b16_$mode$suffix.log" >> "$LOG"
+    done
+}
 if [[ $PARTS == *" timings "* ]]; then
 say "vs_timm on cuda"
 timeout 150 python benchmarks/vs_timm.py --device cuda --out "$R/vs_timm-cuda.json" \
     --note "H200 lent for one session; nothing else on the GPU" > "$R/vs_timm.log" 2>&1
 say "vs_timm rc=$?"; tail -n 25 "$R/vs_timm.log" >> "$LOG"
-for spec in "infer 512" "train 128"; do
-    set -- $spec
-    timeout 45 python -m vitkit bench --model vit_b16 --mode "$1" --batch-size "$2" --dtype bf16 --device cuda \
-        --warmup 5 --repeats 20 --json "$R/bench_vit_b16_$1.json" > "$R/bench_vit_b16_$1.log" 2>&1
-    say "bench vit_b16 $1 rc=$?"; tail -n 6 "$R/bench_vit_b16_$1.log" >> "$LOG"
-done
+bench_b16 45 ""
 fi
 
 # 3. torch.compile for training and inference (a cold compile of ViT-B/16 takes a minute or so)
 if [[ $PARTS == *" compile "* ]]; then
-for spec in "infer 512" "train 128"; do
-    set -- $spec
-    timeout 150 python -m vitkit bench --model vit_b16 --mode "$1" --batch-size "$2" --dtype bf16 --device cuda \
-        --compile --warmup 5 --repeats 20 --json "$R/bench_vit_b16_$1_compiled.json" > "$R/bench_vit_b16_$1_compiled.log" 2>&1
-    say "bench vit_b16 $1 compiled rc=$?"; tail -n 6 "$R/bench_vit_b16_$1_compiled.log" >> "$LOG"
-done
+bench_b16 150 _compiled --compile
 fi
 
 tar czf "$OUT/gpu_checks.tgz" -C "$R" .

@@ -35,21 +35,20 @@ if sys.argv[1] == "default":
 cfg = TrainConfig(**(RECIPES["fmnist-10m"] | dict(time_budget=float(sys.argv[2]), threads=2, out=sys.argv[3], eval_every=0)))
 print(json.dumps(train(cfg, progress=False).images_per_s))
 """
-# setting -> (baseline variant, changed variant, environment of the changed variant)
-SETTINGS: dict[str, tuple[str, str, dict[str, str]]] = {
-    "allocator": ("default", "kept", {}),
-    "affinity": ("unbound", "bound", {"OMP_PROC_BIND": "close", "OMP_PLACES": "cores"}),
+_AFFINITY = {"OMP_PROC_BIND": "close", "OMP_PLACES": "cores"}
+# setting -> its two variants, the baseline first: name -> (extra environment, vitkit's allocator
+# setting on)
+SETTINGS: dict[str, dict[str, tuple[dict[str, str], bool]]] = {
+    "allocator": {"default": ({}, False), "kept": ({}, True)},
+    "affinity": {"unbound": ({}, True), "bound": (_AFFINITY, True)},
 }
 
 
 def run_variant(setting: str, variant: str, seconds: float, out: str) -> float:
     """Train in a fresh process with ``variant`` of ``setting``; its images/s."""
-    base, changed, env = SETTINGS[setting]
-    environ = {k: v for k, v in os.environ.items() if k not in SETTINGS["affinity"][2]}
-    if variant == changed:
-        environ |= env
-    # the allocator's baseline is the one variant that turns vitkit's own setting off
-    mode = "default" if (setting, variant) == ("allocator", base) else "vitkit"
+    env, keep_freed = SETTINGS[setting][variant]
+    environ = {k: v for k, v in os.environ.items() if k not in _AFFINITY} | env  # a clean baseline
+    mode = "vitkit" if keep_freed else "default"
     done = subprocess.run(
         [sys.executable, "-c", RUN, mode, str(seconds), out], capture_output=True, text=True, check=True, env=environ
     )
@@ -62,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=25.0)
     args = p.parse_args(argv)
-    base, changed, env = SETTINGS[args.setting]
+    base, changed = SETTINGS[args.setting]
+    env = SETTINGS[args.setting][changed][0]
     load = [round(v, 2) for v in os.getloadavg()]
     res: dict[str, list[float]] = {base: [], changed: []}
     with tempfile.TemporaryDirectory() as tmp:
