@@ -57,31 +57,3 @@ def test_truncated_and_missing_checkpoints(tmp_path):
     (tmp_path / "ckpt" / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         vitkit.load(tmp_path / "ckpt")
-
-
-def test_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
-    from vitkit import checkpoint
-
-    path = tmp_path / "f.bin"
-    checkpoint.atomic_write_bytes(path, b"old")
-
-    def boom(f):
-        f.write(b"half")
-        raise OSError("disk full")
-
-    with pytest.raises(OSError):
-        checkpoint.atomic_write(path, boom)
-    assert path.read_bytes() == b"old"
-    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
-
-
-def test_written_files_get_the_usual_permissions(tmp_path):
-    import os
-    import stat
-
-    from vitkit import checkpoint
-
-    checkpoint.atomic_write_bytes(tmp_path / "f.bin", b"x")
-    umask = os.umask(0)
-    os.umask(umask)
-    assert stat.S_IMODE((tmp_path / "f.bin").stat().st_mode) == 0o666 & ~umask

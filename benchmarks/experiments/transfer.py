@@ -39,9 +39,9 @@ import common
 import torch
 from torch import nn
 
-from vitkit.checkpoint import atomic_write
 from vitkit.data import ImageDataset, load_dataset
 from vitkit.features import features as vit_representation
+from vitkit.files import atomic_write
 from vitkit.preprocess import Preprocess
 from vitkit.probe import few_shot, summarize
 from vitkit.train.lr_grid import Trial, choose, hold_out

@@ -1,21 +1,16 @@
 """Checkpoint folders: ``config.json`` + ``model.safetensors``, the Hugging Face convention.
 
-Safetensors never executes code from the file. Every write goes to a temporary file in the
-same folder, is flushed to disk and then renamed over the target, so a crash mid-write leaves
-either the old complete file or the new complete one, never half of either.
+Safetensors never executes code from the file. Every file is written whole
+(:mod:`vitkit.files`), so a crash mid-write leaves either the old complete file or the new
+complete one, never half of either.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import json
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -24,77 +19,11 @@ from safetensors.torch import save as st_save
 
 from .config import ViTConfig
 from .errors import CheckpointError
+from .files import atomic_write_bytes, atomic_write_json, read_json_object
 from .model import VisionTransformer
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-
-
-def fsync_dir(path: Path) -> None:
-    """Flush a folder's entries (a rename inside it) to disk."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # not supported on this platform
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@functools.cache
-def _default_mode() -> int:
-    """0666 less the umask, read once (reading it means setting it, which is not thread-safe)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
-    """Write a file through ``write(fileobj)`` to a temporary name, fsync, then rename into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, _default_mode())  # mkstemp makes 0600 files; give the usual 0644 (per umask)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    atomic_write(path, lambda f: f.write(data))
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
-@contextlib.contextmanager
-def building_folder(final: Path, on_oserror: Callable[[OSError], Exception]) -> Iterator[Path]:
-    """A folder written whole or not at all: the block fills a temporary sibling of ``final``
-    (``final.tmp-PID``), which is renamed to ``final`` when the block ends well and removed when it
-    does not. An OSError (a full disk, above all) is raised as ``on_oserror(error)``: a one-line
-    message that names the place and what to do."""
-    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)  # left by an earlier process of the same pid
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-        os.replace(tmp, final)
-        fsync_dir(final.parent)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise on_oserror(e) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -120,27 +49,6 @@ def save(model: VisionTransformer, directory: str | os.PathLike, metadata: Mappi
     atomic_write_bytes(directory / WEIGHTS_NAME, blob)
     atomic_write_json(directory / CONFIG_NAME, model.config.to_dict())
     return directory
-
-
-def find_swapped(run_dir: Path, name: str, also: str | None = None) -> Path | None:
-    """The complete checkpoint ``run_dir/name``, or the previous one that a kill in the middle of
-    swapping a new one in left as ``.name.old`` (``vitkit train`` writes checkpoints that way).
-    Complete means holding ``config.json`` (written last by :func:`save`) and the file ``also``."""
-    for candidate in (run_dir / name, run_dir / f".{name}.old"):
-        if (candidate / CONFIG_NAME).is_file() and (also is None or (candidate / also).is_file()):
-            return candidate
-    return None
-
-
-def read_json_object(path: Path, what: str) -> dict[str, Any]:
-    """A checkpoint's JSON file that must hold an object (of ``what``), or a one-line CheckpointError."""
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is corrupt, save it again") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} should hold a JSON object of {what}, found {type(data).__name__}")
-    return data
 
 
 def read_config(directory: str | os.PathLike) -> ViTConfig:

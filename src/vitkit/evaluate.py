@@ -17,10 +17,11 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CONFIG_NAME, atomic_write, atomic_write_json, find_swapped, load
+from .checkpoint import CONFIG_NAME, load
 from .data import ImageDataset, iterate_batches
 from .data.dataset import inference_batch
 from .errors import CheckpointError
+from .files import atomic_write, atomic_write_json, find_complete
 from .model import VisionTransformer
 from .preprocess import Preprocess
 from .runtime import autocast
@@ -39,7 +40,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     if (path / CONFIG_NAME).is_file():
         return path
     for name in ("best", "last"):
-        found = find_swapped(path, name)
+        found = find_complete(path / name, CONFIG_NAME)
         if found is not None:
             return found
     raise CheckpointError(

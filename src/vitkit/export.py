@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import atomic_write_bytes
 from .errors import ExportError
+from .files import atomic_write_bytes
 from .model import VisionTransformer
 
 DEFAULT_OPSET = 18

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write
 from .data.builtin import cache_dir
 from .data.dataset import ImageDataset, inference_batch, iterate_batches, pixel_digest
 from .errors import InputError
+from .files import atomic_write
 from .model import VisionTransformer, block_indices
 from .preprocess import Preprocess
 from .runtime import autocast

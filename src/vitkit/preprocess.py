@@ -24,9 +24,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import atomic_write_json, read_json_object
 from .config import ViTConfig
 from .errors import CheckpointError, ConfigError
+from .files import atomic_write_json, read_json_object
 from .images import INTERPOLATIONS, convert_channels, decode_image, resize, resize_shorter_and_crop
 
 log = logging.getLogger(__name__)

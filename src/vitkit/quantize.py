@@ -37,9 +37,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import atomic_write_bytes
 from .errors import ConfigError, ExportError
 from .export import DEFAULT_OPSET, OnnxModel, export_onnx
+from .files import atomic_write_bytes
 from .model import VisionTransformer
 
 log = logging.getLogger(__name__)

@@ -8,9 +8,9 @@ from typing import Any
 import torch
 
 from .. import bench
-from ..checkpoint import atomic_write_json
 from ..config import ViTConfig, get_config
 from ..errors import ConfigError
+from ..files import atomic_write_json
 from ..model import VisionTransformer
 from ..preprocess import Preprocess
 from ..runtime import configure_device, resolve_device

@@ -7,12 +7,13 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from ..checkpoint import WEIGHTS_NAME, atomic_write_json
+from ..checkpoint import WEIGHTS_NAME
 from ..data import has_test_split, load_dataset, split_dataset
 from ..data.dataset import ImageDataset
 from ..errors import DataError
 from ..evaluate import load_for_inference
 from ..features import cached_representation
+from ..files import atomic_write_json
 from ..probe import KNN_K, KNN_TEMPERATURE, L2_GRID, check_shots, few_shot, summarize
 from ..runtime import resolve_device
 from . import add_data_mode, integers, names

@@ -44,8 +44,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_write_json, building_folder
 from ..errors import DataError
+from ..files import atomic_write_json, write_folder
 from ..images import decode_image
 from ..preprocess import Preprocess
 from .builtin import cache_dir as vitkit_cache_dir
@@ -248,7 +248,7 @@ def _build(source: CacheSource, geometry: Preprocess, key: str, folder: Path, sk
             "free some space or give --cache-dir on a larger disk; nothing half-built was kept"
         )
 
-    with building_folder(folder, disk_full) as tmp:
+    with write_folder(folder, disk_full) as tmp:
         labels, bad = _decode_all(source, geometry, tmp / IMAGES_NAME, shape, skip, workers)
         _finish(source, geometry, key, tmp, shape, labels, bad)
     seconds = time.perf_counter() - start

@@ -45,8 +45,8 @@ import webdataset
 from webdataset.gopen import gopen
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from ..checkpoint import atomic_write_json, building_folder
 from ..errors import ConfigError, DataError
+from ..files import atomic_write_json, write_folder
 from ..images import IMAGE_EXTENSIONS, decode_image
 from .dataset import derive_seed
 from .folders import scan_image_folder
@@ -199,7 +199,7 @@ def _building(out: Path) -> contextlib.AbstractContextManager[Path]:
     """The shard folder ``out``, written whole or not at all; an existing non-empty one is refused."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"{out} already exists and is not empty; remove it or choose another OUT")
-    return building_folder(out, lambda e: _write_error(e, out))
+    return write_folder(out, lambda e: _write_error(e, out))
 
 
 def _write_error(e: OSError, out: Path) -> DataError:

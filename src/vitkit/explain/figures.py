@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from ..checkpoint import atomic_write_bytes
+from ..files import atomic_write_bytes
 from .analysis import PatchFilters, patch_distances, upsample_map
 
 DPI = 100

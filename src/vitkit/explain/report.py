@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import atomic_write_json
 from ..errors import InputError
+from ..files import atomic_write_json
 from ..images import IMAGE_EXTENSIONS
 from ..model import VisionTransformer
 from .analysis import (

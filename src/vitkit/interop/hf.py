@@ -32,8 +32,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_write_bytes, atomic_write_json
+from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from ..config import ViTConfig
+from ..files import atomic_write_bytes, atomic_write_json
 from ..model import VisionTransformer
 from .common import InteropError, build, position_rows, read_state_dict, require_plain
 

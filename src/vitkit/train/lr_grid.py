@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import read_json_object
 from ..data.dataset import ImageDataset, derive_seed, per_class_index, smallest_class
 from ..errors import ConfigError, DivergedError
+from ..files import read_json_object
 from .config import TrainConfig
 from .run_folder import RunFolder, Summary
 

@@ -16,16 +16,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..checkpoint import CONFIG_NAME, atomic_write, atomic_write_json, find_swapped, fsync_dir, read_json_object, save
+from ..checkpoint import CONFIG_NAME, save
 from ..errors import CheckpointError, ConfigError
 from ..evaluate import SUMMARY_NAME
+from ..files import atomic_write, atomic_write_json, find_complete, read_json_object, write_folder
 from ..model import VisionTransformer
 from ..preprocess import Preprocess
 from .config import TrainConfig
@@ -124,33 +124,19 @@ class RunFolder:
     def find_checkpoint(self, name: str = "last") -> Path | None:
         """The complete ``name`` checkpoint (``last`` also needs its training state), or the
         previous one a kill left behind."""
-        return find_swapped(self.path, name, also=STATE_NAME if name == "last" else None)
+        return find_complete(self.path / name, CONFIG_NAME, also=STATE_NAME if name == "last" else None)
 
     def save_checkpoint(
         self, name: str, model: VisionTransformer, preprocess: Preprocess, state: TrainingState | None = None
     ) -> Path:
-        """Write ``name`` as a whole: build it in a temporary sibling, then swap it in.
-
-        The previous complete folder is renamed to ``.name.old`` before the new one takes its
-        place and removed only afterwards, so a kill at any moment leaves one complete checkpoint.
-        """
-        final, tmp, old = self.path / name, self.path / f".{name}.tmp", self.path / f".{name}.old"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        save(model, tmp)
-        preprocess.save(tmp)
-        if state is not None:
-            _write_training_state(tmp / STATE_NAME, state)
-        if final.exists():
-            if old.exists():
-                shutil.rmtree(final if not (final / CONFIG_NAME).is_file() else old)  # keep the complete one
-            if final.exists():
-                os.replace(final, old)
-        os.replace(tmp, final)
-        fsync_dir(self.path)
-        if old.exists():
-            shutil.rmtree(old)
-        return final
+        """Write ``name`` as a whole (:func:`vitkit.files.write_folder`): built beside its place,
+        then swapped in, so a kill at any moment leaves one complete checkpoint."""
+        with write_folder(self.path / name) as tmp:
+            save(model, tmp)
+            preprocess.save(tmp)
+            if state is not None:
+                _write_training_state(tmp / STATE_NAME, state)
+        return self.path / name
 
     @staticmethod
     def read_state(checkpoint: Path) -> TrainingState:
