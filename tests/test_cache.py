@@ -212,7 +212,8 @@ def test_mid_epoch_resume_on_the_cache_path_is_bit_exact(digits, tmp_path, monke
         image_size=12,
         model="vit_tiny_28",
         model_overrides=TINY | dict(image_size=12, patch_size=4, drop_path=0.1),
-        val_fraction=0.25,
+        test_fraction=0.1,
+        val_fraction=0.1,
         batch_size=10,
         epochs=2,
         lr=2e-3,
@@ -225,7 +226,7 @@ def test_mid_epoch_resume_on_the_cache_path_is_bit_exact(digits, tmp_path, monke
         checkpoint_every=2,
     )
     reference = train(TrainConfig(**kw, out=str(tmp_path / "reference")), progress=False)
-    assert reference.steps == 12  # 60 training images, 6 steps an epoch
+    assert reference.steps == 12  # 80 images less 2 + 1 of each class held out: 68, 6 steps an epoch
 
     calls, real_call = [], step_module.TrainStep.__call__
 

@@ -1,10 +1,11 @@
 """End to end through the CLI: train on digits, evaluate, predict, resume; and the errors."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
-from conftest import TINY_ARGS
+from conftest import TINY_ARGS, write_digits
 from PIL import Image
 
 from vitkit.cli import main
@@ -99,8 +100,15 @@ def test_evaluate_through_the_cli(run_dir, capsys):
 
 
 def test_evaluate_an_image_folder(run_dir, digit_pngs, capsys):
-    assert main(["evaluate", str(run_dir), "--data", str(digit_pngs), "--json", "--out", str(run_dir / "evf")]) == 0
-    assert json.loads(capsys.readouterr().out)["images"] == 12
+    """A folder without train/ and test/ that the model never trained on: every image with
+    --split all; without it, a one-line refusal (its images could be training images)."""
+    argv = ["evaluate", str(run_dir), "--data", str(digit_pngs), "--out", str(run_dir / "evf")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "has no test split of its own" in err and "--split all" in err and err.count("\n") == 1
+    assert main([*argv, "--split", "all", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 12 and result["split"] == "all" and result["images_from"].startswith("every image")
 
 
 def test_predict_table_and_json(run_dir, digit_pngs, capsys):
@@ -168,4 +176,53 @@ def test_train_on_an_image_folder_with_a_bad_file(tmp_path, capsys):
     assert "bad.png" in err and "--skip-bad-images" in err
     assert main([*argv, "--skip-bad-images", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["eval_split"] == "validation" and summary["eval_images"] == 2
+    # no test/: a test share of 20 % of each class (2 of 12 dark, 2 of 12 light), scored at the end
+    assert summary["eval_split"] == "test share" and summary["eval_images"] == 4
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+    """A run on a folder without train/ and test/: 60 real digit images of 3 classes."""
+    root = tmp_path_factory.mktemp("folder")
+    write_digits(root / "imgs", per_class=20, classes=3, sizes=((8, 8),))
+    out = root / "run"
+    argv = ["train", "--data", str(root / "imgs"), "--image-size", "8", "--epochs", "3", "--val-fraction", "0.125"]
+    assert main([*argv, "--out", str(out), *TINY, *FAST]) == 0
+    return out
+
+
+def _split(run):
+    return json.loads((run / "train_config.json").read_text())["data"]["split"]
+
+
+def test_evaluate_a_folder_run_scores_the_test_share_it_held_out(folder_run, tmp_path, capsys):
+    """It scored all 60 images (54 of them training images) and called that the test split."""
+    split = _split(folder_run)
+    assert split["counts"] == {"train": 42, "val": 6, "test": 12}  # 4 of 20 a class, then 2 of the 16 left
+    assert main(["evaluate", str(folder_run), "--json", "--out", str(tmp_path / "ev")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 12 and "test share its run held out" in result["images_from"]
+    summary = json.loads((folder_run / "summary.json").read_text())
+    assert summary["eval_split"] == "test share" and result["top1"] == summary["accuracy"]  # the same 12 images
+    assert main(["evaluate", str(folder_run), "--split", "val", "--json", "--out", str(tmp_path / "v")]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 6
+    bare = tmp_path / "bare"  # the same weights, outside their run folder: nothing says what was held out
+    shutil.copytree(folder_run / "last", bare)
+    assert main(["evaluate", str(bare), "--out", str(tmp_path / "b")]) == 1
+    err = capsys.readouterr().err
+    assert "cannot say which of its images were held out" in err and err.count("\n") == 1
+
+
+def test_probe_a_folder_run_scores_its_test_share_and_its_results_outlive_a_later_checkpoint(folder_run, capsys):
+    """The probe drew its test images with its own seed and share (training images among them),
+    and wrote probe-*/ inside the checkpoint folder, which the next checkpoint swap deleted."""
+    run = folder_run.parent / "probed"
+    shutil.copytree(folder_run, run)
+    assert main(["probe", str(run), "--shots", "1,5", "--seeds", "1", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["test_images"] == _split(run)["counts"]["test"] == 12
+    assert "test share its run held out" in record["test"]
+    probe = run / "probe-imgs" / "probe.json"
+    assert probe.is_file() and not any((run / "best").glob("probe-*"))
+    assert main(["train", "--resume", str(run), "--epochs", "4", "--no-progress"]) == 0  # swaps best/, last/
+    assert json.loads(probe.read_text()) == record

@@ -157,7 +157,7 @@ RGB8 = Preprocess((8, 8), channels=3)
 
 def test_image_folder_any_size_and_mode(tmp_path):
     _write_images(tmp_path / "imgs")
-    assert D.native_format(str(tmp_path / "imgs")) == (None, 3)  # colour images among them
+    assert D.resolve_source(str(tmp_path / "imgs")).native_format == (None, 3)  # colour images among them
     ds = D.load_dataset(str(tmp_path / "imgs"), preprocess=Preprocess((12, 12), channels=3))
     assert ds.images.shape == (4, 3, 12, 12) and ds.class_names == ["cat", "dog"]
     assert ds.labels.tolist() == [0, 0, 1, 1]
@@ -172,7 +172,7 @@ def test_image_folder_all_grayscale_gives_one_channel(tmp_path):
     for c in ("a", "b"):
         (tmp_path / c).mkdir()
         Image.new("L", (10, 10), 7).save(tmp_path / c / "x.png")
-    assert D.native_format(str(tmp_path)) == (None, 1)
+    assert D.resolve_source(str(tmp_path)).native_format == (None, 1)
 
 
 def test_csv_of_paths_and_labels(tmp_path):
@@ -222,13 +222,6 @@ def test_mean_std_equals_numpy_on_the_whole_set():
     mean, std = ds.mean_std(chunk=100)  # chunked sums, never a float copy of the set
     x = ds.images.numpy() / 255.0
     assert mean == pytest.approx([x.mean()], abs=1e-6) and std == pytest.approx([x.std(ddof=1)], abs=1e-6)
-
-
-def test_split_is_seeded_and_disjoint():
-    ds = D.load_dataset("digits")
-    tr, va = D.split_dataset(ds, 0.25, seed=1)
-    tr2, va2 = D.split_dataset(ds, 0.25, seed=1)
-    assert torch.equal(va.images, va2.images) and len(tr) + len(va) == len(ds)
 
 
 def test_batch_augment_is_reproducible_and_shape_preserving():

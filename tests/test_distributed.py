@@ -205,17 +205,18 @@ def test_two_processes_on_the_disk_cache_give_the_curve_of_one_in_memory(tmp_pat
     """The cache path under torchrun: one rank builds the cache while the other waits on its lock,
     both map it, and the run is the in-memory run of one process."""
     folder = write_digits(tmp_path / "digits", 24, classes=4, sizes=((8, 8), (12, 10)))
-    kw = dict(data=str(folder), val_fraction=0.25, epochs=2, crop_padding=1, image_size=8)
+    kw = dict(data=str(folder), test_fraction=0.1, val_fraction=0.25, epochs=2, crop_padding=1, image_size=8)
     one = tmp_path / "one"
     train(tiny_config(one, data_mode="memory", **kw), progress=False)
     two = tmp_path / "two"
-    args = ["--data", str(folder), "--val-fraction", "0.25", "--epochs", "2", "--crop-padding", "1"]
+    args = ["--data", str(folder), "--test-fraction", "0.1", "--val-fraction", "0.25", "--epochs", "2"]
+    args += ["--crop-padding", "1"]
     args += ["--image-size", "8", "--data-mode", "cache", "--out", str(two)]
     proc = vitkit_train(*args, nproc=2, env={"VITKIT_CACHE": str(tmp_path / "cache")})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((two / "train_config.json").read_text())["data"]["held"] == "cache"
     assert len(list((tmp_path / "cache" / "images").glob("digits-*/meta.json"))) == 1  # one cache for both
     a, b = curve(one), curve(two)
-    assert [r[:2] for r in a] == [r[:2] for r in b] == [(1, 2), (2, 4)]
+    assert [r[:2] for r in a] == [r[:2] for r in b] == [(1, 2), (2, 4)]  # 96 less 8 + 20 held out: 68, batch 32
     assert [r[2] for r in b] == pytest.approx([r[2] for r in a], rel=1e-4)
     assert b[-1][3] == pytest.approx(a[-1][3], rel=1e-3)  # validation, after the last epoch

@@ -361,7 +361,7 @@ def test_classes_and_per_class_make_a_few_shot_set_and_the_batch_shrinks(tmp_pat
     with caplog.at_level("INFO"):
         summary = train(cfg, progress=False)
     record = json.loads((tmp_path / "few" / "train_config.json").read_text())
-    assert record["data"]["train"] == 12 and record["train"]["batch_size"] == 12
+    assert record["data"]["split"]["counts"]["train"] == 12 and record["train"]["batch_size"] == 12
     assert "--batch-size 512 is more than the 12 training images: using 12" in caplog.text
     from vitkit.data import load_dataset
 

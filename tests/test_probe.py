@@ -201,7 +201,8 @@ def test_embed_a_folder_names_each_image_by_its_file(digits_run, tmp_path):
         for i in range(2):
             Image.fromarray(np.full((8, 8), shade + i, dtype=np.uint8)).save(tmp_path / "imgs" / c / f"{i}.png")
     out = tmp_path / "folder.safetensors"
-    argv = ["embed", str(digits_run), "--data", str(tmp_path / "imgs"), "--classes", "7", "--out", str(out)]
+    argv = ["embed", str(digits_run), "--data", str(tmp_path / "imgs"), "--split", "all", "--classes", "7"]
+    argv += ["--out", str(out)]
     assert main(argv) == 0
     back = Embeddings.load(out)
     assert back.names == [str(tmp_path / "imgs" / "7" / f"{i}.png") for i in range(2)]

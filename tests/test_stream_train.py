@@ -57,12 +57,14 @@ def config(shards: Path, out: Path, **kw) -> TrainConfig:
 def test_trains_from_streamed_shards_and_scores_the_test_shards(shards, tmp_path, caplog):
     caplog.set_level("INFO")
     summary = train(config(shards, tmp_path / "run"), progress=False)
-    assert summary.steps == 15 * 10  # 120 images, batch 12: 10 steps an epoch
+    # 120 training images less their validation share (2 %: the last 2 in writing order), batch 12
+    assert summary.steps == 15 * (118 // 12)
     assert summary.eval_split == "test" and summary.eval_images == 40
     assert summary.accuracy >= 0.6, summary  # chance is 0.25; 120 training images
     assert "streamed from" in caplog.text and "disk cache" in caplog.text
     record = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert record["data"]["held"] == "stream"
+    assert record["data"]["split"]["counts"] == {"train": 118, "val": 2, "test": 40}
     # evaluate reads the test shards through the same cache
     assert (
         main(["evaluate", str(tmp_path / "run" / "last"), "--data", str(shards), "--out", str(tmp_path / "eval")]) == 0
@@ -77,7 +79,7 @@ def test_a_mid_epoch_resume_restarts_at_its_shard_and_takes_the_remaining_steps(
 
     def interrupted(self, batches):  # noqa: ANN001, ANN202
         calls.append(1)
-        if len(calls) == 15:  # epoch 2, step 5: after the checkpoint of step 12 (epoch 2, step 2)
+        if len(calls) == 15:  # epoch 2, step 6: after the checkpoint of step 12 (epoch 2, step 3)
             raise KeyboardInterrupt
         return real_call(self, batches)
 
@@ -86,9 +88,9 @@ def test_a_mid_epoch_resume_restarts_at_its_shard_and_takes_the_remaining_steps(
         train(cfg, progress=False)
     monkeypatch.undo()
     state = torch.load(tmp_path / "run" / "last" / "training_state.pt", weights_only=True)
-    assert (state["epoch"], state["epoch_step"], state["step"]) == (1, 2, 12)
+    assert (state["epoch"], state["epoch_step"], state["step"]) == (1, 3, 12)  # 9 steps an epoch (118 images)
     summary = train(load_run_config(tmp_path / "run"), resume=True, progress=False)
-    assert summary.steps == 20 and summary.epochs_done == 2
+    assert summary.steps == 18 and summary.epochs_done == 2
 
 
 def test_the_imagenet_s16_recipe_starts_and_steps_on_a_small_shard_set(shards, tmp_path):
@@ -105,7 +107,7 @@ def test_the_imagenet_s16_recipe_starts_and_steps_on_a_small_shard_set(shards, t
     assert pre["image_size"] == [224, 224] and (pre["fit"], pre["crop_fraction"]) == ("crop", 0.875)
     assert pre["mean"] == [0.5] * 3 and cfg["crop_scale"] == 0.05 and cfg["auto_augment"] == "randaugment"
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["steps"] == 2 and summary["eval_images"] == 8
+    assert summary["steps"] == 2 and summary["eval_images"] == 40  # --limit-val limits validation, not the test
 
 
 def test_stream_errors_are_one_line(shards, tmp_path):

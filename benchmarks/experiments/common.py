@@ -31,7 +31,7 @@ from torchvision.models.resnet import BasicBlock
 from vitkit import VisionTransformer
 from vitkit.checkpoint import atomic_write_json, read_json_object
 from vitkit.config import get_config
-from vitkit.data import AugmentConfig, BatchAugment, ImageDataset, derive_seed, epoch_order, load_dataset
+from vitkit.data import AugmentConfig, BatchAugment, ImageDataset, Stream, derive_seed, epoch_order, load_dataset
 from vitkit.evaluate import evaluate_model
 from vitkit.preprocess import Preprocess
 from vitkit.runtime import cpu_has_bf16, resolve_device, use_bf16
@@ -73,7 +73,7 @@ def subset(train: ImageDataset, size: int | None, seed: int) -> ImageDataset:
     """A seeded random ``size`` images of ``train`` (all of it when ``size`` is None or larger)."""
     if size is None or size >= len(train):
         return train
-    g = torch.Generator().manual_seed(derive_seed(seed, 0, 8))
+    g = torch.Generator().manual_seed(derive_seed(seed, Stream.LIMIT_TRAIN))
     return train.subset(torch.randperm(len(train), generator=g)[:size])
 
 
@@ -144,7 +144,7 @@ def fit(
     (:class:`vitkit.train.TrainStep`, :class:`vitkit.train.WarmupCosine`). The images are
     normalised by ``stats`` (mean, std), by default ``train``'s own; a pre-trained model keeps
     the statistics it was pre-trained with."""
-    torch.manual_seed(derive_seed(seed, 0, 3))
+    torch.manual_seed(derive_seed(seed, Stream.WEIGHTS))
     device = torch.device(device)
     model.to(device)
     mean, std = stats or train.mean_std()

@@ -39,14 +39,15 @@ import common
 import torch
 from torch import nn
 
-from vitkit.data import ImageDataset, load_dataset
+from vitkit.data import ImageDataset, Stream, hold_out, load_dataset
 from vitkit.features import features as vit_representation
 from vitkit.files import atomic_write
 from vitkit.preprocess import Preprocess
 from vitkit.probe import few_shot, summarize
-from vitkit.train.lr_grid import Trial, choose, hold_out
+from vitkit.train.lr_grid import Trial, choose
 
 UPSTREAM = [0, 1, 2, 3, 4]
+VAL_SHARE = 0.02  # held out of each downstream training set to choose the rate on, as the paper did
 DOWNSTREAM = [5, 6, 7, 8, 9]
 SIZES = (1000, 5000, 30000)
 SHOTS = (1, 5, 10, 25)
@@ -74,7 +75,7 @@ def representation(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def starting_point(arch: str, init: str, num_classes: int, args: argparse.Namespace, seed: int) -> nn.Module:
     """A fresh model (``init="scratch"``) or an upstream one with a new zero-initialised head."""
-    torch.manual_seed(common.derive_seed(seed, 0, 5))
+    torch.manual_seed(common.derive_seed(seed, Stream.WEIGHTS))
     model = make(arch, num_classes, args.tiny)
     if init == "scratch":
         return model
@@ -125,7 +126,7 @@ def at_size(ds: ImageDataset, size: int) -> ImageDataset:
 # ============================================================================ runs
 def pretrain(arch: str, size: int, data: Data, args: argparse.Namespace) -> dict[str, Any]:
     """Pre-train on ``size`` images of classes 0-4 and keep the weights for the transfer runs."""
-    torch.manual_seed(common.derive_seed(0, 0, 5))
+    torch.manual_seed(common.derive_seed(0, Stream.WEIGHTS))
     model = make(arch, len(UPSTREAM), args.tiny)
     train = common.subset(data.up_train, size, seed=0)
     budget = common.budget(args, 0) if args.tiny else common.Budget(steps=common.steps_for_data(len(train)))
@@ -168,7 +169,8 @@ def tuned_fit(
     grid: list[dict[str, Any]] = []
     how = "given"
     if lr is None:
-        part, held, how = hold_out(train, seed)
+        part, held = hold_out(train, VAL_SHARE, Stream.VALIDATION, seed)
+        how = f"held-out accuracy on {len(held)} training images ({VAL_SHARE:.0%} of each class, at least one)"
         trials = []
         for rate in LRS:
             budget = common.Budget(steps=max(1, round(TRIAL_SHARE[kind] * steps)), batch_size=batch, lr=rate)
@@ -177,8 +179,6 @@ def tuned_fit(
                 trials.append(Trial(rate, budget.steps, r["train_loss_end"], r["test_top1"], r["test_loss"]))
             except FloatingPointError:
                 trials.append(Trial(rate, budget.steps, math.nan))
-            if held is None:
-                trials[-1].val_top1 = trials[-1].val_loss = None
         lr = choose(trials).lr
         grid = [t.to_dict() for t in trials]
     budget = common.Budget(steps=steps, batch_size=batch, lr=lr)

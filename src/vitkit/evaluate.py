@@ -18,17 +18,19 @@ from typing import Any
 import torch
 
 from .checkpoint import CONFIG_NAME, load
-from .data import ImageDataset, iterate_batches
+from .data import DataSource, ImageDataset, SplitRule, iterate_batches, resolve_source, split
 from .data.dataset import inference_batch
-from .errors import CheckpointError
-from .files import atomic_write, atomic_write_json, find_complete
+from .errors import CheckpointError, ConfigError, DataError
+from .files import atomic_write, atomic_write_json, find_complete, read_json_object
 from .model import VisionTransformer
 from .preprocess import Preprocess
-from .runtime import autocast
+from .runtime import autocast, resolve_device
 
 log = logging.getLogger(__name__)
 
 SUMMARY_NAME = "summary.json"
+RUN_CONFIG_NAME = "train_config.json"  # a run folder's record (vitkit.train.run_folder writes it)
+SPLITS = ("test", "val", "train", "all")
 
 
 # ============================================================================ locating checkpoints
@@ -51,19 +53,111 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 @dataclass
 class Classifier:
-    """A checkpoint ready to classify: the model in eval mode, how to prepare its images, and
-    the folder it came from."""
+    """A checkpoint ready to classify: the model in eval mode, how to prepare its images, the
+    folder it came from, and the record of the run that trained it (``train_config.json``, when
+    the checkpoint sits in a run folder): which images it trained on, chose on and held out."""
 
     model: VisionTransformer
     preprocess: Preprocess
     checkpoint: Path
+    run: dict[str, Any] | None = None
 
 
 def load_for_inference(path: str | os.PathLike, device: str | torch.device = "cpu") -> Classifier:
     """The model and its preprocessing from a run folder or a checkpoint folder."""
     checkpoint = resolve_checkpoint(path)
-    model = load(checkpoint, map_location=device)
-    return Classifier(model, Preprocess.load(checkpoint, model.config), checkpoint)
+    model = load(checkpoint, map_location=resolve_device(device))
+    record = checkpoint.parent / RUN_CONFIG_NAME
+    run = read_json_object(record, "run settings") if record.is_file() else None
+    return Classifier(model, Preprocess.load(checkpoint, model.config), checkpoint, run)
+
+
+# ============================================================================ which images to score
+def _same_source(a: DataSource, text: str | None, data_dir: str | None) -> bool:
+    if not text:
+        return False
+    try:
+        b = resolve_source(text, data_dir)
+    except DataError:  # the run's data is gone or moved: the same only if named the same
+        return Path(a.location) == Path(text)
+    return (a.kind, a.location) == (b.kind, b.location)
+
+
+def _run_split(classifier: Classifier, source: DataSource) -> dict[str, Any] | None:
+    """The split its run recorded, when the checkpoint's run trained on ``source``."""
+    run = classifier.run
+    if not run or "split" not in run.get("data", {}):
+        return None
+    cfg = run.get("train", {})
+    return run["data"]["split"] if _same_source(source, cfg.get("data"), cfg.get("data_dir")) else None
+
+
+def held_out_images(
+    classifier: Classifier,
+    source: DataSource,
+    split_name: str,
+    load: Callable[[str], ImageDataset],
+    fresh_share: bool = False,
+) -> tuple[ImageDataset, str]:
+    """The images of ``split_name`` (``test``, ``val``, ``train`` or ``all``) of ``source`` as the
+    checkpoint's run divided them, and a phrase that says which they are.
+
+    ``load(split)`` loads one of the source's own splits. ``test`` is the source's test split, or
+    the test share the run held out of a folder without one (drawn again by the rule its
+    ``train_config.json`` records, and checked against its count); ``val`` the share the run chose
+    on; ``train`` what it trained on. A folder without a test split and without a run record
+    saying what was held out is refused (its images may include the training images), unless
+    ``all`` asks for every image or, for data the model never trained on, ``fresh_share`` draws a
+    test share by the default rule (the probe needs a training part and a test part)."""
+    if split_name not in SPLITS:
+        raise ConfigError(f"--split {split_name!r}: choose one of {', '.join(SPLITS)}")
+    record = _run_split(classifier, source)
+    if split_name == "all":
+        if source.has_test:
+            raise ConfigError(f"--split all is for a folder or CSV without train/ and test/; {source.text} has both")
+        return load("train"), f"every image of {source.name}"
+    if split_name == "test" and source.has_test:
+        ds = load("test")
+        classes = record["classes"] if record else None
+        return (ds.select_classes(classes) if classes else ds), "its test split"
+    if record is not None:
+        return _from_record(record, source, split_name, load)
+    if split_name == "train" and source.has_test:
+        return load("train"), "its training split"
+    trained_on_it = _same_source(source, classifier.preprocess.dataset, None)
+    if fresh_share and not trained_on_it and split_name in ("train", "test"):
+        parts = split(load("train"), None, SplitRule(), own_test=False)
+        share = f"a seeded {SplitRule().test_fraction:.0%} test share of {source.name}"
+        return (parts.test, share) if split_name == "test" else (parts.train, f"the rest of it ({share} held out)")
+    where = "the run folder it belongs to records no" if classifier.run else "it is not in a run folder that records"
+    raise DataError(
+        f"{source.text} has no test split of its own, and {classifier.checkpoint} cannot say which of its images "
+        f"were held out ({where} split of {source.text}): score a run folder trained on it, a folder with "
+        "train/ and test/, or every image with --split all (only if the model never trained on them)"
+    )
+
+
+def _from_record(
+    record: dict[str, Any], source: DataSource, split_name: str, load: Callable[[str], ImageDataset]
+) -> tuple[ImageDataset, str]:
+    """A share of ``source`` drawn again as the run's record says, checked against its counts."""
+    rule = SplitRule.from_dict(record["rule"])
+    parts = split(load("train"), None, rule, source.has_test, record.get("classes"))
+    chosen = {"test": parts.test, "val": parts.val, "train": parts.train}[split_name]
+    if chosen is None:
+        raise DataError(f"--split {split_name}: the run held no validation share out (--val-fraction 0)")
+    expected = record["counts"].get(split_name)
+    if split_name == "test" and expected is not None and expected != len(chosen):
+        raise DataError(
+            f"{source.text} now gives a test share of {len(chosen)} images, but its run held out {expected}: the "
+            "images changed since it was trained, so its test images cannot be told from its training images"
+        )
+    how = {
+        "test": f"the {rule.test_fraction:.0%} test share its run held out of {source.name}",
+        "val": f"the {rule.val_fraction:.0%} validation share its run chose on",
+        "train": "the images its run trained on (before --per-class or --limit-train subsets)",
+    }[split_name]
+    return chosen, how
 
 
 # ============================================================================ evaluation

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import argparse
 
+from ..data import DataSource, ImageDataset, resolve_source
+from ..errors import DataError
+from ..evaluate import SPLITS, Classifier, held_out_images
+
 
 def names(text: str) -> list[str]:
     """``5,6,7`` or ``Sandal,Shirt`` -> a list of class names or indices."""
@@ -45,3 +49,41 @@ def add_data_mode(p: argparse.ArgumentParser, cache_dir: bool = True) -> None:
         p.add_argument(
             "--cache-dir", default=None, help="folder of the disk cache (default: images/ in the vitkit cache)"
         )
+
+
+def add_split(p: argparse.ArgumentParser, help_extra: str = "") -> None:
+    """``--split``: which images of ``--data`` (the run's shares, read from its ``train_config.json``)."""
+    p.add_argument(
+        "--split",
+        choices=SPLITS,
+        default="test",
+        help="test: the dataset's test split, or the test share the checkpoint's run held out of a folder "
+        "without one; val: the share its run chose on; train: what it trained on; all: every image of a folder "
+        "without train/ and test/" + help_extra,
+    )
+
+
+def checkpoint_images(
+    args: argparse.Namespace,
+    classifier: Classifier,
+    split_name: str,
+    fresh_share: bool = False,
+    image_cache: str | None = None,
+) -> tuple[DataSource, ImageDataset, str]:
+    """(the source ``--data`` names, its images of ``split_name`` as the checkpoint's run divided
+    them, prepared as the checkpoint's preprocess.json says and labelled in the model's class
+    order, a phrase saying which images they are): :func:`vitkit.evaluate.held_out_images` with
+    the options every command shares (``--data``, ``--data-dir``, ``--data-mode``, ...) and the
+    disk cache's folder ``image_cache``."""
+    pre = classifier.preprocess
+    name = args.data or pre.dataset
+    if not name:
+        raise DataError(f"{classifier.checkpoint} does not record its dataset; pass --data")
+    source = resolve_source(name, args.data_dir)
+    skip = getattr(args, "skip_bad_images", False)
+
+    def load(split: str) -> ImageDataset:
+        return source.load(split, pre, skip, mode=args.data_mode, cache_dir=image_cache)
+
+    images, how = held_out_images(classifier, source, split_name, load, fresh_share)
+    return source, images.in_class_order(pre.class_names) if pre.class_names else images, how

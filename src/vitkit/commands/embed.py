@@ -7,13 +7,12 @@ from pathlib import Path
 
 import torch
 
-from ..data import image_files, load_dataset
 from ..errors import InputError
-from ..evaluate import load_for_inference
+from ..evaluate import Classifier, load_for_inference
 from ..features import POOLS, Embeddings, check_pool, dataset_features, features
 from ..images import collect_images
 from ..runtime import resolve_device
-from . import add_data_mode, names
+from . import add_data_mode, add_split, checkpoint_images, names
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,9 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="*", metavar="IMAGE_OR_FOLDER", help="image files or folders (or give --data)")
     p.add_argument("--data", default=None, help="a dataset name or image folder instead of IMAGES")
     p.add_argument("--data-dir", default=None, help="folder holding the dataset files")
-    p.add_argument(
-        "--split", choices=("train", "test"), default="test", help="with --data (a folder without train/, test/: all)"
-    )
+    add_split(p, " (with --data)")
     p.add_argument("--classes", type=names, default=None, help="with --data: these classes only")
     add_data_mode(p)
     p.add_argument(
@@ -70,23 +67,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _of_dataset(args: argparse.Namespace, classifier, device: torch.device) -> Embeddings:  # noqa: ANN001
-    """Every image of the split (a folder without train/ and test/: all its images), named by
-    its file, or for a built-in dataset by its split and index."""
-    pre = classifier.preprocess
-    ds = load_dataset(args.data, args.split, args.data_dir, pre, mode=args.data_mode, cache_dir=args.cache_dir)
-    files = image_files(args.data, args.split)
-    names = [str(f) for f in files] if files else [f"{args.data}/{args.split}/{i:06d}" for i in range(len(ds))]
+def _of_dataset(args: argparse.Namespace, classifier: Classifier, device: torch.device) -> Embeddings:
+    """Every image of the split (as the checkpoint's run divided the data: :func:`checkpoint_images`),
+    named by its file, or for a built-in dataset by the split it was loaded from and its index."""
+    source, ds, _ = checkpoint_images(args, classifier, args.split, image_cache=args.cache_dir)
     if args.classes:
-        chosen = ds.select_classes(args.classes)
-        keep = torch.isin(ds.labels, torch.tensor([ds.class_names.index(c) for c in chosen.class_names]))
-        names, ds = [n for n, k in zip(names, keep.tolist(), strict=True) if k], chosen
+        ds = ds.select_classes(args.classes)
+    loaded = "test" if args.split == "test" and source.has_test else "train"  # the split the rows index
+    files = source.files(loaded)
+    rows = ds.row_ids().tolist()
+    names = [str(files[i]) for i in rows] if files else [f"{source.name}/{loaded}/{i:06d}" for i in rows]
     x = dataset_features(classifier.model, ds, classifier.preprocess, args.layer, args.pool, args.batch_size, device)
     return Embeddings(x, ds.labels.clone(), names, list(ds.class_names))
 
 
 @torch.no_grad()
-def _of_files(args: argparse.Namespace, classifier, device: torch.device) -> Embeddings:  # noqa: ANN001
+def _of_files(args: argparse.Namespace, classifier: Classifier, device: torch.device) -> Embeddings:
     files = collect_images(args.images)
     model, pre = classifier.model, classifier.preprocess
     model.eval()

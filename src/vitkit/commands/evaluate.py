@@ -15,12 +15,11 @@ from pathlib import Path
 
 import torch
 
-from ..data import load_dataset
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from ..evaluate import evaluate_model, load_for_inference, write_report
 from ..quantize import inference_model
 from ..runtime import resolve_device, use_bf16
-from . import add_data_mode
+from . import add_data_mode, add_split, checkpoint_images
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run folder (its best/) or a checkpoint folder")
     p.add_argument("--data", default=None, help="dataset name or image folder (default: the one it was trained on)")
     p.add_argument("--data-dir", default=None, help="folder holding the dataset files")
-    p.add_argument("--split", choices=("train", "test"), default="test")
+    add_split(p)
     p.add_argument("--limit", type=int, default=None, help="evaluate the first this many images")
     p.add_argument("--skip-bad-images", action="store_true", help="leave unreadable image files out with a warning")
     add_data_mode(p)
@@ -62,36 +61,23 @@ def run(args: argparse.Namespace) -> int:
     weights, runtime, bf16 = choose_arithmetic(args, device)
     classifier = load_for_inference(args.checkpoint, device)
     pre = classifier.preprocess
-    name = args.data or pre.dataset
-    if not name:
-        raise DataError(f"{classifier.checkpoint} does not record its dataset; pass --data")
-    ds = load_dataset(
-        name,
-        args.split,
-        args.data_dir,
-        pre,
-        args.skip_bad_images,
-        pre.class_names,
-        mode=args.data_mode,
-        cache_dir=args.cache_dir,
-    )
-    if tuple(ds.class_names) != pre.class_names:
-        raise DataError(f"{name} has classes {ds.class_names[:5]}..., the model {list(pre.class_names[:5])}...")
+    source, ds, images_from = checkpoint_images(args, classifier, args.split, image_cache=args.cache_dir)
     if args.limit:
         ds = ds.subset(torch.arange(min(args.limit, len(ds))))
     model = inference_model(classifier.model, weights, runtime)
     model = torch.compile(model) if args.compile else model
     result = evaluate_model(model, ds, pre, args.batch_size, device, bf16).to_dict()
     how = f"{runtime}, {weights} weights" + (", bf16 autocast" if bf16 else "") + (", compiled" if args.compile else "")
-    result = {"checkpoint": str(classifier.checkpoint), "data": name, "split": args.split, "inference": how} | result
+    where = {"data": source.text, "split": args.split, "images_from": images_from}
+    result = {"checkpoint": str(classifier.checkpoint)} | where | {"inference": how} | result
     out = Path(args.out) if args.out else classifier.checkpoint.parent / report_folder(args.split, weights, runtime)
     paths = write_report(result, ds.class_names, out)
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "confusion"}, indent=2))
         return 0
     print(
-        f"{name} {args.split}: {result['images']} images, top-1 {result['top1']:.2%}, top-5 {result['top5']:.2%}, "
-        f"loss {result['loss']:.4f}"
+        f"{source.name}, {images_from}: {result['images']} images, top-1 {result['top1']:.2%}, "
+        f"top-5 {result['top5']:.2%}, loss {result['loss']:.4f}"
     )
     width = max(len(c) for c in ds.class_names)
     for c, acc in result["per_class"].items():

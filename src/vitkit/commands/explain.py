@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from ..data import load_dataset
+from ..data import resolve_source
 from ..errors import ConfigError
 from ..evaluate import load_for_inference
 from ..images import collect_images, decode_image
@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     pixels = [pre.pixels(decode_image(f)) for f in files]  # uint8, as the model sees them
     names = [f.name for f in files]
     if args.data:
-        ds = load_dataset(args.data, "test", args.data_dir, pre, download=False)
+        source = resolve_source(args.data, args.data_dir)
+        ds = source.load(source.examples_split, pre, download=False)
         n = min(args.num_images, len(ds))
         pixels += list(ds.images[:n])
         names += [f"test{i:05d}_{ds.class_names[int(ds.labels[i])]}" for i in range(n)]  # index, true class

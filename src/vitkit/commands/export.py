@@ -107,7 +107,7 @@ def check_int8(model: VisionTransformer, path: Path, args: argparse.Namespace) -
 def check_images(model: VisionTransformer, args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``--check-images`` test images of ``--check-data`` (or of the dataset the checkpoint
     records), prepared as the checkpoint's ``preprocess.json`` says (else scaled to [0, 1]), and their labels."""
-    from ..data import load_dataset
+    from ..data import resolve_source
 
     folder = Path(args.checkpoint)
     has_preprocess = (folder / PREPROCESS_NAME).is_file()
@@ -119,8 +119,8 @@ def check_images(model: VisionTransformer, args: argparse.Namespace) -> tuple[to
         raise ExportError(f"{args.checkpoint} records no dataset to check int8 on; pass --check-data NAME_OR_FOLDER")
     if args.check_images < 1:
         raise ExportError(f"--check-images {args.check_images}: give at least 1")
-    ds = load_dataset(
-        name, "test", args.data_dir, pre, class_names=pre.class_names or None
-    )  # labels in the model's order
+    source = resolve_source(name, args.data_dir)
+    ds = source.load(source.examples_split, pre)
+    ds = ds.in_class_order(pre.class_names) if pre.class_names else ds  # labels in the model's order
     count = min(args.check_images, len(ds))
     return pre.normalize(ds.images[:count]), ds.labels[:count]

@@ -8,15 +8,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..checkpoint import WEIGHTS_NAME
-from ..data import has_test_split, load_dataset, split_dataset
-from ..data.dataset import ImageDataset
-from ..errors import DataError
-from ..evaluate import load_for_inference
+from ..data import ImageDataset
+from ..evaluate import Classifier, load_for_inference
 from ..features import cached_representation
 from ..files import atomic_write_json
 from ..probe import KNN_K, KNN_TEMPERATURE, L2_GRID, check_shots, few_shot, summarize
 from ..runtime import resolve_device
-from . import add_data_mode, integers, names
+from . import add_data_mode, checkpoint_images, integers, names
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=(
             "For each shot count and seed, draw that many training images per class, fit a ridge "
             "regression from their frozen features to {-1, 1} targets (the penalty chosen by "
-            "leave-one-out on those images alone) and a k-NN, and score both on the test split. "
+            "leave-one-out on those images alone) and a k-NN, and score both on the test images (the test "
+            "split, or the test share the checkpoint's run held out of a folder without one). "
             "Features are computed once per checkpoint and dataset, and cached."
         ),
     )
@@ -40,34 +39,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--cache-dir", default=None, help="feature cache (default: the vitkit cache's features/)")
     add_data_mode(p, cache_dir=False)
-    p.add_argument("--out", default=None, help="folder for probe.json (default: CHECKPOINT/probe-DATA)")
+    p.add_argument("--out", default=None, help="folder for probe.json (default: RUN/probe-DATA, beside the checkpoint)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=run)
 
 
-def splits(  # noqa: ANN001
-    name: str, data_dir: str | None, classifier, classes, mode: str = "auto"
-) -> tuple[ImageDataset, ImageDataset, str]:
-    """(train, test, how the test split was found) of ``name``, prepared as the model's data were."""
-    pre = classifier.preprocess
-    train = load_dataset(name, "train", data_dir, pre, mode=mode)
-    if has_test_split(name):
-        test, how = load_dataset(name, "test", data_dir, pre, mode=mode), "its test split"
-    else:
-        train, test = split_dataset(train, 0.2, seed=0)
-        how = "a seeded 20 % of its images (it has no test split)"
-    if classes:
-        train, test = train.select_classes(classes), test.select_classes(classes)
-    return train, test, how
+def splits(args: argparse.Namespace, classifier: Classifier) -> tuple[str, ImageDataset, ImageDataset, str]:
+    """(the dataset's name, the images the shots are drawn from, the images they are scored on,
+    which those are): for the data the checkpoint's run trained on, its training images and its
+    test images (the test split, or the test share its run held out and recorded); for data it
+    never saw without a test split, a seeded test share by the default rule."""
+    source, train, how_train = checkpoint_images(args, classifier, "train", fresh_share=True)
+    _, test, how = checkpoint_images(args, classifier, "test", fresh_share=True)
+    if args.classes:
+        train, test = train.select_classes(args.classes), test.select_classes(args.classes)
+    return source.text, train, test, how
 
 
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     classifier = load_for_inference(args.checkpoint, device)
-    name = args.data or classifier.preprocess.dataset
-    if not name:
-        raise DataError(f"{classifier.checkpoint} does not record its dataset; pass --data")
-    train, test, how = splits(name, args.data_dir, classifier, args.classes, args.data_mode)
+    name, train, test, how = splits(args, classifier)
     check_shots(train.labels, train.num_classes, args.shots, train.class_names)
     log = print if not args.json else (lambda *a, **k: None)
     log(f"probe: {name}, {train.num_classes} classes; scored on {how} ({len(test)} images)")
@@ -92,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
         "summary": rows,
         "runs": [asdict(r) for r in runs],
     }
-    out = Path(args.out) if args.out else classifier.checkpoint / f"probe-{Path(name).name}"
+    # beside the checkpoint, as evaluate's reports: a later checkpoint swaps the folder whole
+    out = Path(args.out) if args.out else classifier.checkpoint.parent / f"probe-{Path(name).name}"
     atomic_write_json(out / "probe.json", record)
     if args.json:
         print(json.dumps(record, indent=2))

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import distributed
-from ..data import canonical_dataset
+from ..data import resolve_source
 from ..errors import ConfigError
 from ..train import RECIPES, TrainConfig, load_run_config, parse_duration, train
 from . import floats, names
@@ -68,8 +68,16 @@ _OPTIONS = {
             "--val-fraction",
             "val_fraction",
             float,
-            "hold out this seeded fraction of the training images for validation "
-            "(default: validate on the test split when there is one, else 0.1)",
+            "hold out this share of the training images (of each class, at least one; the same images in "
+            "every run) to choose best/ and --lr-grid on; the test images are scored only when the run ends "
+            "(0: hold none out, keep only last/)",
+        ),
+        (
+            "--test-fraction",
+            "test_fraction",
+            float,
+            "a folder or CSV without train/ and test/: hold out this share of its images (of each class, at "
+            "least one) as its test images, scored only when the run ends",
         ),
         (
             "--image-size",
@@ -340,8 +348,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if recipe is None and "init" in given:
         recipe = "finetune"  # the paper's fine-tuning; the from-scratch recipes do not apply
     if recipe is None:
-        data = canonical_dataset(given.get("data", _DEFAULTS.data))
-        recipe = _DEFAULT_RECIPE if data == RECIPES[_DEFAULT_RECIPE]["data"] else "none"
+        source = resolve_source(given.get("data", _DEFAULTS.data), given.get("data_dir"))
+        main_data = resolve_source(RECIPES[_DEFAULT_RECIPE]["data"])
+        recipe = _DEFAULT_RECIPE if (source.kind, source.location) == (main_data.kind, main_data.location) else "none"
     values = _DEFAULTS.to_dict()
     if recipe != "none":
         values.update(RECIPES[recipe])

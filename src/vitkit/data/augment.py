@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..preprocess import normalize
-from .dataset import derive_seed
+from .dataset import Stream, derive_seed
 
 
 @dataclass
@@ -197,7 +197,7 @@ class BatchAugment:
         self, images: torch.Tensor, labels: torch.Tensor, epoch: int, batch: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.config
-        seed = derive_seed(self.seed, epoch, batch + 1)
+        seed = derive_seed(self.seed, Stream.AUGMENT, epoch, batch)
         g = torch.Generator().manual_seed(seed)
         x = images
         if c.crop_scale is not None:  # first, as timm and torchvision order it: crop, flip, policy

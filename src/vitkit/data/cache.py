@@ -71,7 +71,8 @@ class CacheSource:
     """What a cache is decoded from: image files (a folder or CSV), or the samples of shards.
 
     ``tasks`` are the units of work, each ``(first row, kind, items)``: ``"files"`` with
-    ``[(path, label), ...]`` (:data:`CHUNK` of them), or ``"shard"`` with ``[url, samples]``."""
+    ``[(path, label), ...]`` (:data:`CHUNK` of them), or ``"shard"`` with ``[url, samples, first]`` (the
+    samples after the first ``first`` of the shard)."""
 
     name: str
     count: int
@@ -92,11 +93,13 @@ class CacheSource:
     def shards(cls, shards: ShardSet) -> CacheSource:
         h = hashlib.sha256()
         tasks, start = [], 0
-        for url, n in zip(shards.urls, shards.counts, strict=True):
-            h.update(f"{url}\0{_stat(url)}\0{n}\n".encode())
-            tasks.append((start, "shard", [url, n]))
+        for i, (url, n) in enumerate(zip(shards.urls, shards.counts, strict=True)):
+            h.update(f"{url}\0{_stat(url)}\0{n}\0{shards.first(i)}\n".encode())
+            tasks.append((start, "shard", [url, n, shards.first(i)]))
             start += n
         name = str(Path(shards.urls[0]).parent) if shards.urls else "shards"
+        if shards.firsts is not None and any(shards.firsts):  # a tail share: a cache of its own name
+            name += "-tail"
         return cls(name, start, list(shards.class_names), h.hexdigest(), tasks)
 
 
@@ -357,14 +360,18 @@ def decode_rows(
 
 
 def _encoded(items: list) -> Iterator[tuple[str, io.BytesIO, int]]:
-    """A shard's samples as (name, encoded image, label), checked against its promised count."""
-    url, count = items
+    """A shard's samples ``first .. first + count - 1`` as (name, encoded image, label), the
+    shard checked against the ``first + count`` samples its index promises."""
+    url, count, first = items
     n = 0
     for sample in read_shard(url):
+        if n >= first:
+            yield f"sample {sample.key} in {url}", io.BytesIO(sample.data), sample.label
         n += 1
-        yield f"sample {sample.key} in {url}", io.BytesIO(sample.data), sample.label
-    if n != count:
-        raise DataError(f"shard {url} holds {n} samples, but its shards.json says {count}; write the shards again")
+    if n != first + count:
+        raise DataError(
+            f"shard {url} holds {n} samples, but its shards.json says {first + count}; write the shards again"
+        )
 
 
 def write_rows(path: str, rows: np.ndarray, offset: int) -> None:

@@ -11,6 +11,7 @@ exactly the images an uninterrupted run would have visited.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -139,6 +140,7 @@ class ImageDataset:
     class_names: list[str]
     name: str = ""
     skipped: list[str] = field(default_factory=list)  # unreadable files left out (--skip-bad-images)
+    ids: torch.Tensor | None = None  # each image's row in the split as it was loaded (None: 0 .. N-1)
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -173,7 +175,13 @@ class ImageDataset:
     def subset(self, index: torch.Tensor | Sequence[int], name: str | None = None) -> ImageDataset:
         """The images at ``index``: a copy in memory, a view of a mapped set."""
         index = torch.as_tensor(index, dtype=torch.long)
-        return ImageDataset(self._take(index), self.labels[index], self.class_names, name or self.name)
+        ids = self.row_ids()[index]
+        return ImageDataset(self._take(index), self.labels[index], self.class_names, name or self.name, ids=ids)
+
+    def row_ids(self) -> torch.Tensor:
+        """Each image's row in the split as it was loaded: what names it (its file) after the
+        split, the class selection and the subsets have picked rows out."""
+        return self.ids if self.ids is not None else torch.arange(len(self))
 
     def select_classes(self, classes: Sequence[str]) -> ImageDataset:
         """Only the images of ``classes`` (names, or indices into :attr:`class_names`), labelled
@@ -183,7 +191,23 @@ class ImageDataset:
             raise DataError(f"classes {list(classes)} name a class twice")
         old = torch.tensor([self.class_names.index(n) for n in names])
         keep = (self.labels[:, None] == old[None, :]).nonzero()  # (image, position in `names`)
-        return ImageDataset(self._take(keep[:, 0]), keep[:, 1], names, self.name)
+        return ImageDataset(self._take(keep[:, 0]), keep[:, 1], names, self.name, ids=self.row_ids()[keep[:, 0]])
+
+    def in_class_order(self, class_names: Sequence[str]) -> ImageDataset:
+        """The images labelled by their class's place in ``class_names`` (a trained model's
+        classes), or a one-line error naming the classes of theirs that the model does not know."""
+        names = list(class_names)
+        if self.class_names == names:
+            return self
+        present = torch.bincount(self.labels, minlength=self.num_classes).tolist()
+        unknown = [c for c, n in zip(self.class_names, present, strict=True) if n and c not in names]
+        if unknown:
+            raise DataError(
+                f"{self.name or 'the images'}: class(es) {unknown[:5]} are not among the model's classes {names}; "
+                "evaluate images of the classes it was trained on"
+            )
+        remap = torch.tensor([names.index(c) if c in names else -1 for c in self.class_names])
+        return ImageDataset(self.images, remap[self.labels], names, self.name, self.skipped, self.ids)
 
     def _class_name(self, c: str | int) -> str:
         text = str(c).strip()
@@ -213,7 +237,7 @@ class ImageDataset:
         if preprocess.keeps(self.image_size, self.channels):
             return self
         images = torch.cat([preprocess.pixels(x) for x in self.images.split(chunk_of(self.images))])
-        return ImageDataset(images, self.labels, self.class_names, self.name, self.skipped)
+        return ImageDataset(images, self.labels, self.class_names, self.name, self.skipped, self.ids)
 
 
 def per_class_index(labels: torch.Tensor, num_classes: int, n: int | Sequence[int], seed: int) -> torch.Tensor:
@@ -237,21 +261,41 @@ def smallest_class(labels: torch.Tensor, num_classes: int) -> tuple[int, int]:
     return k, int(counts[k])
 
 
-def split_dataset(ds: ImageDataset, fraction: float, seed: int) -> tuple[ImageDataset, ImageDataset]:
-    """(train, validation): a seeded random ``fraction`` of ``ds`` held out for validation."""
-    if not 0.0 < fraction < 1.0:
-        raise DataError(f"validation fraction {fraction} must be between 0 and 1")
-    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))
-    n_val = max(1, round(len(ds) * fraction))
-    if n_val >= len(ds):
-        raise DataError(f"validation fraction {fraction} leaves no training images out of {len(ds)}")
-    return ds.subset(order[n_val:], ds.name), ds.subset(order[:n_val], ds.name)
+class Stream(enum.IntEnum):
+    """The independent uses of randomness, each drawing from its own stream of seeds.
+
+    Every seed vitkit draws is :func:`derive_seed` ``(seed, stream, *parts)``: the stream names
+    the use, the parts say where in it (an epoch, a batch, a rank). Two uses with different
+    streams can never be handed the same seed by construction, whatever their parts; with bare
+    integers they did (augmentation at epoch 0, batches 6-10, drew the seeds of the split, the
+    subsets and the initial weights)."""
+
+    EPOCH_ORDER = 1  # the shuffled order of an epoch's images (epoch)
+    AUGMENT = 2  # batched augmentation (epoch, batch)
+    STEP = 3  # a training step's own randomness: stochastic depth, dropout (epoch, step[, rank])
+    WEIGHTS = 4  # the initial weights
+    LIMIT_TRAIN = 5  # --limit-train's subset of the training images
+    PER_CLASS = 6  # --per-class's subset
+    VALIDATION = 7  # the validation share held out of the training images (vitkit.data.splits)
+    TEST = 8  # the test share of a dataset without a test split of its own
+    RANK = 9  # a torchrun rank's own base seed (rank)
+    SHARD_ORDER = 10  # the order `vitkit shards` writes the samples in
+    SHARD_EPOCH = 11  # the order an epoch reads the shards in (epoch)
+    LOADER_SHUFFLE = 12  # a streaming loader worker's shuffle buffer (epoch, rank, worker, round)
+    LOADER_CROP = 13  # a streamed image's random crop and flip (epoch, position[, round])
+    PROBE = 14  # the few-shot probe's draw of k images per class (shots)
 
 
-def derive_seed(seed: int, *parts: int) -> int:
-    """A 63-bit seed that depends only on ``seed`` and ``parts`` (e.g. epoch, stream)."""
+_STREAM_TAG = 0x5EED_0000  # added to a stream's number, so a stream is never confused with a part
+
+
+def derive_seed(seed: int, stream: Stream, *parts: int) -> int:
+    """A 63-bit seed that depends only on ``seed``, the ``stream`` (the use) and ``parts`` (e.g.
+    an epoch and a batch): the one way vitkit turns the user's ``--seed`` into seeds."""
+    if not isinstance(stream, Stream):
+        raise TypeError(f"derive_seed needs a Stream naming the use, got {stream!r}")
     x = seed & 0xFFFFFFFFFFFFFFFF
-    for p in parts:
+    for p in (_STREAM_TAG + int(stream), *parts):
         x = (x * 6364136223846793005 + 1442695040888963407 + (p & 0xFFFFFFFF)) & 0xFFFFFFFFFFFFFFFF
         x ^= x >> 29
     return x & 0x7FFFFFFFFFFFFFFF
@@ -260,7 +304,7 @@ def derive_seed(seed: int, *parts: int) -> int:
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The shuffled indices of ``epoch``: a function of (seed, epoch) only. Under torchrun every
     process walks this same order and trains on its slice of each global batch."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, epoch, 0)))
+    return torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, Stream.EPOCH_ORDER, epoch)))
 
 
 def iterate_batches(

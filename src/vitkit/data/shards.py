@@ -48,7 +48,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 from ..errors import ConfigError, DataError
 from ..files import atomic_write_json, write_folder
 from ..images import IMAGE_EXTENSIONS, decode_image
-from .dataset import derive_seed
+from .dataset import Stream, derive_seed
 from .folders import scan_image_folder
 
 log = logging.getLogger(__name__)
@@ -222,7 +222,9 @@ def _write_set(
     if shard_size < 1:
         raise ConfigError(f"shard size {shard_size} bytes: give a positive size such as 1GB")
     label_of = {c: i for i, c in enumerate(class_names)}
-    order = torch.randperm(len(files), generator=torch.Generator().manual_seed(derive_seed(seed, 10))).tolist()
+    order = torch.randperm(
+        len(files), generator=torch.Generator().manual_seed(derive_seed(seed, Stream.SHARD_ORDER))
+    ).tolist()
     counts: dict[str, int] = {}
     skipped: list[str] = []
     written = 0
@@ -291,10 +293,15 @@ class ShardSet:
     urls: list[str]
     counts: list[int]
     class_names: list[str]
+    firsts: list[int] | None = None  # samples of each shard to pass over first (a share cut from its tail)
 
     @property
     def samples(self) -> int:
         return sum(self.counts)
+
+    def first(self, i: int) -> int:
+        """Samples of shard ``i`` that come before this set's own (0 unless it is a tail share)."""
+        return self.firsts[i] if self.firsts is not None else 0
 
     @classmethod
     def open(cls, location: str | os.PathLike) -> ShardSet:
@@ -489,7 +496,7 @@ def rank_plan(
             f"{total} samples over {world_size} rank(s) give {per_rank} per rank, fewer than the batch size "
             f"{batch_size}: use a smaller batch or fewer ranks"
         )
-    g = torch.Generator().manual_seed(derive_seed(seed, epoch, 11))
+    g = torch.Generator().manual_seed(derive_seed(seed, Stream.SHARD_EPOCH, epoch))
     order = torch.randperm(len(counts), generator=g).tolist()
     lo, hi = rank * per_rank, (rank + 1) * per_rank  # the rank's range [lo, hi) of global positions
     segments, position = [], 0

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ..errors import ConfigError, DataError
 from ..images import convert_channels, decode_image
 from .augment import random_resized_boxes, resized_crops
-from .dataset import derive_seed
+from .dataset import Stream, derive_seed
 from .shards import RankPlan, Segment, ShardSet, rank_plan, read_shard
 
 # A raw sample on its way to a worker's decoder: (key, url, bytes, label, global position).
@@ -163,7 +163,9 @@ class _SegmentStream(IterableDataset):
     def __iter__(self) -> Iterator[tuple]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 13, self.rank, worker, self.rounds))
+        g = torch.Generator().manual_seed(
+            derive_seed(self.seed, Stream.LOADER_SHUFFLE, self.epoch, self.rank, worker, self.rounds)
+        )
         images, labels, keys, skipped = [], [], [], []
         try:
             for key, url, data, label, position in shuffled(_read(self.segments[worker::workers]), self.buffer, g):
@@ -191,8 +193,8 @@ class _SegmentStream(IterableDataset):
         if not 0 <= label < self.num_classes:
             raise DataError(f"sample {key} in {url}: label {label} is not one of the {self.num_classes} classes")
         x = decode_bytes(data, self.channels, f"sample {key} in {url}")  # (C, H, W)
-        parts = (self.epoch, 12, position) + ((self.rounds,) if self.rounds else ())
-        g = torch.Generator().manual_seed(derive_seed(self.seed, *parts))
+        parts = (self.epoch, position) + ((self.rounds,) if self.rounds else ())
+        g = torch.Generator().manual_seed(derive_seed(self.seed, Stream.LOADER_CROP, *parts))
         box = random_resized_boxes(1, x.shape[-2], x.shape[-1], g, self.scale)
         x = resized_crops(x[None], box, self.size)[0]  # (C, h, w)
         if self.hflip and torch.rand(1, generator=g).item() < 0.5:

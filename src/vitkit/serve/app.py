@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from ..data import load_dataset
+from ..data import resolve_source
 from ..errors import DataError, ServeError
 from ..evaluate import SUMMARY_NAME, load_for_inference
 from ..explain import analysis, figures
@@ -174,7 +174,8 @@ class Explorer:
         if not dataset:
             return
         try:
-            images = load_dataset(dataset, "test", preprocess=self.preprocess, download=False).images[:count]
+            source = resolve_source(dataset)
+            images = source.load(source.examples_split, self.preprocess, download=False).images[:count]
         except (DataError, OSError) as e:  # the figure then covers the uploaded images only
             log.info("no %s test images for the distance figure: %s", dataset, e)
             return

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import from_known_fields
-from ..data import DATA_MODES, AugmentConfig, canonical_dataset
+from ..data import DATA_MODES, AugmentConfig, SplitRule
+from ..data.splits import TEST_FRACTION, VAL_FRACTION
 from ..errors import ConfigError
 from ..runtime import PRECISIONS
 
-_NO_HFLIP = ("mnist", "digits")  # digits are not mirror-symmetric
 OPTIMIZERS = ("adamw", "sgd")
 
 
@@ -27,7 +27,8 @@ class TrainConfig:
 
     data: str = "fashion-mnist"  # fashion-mnist | mnist | cifar10 | digits | image folder | CSV
     data_dir: str | None = None
-    val_fraction: float | None = None  # None: 0 (validate on the test split) if there is one, else 0.1
+    val_fraction: float = VAL_FRACTION  # held out of the training images to choose on (best/, --lr-grid); 0: none
+    test_fraction: float = TEST_FRACTION  # a folder or CSV without test/: the share held out to score at the end
     image_size: int | None = None  # resize images; None: the dataset's size (folders: the model's)
     pad: int = 0  # zero border added around every image (after resizing), e.g. 2 turns 28x28 into 32x32
     crop_fraction: float = 1.0  # < 1: shorter side to image_size / this, then the centre (0.875: ImageNet's 256 -> 224)
@@ -53,7 +54,7 @@ class TrainConfig:
     optimizer: str = "adamw"  # adamw | sgd (momentum 0.9)
     lr: float = 1e-3
     lr_grid: list[float] | None = None  # choose lr: a short trial of each on a held-out 2 %, then the full run
-    hold_out: bool = False  # validate on a held-out 2 % of each class and never score on the test split
+    trial: bool = False  # an --lr-grid trial: scored at its end on the validation share; the test split unread
     min_lr: float = 1e-5
     weight_decay: float = 0.05
     layer_decay: float | None = None  # layer-wise learning-rate decay (BEiT): block i of L gets decay^(L+1-i)
@@ -109,6 +110,7 @@ class TrainConfig:
             raise ConfigError(f"--checkpoint-every {self.checkpoint_every}: give a number of steps >= 0")
         if self.data_mode not in DATA_MODES:
             raise ConfigError(f"--data-mode {self.data_mode!r}: choose one of {', '.join(DATA_MODES)}")
+        self.split_rule()  # validates the fractions
         self._check_finetuning()
         self.augment_config()  # validates the augmentation fields
 
@@ -133,9 +135,14 @@ class TrainConfig:
         if self.keep_head and not self.init:
             raise ConfigError("--keep-head keeps the head of the --init weights; give --init too")
 
-    def augment_config(self, image_size: tuple[int, int] = (32, 32)) -> AugmentConfig:
-        """The augmentation for images of ``image_size``, with the automatic choices made."""
-        hflip = self.hflip if self.hflip is not None else canonical_dataset(self.data) not in _NO_HFLIP
+    def split_rule(self) -> SplitRule:
+        """How the run's images are divided into train, validation and test (:mod:`vitkit.data.splits`)."""
+        return SplitRule(self.val_fraction, self.test_fraction)
+
+    def augment_config(self, image_size: tuple[int, int] = (32, 32), mirror_symmetric: bool = True) -> AugmentConfig:
+        """The augmentation for images of ``image_size``, with the automatic choices made (no
+        flips by default for data that is not ``mirror_symmetric``: digits)."""
+        hflip = self.hflip if self.hflip is not None else mirror_symmetric
         pad = self.crop_padding if self.crop_padding is not None else round(min(image_size) / 8)
         if self.crop_scale is not None:
             pad = 0  # the random-resized crop replaces the pad-and-crop

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import torch
 
-from ..data import BatchAugment, ImageDataset, derive_seed, epoch_order, iterate_batches
+from ..data import BatchAugment, ImageDataset, Stream, derive_seed, epoch_order, iterate_batches
 from ..data.shards import rank_plan
 from ..data.stream import StreamLoader
 from ..distributed import World
@@ -115,7 +115,9 @@ def make_feed(cfg: TrainConfig, data: RunData, world: World, device: torch.devic
     """The run's feed: an array's (the augmentation as one process would draw it), or a stream's
     (crop and flip in the loader's workers, the rest here with each rank's own draws)."""
     train, pre = data.train, data.preprocess
-    aug = dataclasses.replace(cfg.augment_config(train.image_size), crop_size=pre.input_size)
+    aug = dataclasses.replace(
+        cfg.augment_config(train.image_size, data.source.mirror_symmetric), crop_size=pre.input_size
+    )
     if not isinstance(train, StreamedSet):
         augment = BatchAugment(aug, pre.mean, pre.std, train.num_classes, cfg.seed)
         return ArrayFeed(train, cfg.batch_size, cfg.accum_steps, augment, world, device, cfg.seed)
@@ -127,5 +129,5 @@ def make_feed(cfg: TrainConfig, data: RunData, world: World, device: torch.devic
         skip_bad_images=cfg.skip_bad_images,
     )
     rest = dataclasses.replace(aug, crop_padding=0, crop_scale=None, hflip=False)  # done by the loader
-    augment = BatchAugment(rest, pre.mean, pre.std, train.num_classes, derive_seed(cfg.seed, 14, world.rank))
+    augment = BatchAugment(rest, pre.mean, pre.std, train.num_classes, derive_seed(cfg.seed, Stream.RANK, world.rank))
     return StreamFeed(train, cfg.batch_size, cfg.accum_steps, augment, world, device, cfg.seed, loader)

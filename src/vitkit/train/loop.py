@@ -23,7 +23,7 @@ from torch import nn
 from .. import distributed
 from ..checkpoint import WEIGHTS_NAME, check_state_dict, read_weights
 from ..config import ViTConfig, get_config
-from ..data import derive_seed, native_format
+from ..data import Stream, derive_seed, resolve_source
 from ..errors import CheckpointError, ConfigError, DivergedError
 from ..evaluate import Evaluation
 from ..factory import create_model
@@ -177,21 +177,22 @@ def _model_and_data(cfg: TrainConfig, resuming: RunFolder | None) -> tuple[Visio
     """The model, the data and (for --init) the record of the source: a fresh model from the
     preset; the source's, adapted to the data; or, resuming a fine-tuning run, the model and the
     preprocessing its run record describes (the source itself is not needed again)."""
+    dataset = resolve_source(cfg.data, cfg.data_dir)
     if cfg.init is None:
-        data = prepare_data(cfg, scratch_geometry(cfg, _model_image_size(cfg)))
-        torch.manual_seed(derive_seed(cfg.seed, 0, 9))  # initial weights
+        data = prepare_data(cfg, dataset, scratch_geometry(cfg, dataset, _model_image_size(cfg)))
+        torch.manual_seed(derive_seed(cfg.seed, Stream.WEIGHTS))  # initial weights
         return build_model(cfg, data), data, None
     if cfg.pad:
         raise ConfigError("--pad is for training from scratch; with --init the source's preprocessing decides")
     if resuming is not None:
         record = resuming.read_record()
-        data = prepare_data(cfg, Preprocess.from_dict(record["preprocess"]), own_statistics=False)
+        data = prepare_data(cfg, dataset, Preprocess.from_dict(record["preprocess"]), own_statistics=False)
         return VisionTransformer(ViTConfig.from_dict(record["model"])), data, record.get("init")
     source = load_source(cfg.init, cfg.mean, cfg.std)
     log.info("--init %s: %s weights; normalisation from %s", cfg.init, source.fmt, source.normalisation)
-    channels = cfg.channels or native_format(cfg.data)[1]
+    channels = cfg.channels or dataset.native_format[1]
     model, geometry, notes = adapt_input(source, channels, cfg.image_size)
-    data = prepare_data(cfg, geometry.replace(dataset=cfg.data), own_statistics=False)
+    data = prepare_data(cfg, dataset, geometry.replace(dataset=dataset.text), own_statistics=False)
     model = adapt_head(model, list(data.preprocess.class_names), cfg.keep_head, notes)
     for note in notes:
         log.info("--init: %s", note)
@@ -240,13 +241,7 @@ def _run_record(run: Run) -> dict[str, Any]:
         "train": run.cfg.to_dict(),
         "model": run.model.config.to_dict(),
         "preprocess": data.preprocess.to_dict(),
-        "data": {
-            "held": _held(data),
-            "train": len(data.train),
-            "val": len(data.val),
-            "val_is_test": data.val_is_test,
-            "held_out": data.held_out,
-        },
+        "data": {"held": _held(data), "split": data.split},
         "steps_per_epoch": run.steps_per_epoch,
         "device": str(run.device),
         "bf16": run.bf16,
@@ -264,14 +259,17 @@ def _held(data: RunData) -> str:
 
 
 def _log_start(run: Run) -> None:
+    data = run.data
+    val = f"choosing on {len(data.val)} held out of the training images" if data.val else "holding none out"
+    test = f"scoring {len(data.test)} test images at the end" if data.test else "a trial: no test images"
     log.info(
-        "training %s (%.2f M params) on %d %s images, validating on %d (%s); %s, %s, %d thread(s)",
+        "training %s (%.2f M params) on %d %s images, %s, %s; %s, %s, %d thread(s)",
         run.cfg.model,
         run.model.num_params() / 1e6,
-        len(run.data.train),
-        run.cfg.data,
-        len(run.data.val),
-        "test split" if run.data.val_is_test else "held out",
+        len(data.train),
+        data.source.name,
+        val,
+        test,
         run.device,
         "bf16 autocast" if run.bf16 else "fp32",
         torch.get_num_threads(),
@@ -313,7 +311,7 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> EpochStats:
         t0, c0 = time.perf_counter(), time.process_time()  # the clock counts reading the batch too
         micro_batches = next(batches)
         # stochastic depth, dropout: seeded per step (and rank: each its own draws for its slice)
-        torch.manual_seed(derive_seed(cfg.seed, epoch, 2, s, *([run.world.rank] if run.world.active else [])))
+        torch.manual_seed(derive_seed(cfg.seed, Stream.STEP, epoch, s, *([run.world.rank] if run.world.active else [])))
         stats.lr = run.schedule(run.steps, run.train_time)
         set_learning_rate(run.step.optimizer, stats.lr)
         result = run.step(micro_batches)
@@ -370,7 +368,7 @@ def validate(run: Run, epoch: int) -> Evaluation | None:
     time on a small CPU); None in the epochs between."""
     cfg, rounds = run.cfg, (epoch + 1) // run.epochs_per_round
     every = cfg.eval_every > 0 and run.round_end(epoch) and rounds % cfg.eval_every == 0
-    if not run.done(epoch) and not every:
+    if run.data.val is None or (not run.done(epoch) and not every):
         return None
     model, data = run.eval_model, run.data
     return run.world.evaluate(model, data.val, data.preprocess, cfg.eval_batch_size, run.device, run.bf16)
@@ -419,8 +417,8 @@ def save_checkpoints(run: Run, improved: bool) -> None:
 
 # ============================================================================ finish
 def finish(run: Run, grid: dict[str, Any] | None = None) -> Summary:
-    """Score the final weights (the EMA's when on) on the test split, else the validation set,
-    and write summary.json."""
+    """Score the final weights (the EMA's when on) on the test images (an --lr-grid trial: the
+    validation share), and write summary.json."""
     if run.folder.find_checkpoint("last") is None:
         raise CheckpointError(f"{run.folder.path}: no epoch finished, nothing to evaluate")
     data, cfg = run.data, run.cfg
@@ -441,7 +439,7 @@ def finish(run: Run, grid: dict[str, Any] | None = None) -> Summary:
         train_time_s=round(run.train_time, 1),
         wall_time_s=round(time.perf_counter() - run.wall_start, 1),
         images_per_s=round(run.images_seen / max(run.compute_time, 1e-9), 1),
-        eval_split="test" if data.test is not None else "validation",
+        eval_split=data.final_split,
         eval_images=result.images,
         accuracy=result.top1,
         top5=result.top5,
@@ -464,7 +462,7 @@ def finish(run: Run, grid: dict[str, Any] | None = None) -> Summary:
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Summary:
     """Train (or, with ``resume``, continue) the run in ``cfg.out``; returns its summary.
 
-    Ends with an evaluation on the test split (or the validation split when there is none),
+    Ends with an evaluation on the test images (the dataset's test split, or a share held out of it),
     written to ``summary.json``. With ``cfg.lr_grid``, short trials choose the learning rate
     first (:func:`vitkit.train.lr_grid.search`) and the run spends what is left of the budget.
     """
@@ -473,7 +471,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Summ
         cfg, grid = search(cfg, lambda trial: train(trial, progress=progress))
     run = start(cfg, resume)
     if run.total_steps == 0:  # --steps 0: the adapted model as it is, evaluated
-        save_checkpoints(run, improved=True)
+        save_checkpoints(run, improved=run.data.val is not None)
     for epoch in range(run.epoch, run.epochs):
         if run.out_of_time() or run.steps >= run.total_steps:
             run.stopped_by_budget = run.out_of_time()

@@ -3,12 +3,12 @@
 The paper held out 2 % of each downstream training set, fine-tuned once per rate of a small grid
 and kept the rate that did best on the held-out part, never looking at the test split. Here:
 
-- :func:`hold_out` takes a seeded 2 % of every class, and at least one image of each, so that no
-  class goes unscored; a class with a single image cannot give one up, and then the set is not
-  split at all;
-- each rate gets a short trial from the same start (the caller's to run);
+- each rate gets a short trial from the same start (the caller's to run), trained on the run's
+  training share and scored on its validation share: the one hold-out rule of
+  :mod:`vitkit.data.splits`, the very images the full run then chooses ``best/`` on. A trial
+  never loads the test split;
 - :func:`choose` keeps the rate with the best held-out accuracy (ties: the lower held-out loss),
-  or, with no held-out part, the lowest final training loss, and says which rule decided.
+  and says which rule decided.
 """
 
 from __future__ import annotations
@@ -21,9 +21,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ..data.dataset import ImageDataset, derive_seed, per_class_index, smallest_class
 from ..errors import ConfigError, DivergedError
 from ..files import read_json_object
 from .config import TrainConfig
@@ -31,8 +28,6 @@ from .run_folder import RunFolder, Summary
 
 log = logging.getLogger(__name__)
 
-HOLD_OUT_SHARE = 0.02
-NO_HOLD_OUT = "the lowest final training loss (a class has a single image, so none is held out)"
 TRIAL_SHARE = 0.1  # of the budget, for each rate's trial
 TRIALS_AT_MOST = 0.5  # of the budget, for all the trials together
 
@@ -51,24 +46,6 @@ class Trial:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def hold_out(
-    dataset: ImageDataset, seed: int, share: float = HOLD_OUT_SHARE
-) -> tuple[ImageDataset, ImageDataset | None, str]:
-    """(the part to train trials on, the held-out part or None, how the choice will be made)."""
-    if smallest_class(dataset.labels, dataset.num_classes)[1] < 2:
-        return dataset, None, NO_HOLD_OUT
-    counts = torch.bincount(dataset.labels, minlength=dataset.num_classes).tolist()
-    take = [max(1, math.floor(share * n)) for n in counts]
-    held_index = per_class_index(dataset.labels, dataset.num_classes, take, derive_seed(seed, 0, 11))
-    keep = torch.ones(len(dataset), dtype=torch.bool)
-    keep[held_index] = False
-    how = (
-        f"held-out accuracy on {len(held_index)} training images "
-        f"({share:.0%} of each class, at least one; ties: the lower held-out loss)"
-    )
-    return dataset.subset(keep.nonzero()[:, 0]), dataset.subset(held_index), how
 
 
 def choose(trials: list[Trial]) -> Trial:
@@ -107,6 +84,8 @@ def search(cfg: TrainConfig, train: Callable[[TrainConfig], Summary]) -> tuple[T
         raise ConfigError("--lr-grid shares one budget between the trials and the run: give --steps or --time-budget")
     if cfg.steps == 0:
         raise ConfigError("--lr-grid with --steps 0: there is nothing to train; give --steps N")
+    if cfg.val_fraction <= 0:
+        raise ConfigError("--lr-grid chooses the rate on the validation share: give --val-fraction > 0 (e.g. 0.02)")
     share = min(TRIAL_SHARE, TRIALS_AT_MOST / len(rates))
     trials, rules = zip(*(_trial(cfg, rate, share, train) for rate in rates), strict=True)
     trials = list(trials)
@@ -137,7 +116,7 @@ def _trial_config(cfg: TrainConfig, rate: float, share: float) -> TrainConfig:
         out=str(Path(cfg.out) / "lr-grid" / f"lr={rate:g}"),
         lr=rate,
         lr_grid=None,
-        hold_out=True,
+        trial=True,
         steps=None if cfg.steps is None else max(1, round(share * cfg.steps)),
         time_budget=None if not cfg.time_budget else share * cfg.time_budget,
         warmup_steps=warmup,
@@ -161,16 +140,17 @@ def _trial(cfg: TrainConfig, rate: float, share: float, train: Callable[[TrainCo
             summary = train(trial_cfg).to_dict()
         except DivergedError as e:
             log.warning("--lr-grid: lr %g diverged (%s)", rate, e)
-    held_out = folder.read_record()["data"].get("held_out")  # None: nothing was held out
-    rule = held_out or NO_HOLD_OUT
+    split = folder.read_record()["data"]["split"]
+    rule = (
+        f"held-out accuracy on the {split['counts']['val']} images of the validation share "
+        f"({split['rule']['val_fraction']:.0%} of each class, at least one; ties: the lower held-out loss)"
+    )
     if summary is None:
         return Trial(rate, trial_cfg.steps or 0, math.nan), rule
     metrics = folder.read_metrics()
     train_loss = metrics[-1]["train_loss"] if metrics else math.nan
     trial = Trial(rate, summary["steps"], train_loss, summary["accuracy"], summary["loss"])
     trial.seconds = summary["train_time_s"]
-    if held_out is None:
-        trial.val_top1 = trial.val_loss = None
     return trial, rule
 
 

@@ -24,13 +24,12 @@ import torch
 
 from ..checkpoint import CONFIG_NAME, save
 from ..errors import CheckpointError, ConfigError
-from ..evaluate import SUMMARY_NAME
+from ..evaluate import RUN_CONFIG_NAME, SUMMARY_NAME
 from ..files import atomic_write, atomic_write_json, find_complete, read_json_object, write_folder
 from ..model import VisionTransformer
 from ..preprocess import Preprocess
 from .config import TrainConfig
 
-RUN_CONFIG_NAME = "train_config.json"
 METRICS_NAME = "metrics.jsonl"
 STATE_NAME = "training_state.pt"
 
