@@ -147,6 +147,16 @@ def test_bad_uploads_get_one_line_errors(digits_run):
         assert r.status_code == 200 and r.content[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_garbled_patch_number_is_a_400_not_a_500(digits_run):
+    client = TestClient(create_app(Explorer(digits_run)), raise_server_exceptions=False)
+    good = _png(load_dataset("digits", "test").images[0].numpy())
+    for patch in ("--5", "\u00b2", "1e3", "9" * 5000):  # "--5" and "²" once passed the digit test, then int() raised
+        r = client.post("/api/predict", params={"patch": patch}, content=good)
+        assert r.status_code == 400, (patch, r.text)
+        assert "patch" in r.json()["error"], patch
+    assert client.post("/api/predict", params={"patch": "3"}, content=good).json()["patch"] == 3
+
+
 def test_missing_or_corrupt_checkpoint_exits_before_opening_a_port(tmp_path, digits_run):
     out = subprocess.run(
         [sys.executable, "-m", "vitkit", "serve", str(tmp_path / "nope")], capture_output=True, text=True
