@@ -157,6 +157,39 @@ def test_a_garbled_patch_number_is_a_400_not_a_500(digits_run):
     assert client.post("/api/predict", params={"patch": "3"}, content=good).json()["patch"] == 3
 
 
+def _bomb_jpeg(width: int, height: int) -> bytes:
+    """A valid 8x8 JPEG whose frame header claims ``width`` x ``height`` pixels."""
+    buf = io.BytesIO()
+    Image.new("L", (8, 8)).save(buf, format="JPEG")
+    data, i = bytearray(buf.getvalue()), 2
+    while data[i + 1] not in (0xC0, 0xC1, 0xC2):  # walk the markers to the start of frame
+        i += 2 + struct.unpack(">H", data[i + 2 : i + 4])[0]
+    data[i + 5 : i + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def test_a_jpeg_bomb_is_refused_before_its_pixels_are_allocated(digits_run, monkeypatch):
+    """torchvision's decoder allocates the whole image before it reads the data: 333 bytes that
+    claim 14000x14000 pixels once cost 196 MB (65535x65535 in colour: 12 GB) before the refusal."""
+    import torchvision.io
+
+    decoded = []
+
+    def spy(data, **kw):  # noqa: ANN001, ANN202
+        decoded.append(len(data))
+        raise RuntimeError("not decoded in this test")
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", spy)
+    client = TestClient(create_app(Explorer(digits_run)))
+    r = client.post("/api/predict", content=_bomb_jpeg(14000, 14000))
+    assert r.status_code == 400 and "DecompressionBomb" in r.json()["error"], r.text
+    assert decoded == [], "the JPEG decoder was handed a bomb"
+    small = io.BytesIO()
+    Image.fromarray(load_dataset("digits", "test").images[0, 0].numpy()).save(small, format="JPEG")
+    assert client.post("/api/predict", content=small.getvalue()).status_code == 200
+    assert len(decoded) == 1  # an ordinary JPEG still goes to torchvision's decoder
+
+
 def test_missing_or_corrupt_checkpoint_exits_before_opening_a_port(tmp_path, digits_run):
     out = subprocess.run(
         [sys.executable, "-m", "vitkit", "serve", str(tmp_path / "nope")], capture_output=True, text=True
