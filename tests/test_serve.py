@@ -260,6 +260,24 @@ def test_fifty_requests_in_a_row_leave_the_server_alive(live_server):
     assert rss[1] - rss[0] < 30_000, f"resident memory grew by {rss[1] - rss[0]} kB over 39 requests"
 
 
+def test_the_load_benchmark_runs_end_to_end(digits_run, tmp_path):
+    """benchmarks/serve_load.py shortened to 2 clients for 2 s, so the script cannot rot: its
+    server, its mix of good, oversized and garbage uploads, its checks and its record."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_load.py"
+    args = ["--checkpoint", str(digits_run), "--data", "digits", "--clients", "2", "--seconds", "2"]
+    args += ["--warmup", "0.5", "--results", str(tmp_path)]
+    out = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stdout + out.stderr
+    (record,) = [json.loads(line) for line in (tmp_path / "serve_load.jsonl").read_text().splitlines()]
+    assert record["command"].startswith("python benchmarks/serve_load.py --checkpoint") and record["load"]
+    metrics = record["metrics"]
+    assert metrics["passed"] and all(metrics["checks"].values()) and metrics["server_tracebacks"] == 0
+    assert set(metrics["kinds"]) == {"good", "oversized", "garbage"} and metrics["requests_per_s"] > 0
+    assert metrics["kinds"]["good"]["statuses"] == {"200": metrics["kinds"]["good"]["requests"]}
+    assert 0 < metrics["good_latency_ms"]["p50"] <= metrics["good_latency_ms"]["p99"]
+    assert metrics["rss_kb"]["warm"] > 0 and "req/s" in out.stdout
+
+
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 needs_browser = pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER) and not os.environ.get("CI"),
