@@ -147,6 +147,49 @@ def test_bad_uploads_get_one_line_errors(digits_run):
         assert r.status_code == 200 and r.content[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_garbled_patch_number_is_a_400_not_a_500(digits_run):
+    client = TestClient(create_app(Explorer(digits_run)), raise_server_exceptions=False)
+    good = _png(load_dataset("digits", "test").images[0].numpy())
+    for patch in ("--5", "\u00b2", "1e3", "9" * 5000):  # "--5" and "²" once passed the digit test, then int() raised
+        r = client.post("/api/predict", params={"patch": patch}, content=good)
+        assert r.status_code == 400, (patch, r.text)
+        assert "patch" in r.json()["error"], patch
+    assert client.post("/api/predict", params={"patch": "3"}, content=good).json()["patch"] == 3
+
+
+def _bomb_jpeg(width: int, height: int) -> bytes:
+    """A valid 8x8 JPEG whose frame header claims ``width`` x ``height`` pixels."""
+    buf = io.BytesIO()
+    Image.new("L", (8, 8)).save(buf, format="JPEG")
+    data, i = bytearray(buf.getvalue()), 2
+    while data[i + 1] not in (0xC0, 0xC1, 0xC2):  # walk the markers to the start of frame
+        i += 2 + struct.unpack(">H", data[i + 2 : i + 4])[0]
+    data[i + 5 : i + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def test_a_jpeg_bomb_is_refused_before_its_pixels_are_allocated(digits_run, monkeypatch):
+    """torchvision's decoder allocates the whole image before it reads the data: 333 bytes that
+    claim 14000x14000 pixels once cost 196 MB (65535x65535 in colour: 12 GB) before the refusal."""
+    import torchvision.io
+
+    decoded = []
+
+    def spy(data, **kw):  # noqa: ANN001, ANN202
+        decoded.append(len(data))
+        raise RuntimeError("not decoded in this test")
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", spy)
+    client = TestClient(create_app(Explorer(digits_run)))
+    r = client.post("/api/predict", content=_bomb_jpeg(14000, 14000))
+    assert r.status_code == 400 and "DecompressionBomb" in r.json()["error"], r.text
+    assert decoded == [], "the JPEG decoder was handed a bomb"
+    small = io.BytesIO()
+    Image.fromarray(load_dataset("digits", "test").images[0, 0].numpy()).save(small, format="JPEG")
+    assert client.post("/api/predict", content=small.getvalue()).status_code == 200
+    assert len(decoded) == 1  # an ordinary JPEG still goes to torchvision's decoder
+
+
 def test_missing_or_corrupt_checkpoint_exits_before_opening_a_port(tmp_path, digits_run):
     out = subprocess.run(
         [sys.executable, "-m", "vitkit", "serve", str(tmp_path / "nope")], capture_output=True, text=True
@@ -215,6 +258,24 @@ def test_fifty_requests_in_a_row_leave_the_server_alive(live_server):
             rss.append(_rss_kb(proc.pid))
     assert proc.poll() is None
     assert rss[1] - rss[0] < 30_000, f"resident memory grew by {rss[1] - rss[0]} kB over 39 requests"
+
+
+def test_the_load_benchmark_runs_end_to_end(digits_run, tmp_path):
+    """benchmarks/serve_load.py shortened to 2 clients for 2 s, so the script cannot rot: its
+    server, its mix of good, oversized and garbage uploads, its checks and its record."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_load.py"
+    args = ["--checkpoint", str(digits_run), "--data", "digits", "--clients", "2", "--seconds", "2"]
+    args += ["--warmup", "0.5", "--results", str(tmp_path)]
+    out = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stdout + out.stderr
+    (record,) = [json.loads(line) for line in (tmp_path / "serve_load.jsonl").read_text().splitlines()]
+    assert record["command"].startswith("python benchmarks/serve_load.py --checkpoint") and record["load"]
+    metrics = record["metrics"]
+    assert metrics["passed"] and all(metrics["checks"].values()) and metrics["server_tracebacks"] == 0
+    assert set(metrics["kinds"]) == {"good", "oversized", "garbage"} and metrics["requests_per_s"] > 0
+    assert metrics["kinds"]["good"]["statuses"] == {"200": metrics["kinds"]["good"]["requests"]}
+    assert 0 < metrics["good_latency_ms"]["p50"] <= metrics["good_latency_ms"]["p99"]
+    assert metrics["rss_kb"]["warm"] > 0 and "req/s" in out.stdout
 
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")

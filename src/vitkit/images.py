@@ -68,12 +68,24 @@ def decode_image(source: str | os.PathLike | BinaryIO, name: str | None = None) 
 
 def _decode_jpeg(data: bytes) -> torch.Tensor | None:
     """A JPEG by torchvision's decoder, or None for Pillow to decide (not 1 or 3 channels, over
-    Pillow's decompression-bomb limit, damaged, or no such decoder in this torchvision)."""
+    Pillow's decompression-bomb limit, damaged, or no such decoder in this torchvision).
+
+    The size is read from the header first: the decoder allocates the whole image before it
+    reads a byte of the data, so a few hundred bytes that claim 65535x65535 pixels would cost
+    13 GB before any check after decoding could refuse them."""
     from PIL import Image
 
     try:
         from torchvision.io import ImageReadMode, decode_jpeg
     except ImportError:
+        return None
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        with Image.open(io.BytesIO(data)) as img:  # the header only: no pixels are decoded here
+            width, height = img.size
+    except Exception:  # noqa: BLE001 - a bomb, a damaged header: Pillow decodes and reports it
+        return None
+    if limit is not None and width * height > limit:
         return None
     try:
         with warnings.catch_warnings():  # torchvision 0.29 points to TorchCodec, not installed here
@@ -81,10 +93,7 @@ def _decode_jpeg(data: bytes) -> torch.Tensor | None:
             x = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.UNCHANGED)
     except RuntimeError:
         return None
-    limit = Image.MAX_IMAGE_PIXELS
-    if x.shape[0] not in (1, 3) or (limit is not None and x.shape[1] * x.shape[2] > limit):
-        return None
-    return x
+    return x if x.shape[0] in (1, 3) else None
 
 
 def _is_gray(img) -> bool:  # noqa: ANN001 - PIL types stay local

@@ -236,9 +236,10 @@ def create_app(explorer: Explorer):  # noqa: ANN201 - a Starlette app
             patch_arg = request.query_params.get("patch")
             patch = None
             if patch_arg not in (None, ""):
-                if not patch_arg.lstrip("-").isdigit():
-                    raise ServeError(f"patch={patch_arg!r} is not a patch number")
-                patch = int(patch_arg)
+                try:  # int() itself decides: "--5" and "²" pass str.isdigit() tests and then raise
+                    patch = int(patch_arg)
+                except ValueError:
+                    raise ServeError(f"patch={patch_arg[:20]!r} is not a patch number") from None
             data = await read_body(request)
             result = await run_in_threadpool(explorer.predict, data, patch)
         except ServeError as e:
