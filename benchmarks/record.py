@@ -102,6 +102,19 @@ def environment(device: str = "cpu") -> dict[str, Any]:
     return env
 
 
+def best_chosen_on(run: Path) -> str | None:
+    """Which split chose a ``vitkit train`` run's ``best/`` checkpoint (and scored its epochs):
+    the validation images held out of the training set when the run held some out
+    (``--val-fraction``), else the split its summary names (``test`` for a dataset with a test
+    split: then validation *is* the test split). None when the run folder does not say."""
+    try:
+        train = json.loads((run / "train_config.json").read_text())["train"]
+        summary = json.loads((run / "summary.json").read_text())
+    except (OSError, ValueError, KeyError):
+        return None
+    return "validation" if train.get("val_fraction") else summary.get("eval_split")
+
+
 def command_line(argv: list[str] | None = None) -> str:
     """The command that is running, as a user would type it: ``python benchmarks/x.py ...``."""
     argv = list(sys.argv if argv is None else argv)
