@@ -295,7 +295,7 @@ def vs_timm_fastest(src: Sources) -> str:
 
 def profile(src: Sources) -> str:
     """``vitkit bench --profile`` of the main job's step: the history, then the newest by kind of work."""
-    records = [r for r in src.records("bench") if r["config"].get("profile")]
+    records = [r for r in src.records("bench") if "profile" in r["metrics"]]
     notes = Notes()
     rows = []
     for r in records:
