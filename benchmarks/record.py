@@ -14,6 +14,12 @@ revision and the command that gave it. A line is written whole (one ``write`` of
 file opened for appending, then fsync), so a benchmark killed mid-way leaves the earlier lines
 intact and no half line. Nothing rewrites a line: a new measurement is a new line.
 
+Beside those keys a record may carry ``gpu`` (a GPU's name), ``load_end`` (the load average when
+the measurement ended), a ``note``; and a line migrated from the former ``results/*.json`` files
+carries ``migrated_from`` (``FILE@REVISION``) and ``environment_recorded`` (what that file said of
+its machine that the schema has no key for). A key the old file did not record is null, and a CPU
+it did not name is ``"unrecorded"``.
+
 A command that is not a Python benchmark (``vitkit bench --json``, a test run) is recorded by
 running it through this file, the environment read before it starts::
 
