@@ -985,13 +985,19 @@ def span(values: Iterable[float], fmt: Callable[[float], str], unit: str = "") -
 
 
 def values_records(src: Sources) -> dict[str, str]:
-    """The newest main job and hour recipe, and what the fine-tuning benchmark measured at 56 px."""
+    """The newest main job, hour recipe and CNN reference (for sentences in the README and the
+    reports), and what the fine-tuning benchmark measured at 56 px."""
     out = {}
     if src.records("main_job"):
-        out["main-job.accuracy"] = pct(src.records("main_job")[0]["metrics"]["train"]["accuracy"])
+        r = src.records("main_job")[0]
+        t = r["metrics"]["train"]
+        out |= {"main-job.accuracy": pct(t["accuracy"]), "main-job.epochs": str(t["epochs_done"])}
+        out |= {"main-job.images-per-s": num(t["images_per_s"]), "main-job.date": when(r)[:10]}
     hour = [r for r in src.records("train_fmnist") if r["config"]["recipe"] == "fmnist-60m"]
     if hour:
         out["recipes.fmnist-60m"] = pct(hour[0]["metrics"]["test_accuracy"])
+    if src.records("cnn_reference"):
+        out["cnn-reference.accuracy"] = pct(src.records("cnn_reference")[0]["metrics"]["test_top1"])
     if src.records("finetune"):
         runs = {r["name"]: r for r in src.records("finetune")[0]["metrics"]["runs"] if r.get("data") == "all"}
         if "sgd at 56 px" in runs and "sgd (finetune recipe)" in runs:
