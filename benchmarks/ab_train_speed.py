@@ -5,22 +5,21 @@ alternated in one process.
 
 Separate processes differ by a few per cent in images/s even for the same code (where memory and
 threads land), so the two versions run in one process, in alternating order: the older revision
-is checked out into a temporary folder and imported under another package name. Writes
-``benchmarks/results/ab_train_speed.json``.
+is checked out into a temporary folder and imported under another package name. Appends a
+record to ``benchmarks/results/ab_train_speed.jsonl`` (its revision is the newer code's).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+import record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import importlib
 
-    load = [round(v, 2) for v in os.getloadavg()]
+    env = record.environment()
     with tempfile.TemporaryDirectory() as tmp:
         old = importlib.import_module(f"{old_package(args.rev, Path(tmp))}.train")
         import vitkit.train as new
@@ -64,21 +63,21 @@ def main(argv: list[str] | None = None) -> int:
             order = [("old", old), ("new", new)] if r % 2 == 0 else [("new", new), ("old", old)]
             for name, module in order:
                 res[name].append(images_per_s(module, args.seconds, Path(tmp) / f"{name}-{r}"))
-    record = {
+    config = {
         "old_rev": args.rev,
-        "new": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
         "recipe": "fmnist-10m, 2 threads, validation off",
         "seconds_per_run": args.seconds,
+        "rounds": args.rounds,
+    }
+    metrics = {
         "images_per_s": res,
         "mean_old": round(sum(res["old"]) / len(res["old"]), 1),
         "mean_new": round(sum(res["new"]) / len(res["new"]), 1),
-        "load_average_at_start": load,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    (ROOT / "benchmarks" / "results" / "ab_train_speed.json").write_text(json.dumps(record, indent=2) + "\n")
+    record.append("ab_train_speed", config, metrics, env=env)
     print(f"{'version':<8} {'images/s (each run)':<30} mean")
     for name in ("old", "new"):
-        print(f"{name:<8} {', '.join(f'{v:.0f}' for v in res[name]):<30} {record['mean_' + name]:.0f}")
+        print(f"{name:<8} {', '.join(f'{v:.0f}' for v in res[name]):<30} {metrics['mean_' + name]:.0f}")
     return 0
 
 

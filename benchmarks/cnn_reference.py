@@ -9,18 +9,18 @@ images, with ``vitkit train``'s own step, schedule and optimiser groups (``commo
 autocast where the CPU has it, random crop and flip), for as many steps of 256 images as fit in
 ``--seconds``: the step time is measured on 30 steps first. Scored on the 10,000 test images.
 Run it on a quiet machine in the same session as ``bash scripts/main.sh`` (the ViT), so the two
-figures compare. Writes ``benchmarks/results/cnn_reference.json``.
+figures compare. Appends a record to ``benchmarks/results/cnn_reference.jsonl``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
+import record
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "experiments"))
@@ -28,8 +28,8 @@ import common  # noqa: E402
 
 from vitkit.runtime import keep_freed_memory  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 BATCH = 256
+SEED = 0
 
 
 def seconds_per_step(train, test) -> float:  # noqa: ANN001
@@ -52,27 +52,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--data-dir", default=None)
     args = p.parse_args(argv)
-    load = [round(v, 2) for v in os.getloadavg()]
+    env = record.environment()
     torch.set_num_threads(args.threads)
     keep_freed_memory()  # as vitkit train does on a CPU
     train, test = common.fashion_mnist(args.data_dir)
     per_step = seconds_per_step(train, test)
     steps = int(args.seconds / per_step)
-    result = common.fit(common.ResNet(), train, test, common.Budget(steps=steps, batch_size=BATCH), seed=0)
-    record = {
+    result = common.fit(common.ResNet(), train, test, common.Budget(steps=steps, batch_size=BATCH), seed=SEED)
+    config = {
         "model": "experiments' ResNet (widths 32/64/128, one basic block a stage)",
         "recipe": "common.fit: AdamW 2e-3, wd 0.05, warm-up 5 % then cosine, label smoothing 0.1, crop + flip",
         "budget_s": args.seconds,
-        "measured_s_per_step": round(per_step, 4),
-        **result,
         "threads": args.threads,
-        "load_average_at_start": load,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "torch": torch.__version__,
+        "seed": SEED,
+        "scored_on": "test",
+        "chosen_on": None,  # a fixed recipe and step count: nothing is chosen on any split
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "cnn_reference.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(f"load average at start {load}; {args.threads} threads")
+    record.append("cnn_reference", config, {"measured_s_per_step": round(per_step, 4), **result}, env=env)
+    print(f"load average at start {env['load']}; {args.threads} threads")
     print(
         f"ResNet ({result['params'] / 1e6:.2f} M params): {result['steps']} steps ({result['epochs']:.1f} epochs) in "
         f"{result['train_s']:.0f} s at {result['images_per_s']:.0f} images/s: test accuracy {result['test_top1']:.2%}"

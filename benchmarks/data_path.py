@@ -14,14 +14,13 @@ On the 10,000-JPEG folder of ``benchmarks/photo_folder.py`` (made if missing), i
   decode, crop and flip in DataLoader workers), against the model alone, and the loader alone;
 - peak memory (VmHWM) of this process.
 
-Writes ``benchmarks/results/data_path.json``. Run it alone: it measures the machine.
+Appends a record to ``benchmarks/results/data_path.jsonl``. Run it alone: it measures the machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import resource
 import shutil
@@ -29,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import record
 import torch
 
 from vitkit import create_model
@@ -45,7 +45,6 @@ from vitkit.train.feed import ArrayFeed, StreamFeed
 from vitkit.train.optim import build_optimizer, param_groups
 from vitkit.train.step import TrainStep
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SIZE, BATCH = 224, 64
 
 
@@ -124,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=6)
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     args = p.parse_args(argv)
-    load = [round(v, 2) for v in os.getloadavg()]
+    env = record.environment()
     if not args.folder.is_dir():
         from photo_folder import make
 
@@ -157,20 +156,15 @@ def main(argv: list[str] | None = None) -> int:
             stream[f"{workers}_workers"] = compare(step, batch, forever(feed), args.repeats)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    record = {
+    config = {
         "what": "full-depth ViT-Ti/16, 224 px, batch 64, bf16 autocast, AdamW; RandomResizedCrop 8-100 % + flip",
         "threads": args.threads,
-        "decode": decode,
-        "cache": cache,
-        "stream": stream,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "load_average_at_start": load,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "torch": torch.__version__,
+        "repeats": args.repeats,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "data_path.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(f"load average at start {load}; {args.threads} threads")
+    peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    metrics = {"decode": decode, "cache": cache, "stream": stream, "peak_rss_mb": peak_rss_mb}
+    record.append("data_path", config, metrics, env=env)
+    print(f"load average at start {env['load']}; {args.threads} threads")
     print(f"decode: {decode['one_core_images_per_s']:.0f} img/s on one core, {decode['all_workers_images_per_s']:.0f}")
     print(
         f"  with {decode['workers']} workers; the 10,000-image cache ({decode['decoded_mb']:.0f} MB) in {decode['build_seconds']:.0f} s"
@@ -182,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cache, first epoch (decode + train): {cache['first_epoch_images_per_s']:.1f} img/s")
     for w in (1, 2):
         print(f"stream loader alone, {w} worker(s): {stream[f'loader_alone_{w}_workers_images_per_s']:.0f} img/s")
-    print(f"peak RSS {record['peak_rss_mb']:.0f} MB; wrote {RESULTS / 'data_path.json'}")
+    print(f"peak RSS {peak_rss_mb:.0f} MB; appended to {record.RESULTS / 'data_path.jsonl'}")
     return 0
 
 

@@ -1,8 +1,9 @@
 """Training throughput with 1 and 2 processes (torchrun, gloo) against 1 process with 2 threads.
 
 The fmnist-10m model on a slice of Fashion-MNIST, the same global batch in every row; prints a
-table and writes benchmarks/results/ddp-scaling-cpu.json. On a machine shared with other jobs the
-numbers say what this machine gave at that moment, not what the cores can do.
+table and appends a record to benchmarks/results/ddp_scaling.jsonl. On a machine shared with other
+jobs the numbers say what this machine gave at that moment (the record's load average at the
+start), not what the cores can do.
 
     python benchmarks/ddp_scaling.py [--limit-train 4096] [--epochs 2]
 """
@@ -16,6 +17,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import record
 
 
 def run(out: Path, nproc: int, threads: int, limit: int, epochs: int) -> dict:
@@ -35,23 +38,14 @@ def main() -> None:
     parser.add_argument("--limit-train", type=int, default=4096)
     parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args()
+    env = record.environment()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (nproc, threads) in enumerate([(1, 1), (2, 1), (1, 2)]):
             rows.append(run(Path(tmp) / str(i), nproc, threads, args.limit_train, args.epochs))
             print(f"{nproc} process(es) x {threads} thread(s): {rows[-1]['images_per_s']:.0f} images/s", flush=True)
-    load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else None
-    result = {
-        "model": "fmnist-10m",
-        "limit_train": args.limit_train,
-        "epochs": args.epochs,
-        "cores": os.cpu_count(),
-        "loadavg_after": load,
-        "rows": rows,
-    }
-    out = Path(__file__).parent / "results" / "ddp-scaling-cpu.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    config = {"model": "fmnist-10m", "limit_train": args.limit_train, "epochs": args.epochs}
+    record.append("ddp_scaling", config, {"rows": rows}, env=env)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ Upstream: a plain ViT (vit_tiny_28: 4x4 patches, 7x7 grid, class token, width 19
 trained from scratch on the 30,000 training images of T-shirt, Trouser, Pullover, Dress, Coat.
 Downstream: Sandal, Shirt, Sneaker, Bag, Ankle boot, with all 30,000 training images and with 10
 per class (three seeded draws), scored on their 5,000 test images. Every run is one
-``vitkit train`` command, recorded with its result in ``benchmarks/results/finetune.json``:
+``vitkit train`` command, recorded with its result in a record of ``benchmarks/results/finetune.jsonl``:
 
 - the ``finetune`` recipe (SGD, momentum 0.9, no weight decay, clipping at 1, warm-up + cosine)
   against AdamW at a tenth of the from-scratch rate;
@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import record
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "finetune.json"
 UPSTREAM, DOWNSTREAM = "0,1,2,3,4", "5,6,7,8,9"
 COMMON = ["--data", "fashion-mnist", "--no-progress", "--json"]
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.tiny:
         args.upstream_epochs, args.steps, args.shot_steps, args.seeds = 1, 3, 3, 1
-    load = [round(v, 2) for v in os.getloadavg()]
+    env = record.environment()
     started = time.time()
     upstream = args.runs / ("upstream-tiny" if args.tiny else "upstream")
     up_argv = ["--classes", UPSTREAM, "--recipe", "none", "--model", "vit_tiny_28", "--set", "fused_attention=false"]
@@ -120,10 +120,17 @@ def main(argv: list[str] | None = None) -> int:
             r = {"name": name, "data": "10 per class", "seed": seed, "lr": best["lr"], "command": argv}
             records.append(r | vitkit_train(argv, args.runs / _slug(f"{tag}{name}-10pc-seed{seed}")))
             print(f"{name:<30} 10 per class, seed {seed}: {records[-1]['accuracy']:.2%}", flush=True)
-    out = {"load_average_at_start": load, "minutes": round((time.time() - started) / 60, 1), "runs": records}
-    out["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    config = {
+        "upstream_epochs": args.upstream_epochs,
+        "steps": args.steps,
+        "shot_steps": args.shot_steps,
+        "batch_size": args.batch_size,
+        "seeds": args.seeds,
+        "lr_chosen_on": "a held-out tenth of the downstream training images (--val-fraction 0.1)",
+        "scored_on": "test (classes 5-9)",
+    }
     if not args.tiny:
-        RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+        record.append("finetune", config, {"minutes": round((time.time() - started) / 60, 1), "runs": records}, env=env)
     return 0
 
 

@@ -16,7 +16,8 @@ compile takes tens of seconds on 2 cores).
     python benchmarks/int8.py                                   # the main job's model
     python benchmarks/int8.py runs/NAME --compile               # another run, with compiled rows
 
-Writes ``benchmarks/results/int8.json`` (or ``--out``) and prints the table.
+Prints the table and appends a record to ``benchmarks/results/int8.jsonl``: the checkpoint and the
+split that chose it, each variant's accuracy, agreement and speed, and the libraries' versions.
 """
 
 from __future__ import annotations
@@ -32,16 +33,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime
+import record
 import torch
 
 from vitkit import bench
-from vitkit.checkpoint import atomic_write_json
 from vitkit.data import load_dataset
 from vitkit.evaluate import load_for_inference
 from vitkit.quantize import compare_logits, inference_model
-from vitkit.runtime import autocast, cpu_has_bf16, keep_freed_memory
+from vitkit.runtime import autocast, keep_freed_memory
 
-RESULTS = Path(__file__).parent / "results"
 DEFAULT_RUN = Path(__file__).resolve().parent.parent / "runs" / "main-20261127-053258"
 CPU = torch.device("cpu")
 
@@ -110,26 +110,15 @@ def onnx_sizes(model: torch.nn.Module, tmp: Path) -> dict[str, int]:
 
 
 def versions() -> dict[str, str]:
+    """The libraries each variant runs on (torch's is the record's)."""
     import torchao
 
     return {
         "python": platform.python_version(),
-        "torch": torch.__version__,
         "torchao": torchao.__version__,
         "onnxruntime": onnxruntime.__version__,
         "onnx": onnx.__version__,
         "numpy": np.__version__,
-    }
-
-
-def cpu_description() -> dict[str, object]:
-    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").is_file() else []
-    return {
-        "processor": platform.processor() or platform.machine(),
-        "cores_available": len(os.sched_getaffinity(0)),
-        "native_bf16": cpu_has_bf16(),
-        "vnni": "avx512_vnni" in flags or "avx_vnni" in flags,
-        "amx_int8": "amx_int8" in flags,
     }
 
 
@@ -152,11 +141,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--compile", action="store_true", help="add torch.compile'd fp32 and torchao int8 rows")
-    p.add_argument("--out", default=str(RESULTS / "int8.json"))
     args = p.parse_args()
 
-    load = [round(v, 2) for v in os.getloadavg()]
-    date = time.strftime("%Y-%m-%d %H:%M:%S %z")
+    env = record.environment()
     torch.set_num_threads(args.threads)
     keep_freed_memory()  # as vitkit's commands do on a CPU
     classifier = load_for_inference(args.run)
@@ -189,26 +176,24 @@ def main() -> None:
         sizes = onnx_sizes(model, Path(tmp))
     print(table(results))
     c = model.config
-    report = {
-        "what": "CPU inference variants of one checkpoint on the Fashion-MNIST test set",
-        "checkpoint": str(classifier.checkpoint),
+    checkpoint = Path(classifier.checkpoint)
+    config = {
+        "checkpoint": str(checkpoint),
         "model": f"stem {c.stem!r}, width {c.width}, depth {c.depth}, {c.grid_size[0] * c.grid_size[1]} tokens; "
         "int8 covers the Linear layers (qkv, proj, MLP, head), not the conv stem or attention's two products",
-        "date": date,
-        "load_average_at_start": load,
-        "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
-        "wall_s": round(time.perf_counter() - start, 1),
         "threads": args.threads,
         "batch_size": args.batch_size,
         "repeats": args.repeats,
         "test_images": int(images.shape[0]),
-        "onnx_bytes": sizes,
-        "cpu": cpu_description(),
+        "compile": args.compile,
         "versions": versions(),
-        "results": results,
+        "scored_on": "test",
+        "best_chosen_on": record.best_chosen_on(checkpoint.parent) if checkpoint.name == "best" else None,
     }
-    atomic_write_json(args.out, report)
-    print(f"load average at start {load}; wrote {args.out}")
+    metrics = {"variants": results, "onnx_bytes": sizes, "wall_s": round(time.perf_counter() - start, 1)}
+    load_end = [round(v, 2) for v in os.getloadavg()]
+    record.append("int8", config, metrics, env=env, load_end=load_end)
+    print(f"load average at start {env['load']}; appended to {record.RESULTS / 'int8.jsonl'}")
 
 
 if __name__ == "__main__":

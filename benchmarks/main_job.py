@@ -3,9 +3,9 @@
     python3 benchmarks/main_job.py            # on a fresh clone: set-up, 10 minutes of training, evaluation
 
 Standard library only, so it runs before ``scripts/setup.sh`` has made the virtual environment.
-Writes ``benchmarks/results/main_job-cpu.json``: the machine's load when the job started (the
-1-minute load average and the share of the CPUs busy over one second), the threads the job chose
-and why, its test accuracy, images/s and times, and the git commit it ran.
+Appends a record to ``benchmarks/results/main_job.jsonl`` (``record.py``: revision, CPU, load
+average at the start): the share of the CPUs busy over one second before the job, the threads
+the job chose and why, its test accuracy, images/s and times, and which split chose ``best/``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,12 +41,11 @@ def busy_share(seconds: float = 1.0) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", default=None, help="run folder (default: runs/main-DATE)")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "main_job-cpu.json")
     p.add_argument("--note", default="", help="what else was true of the machine")
     args = p.parse_args(argv)
     run = args.run or f"runs/main-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
-    start = {"load_average": list(os.getloadavg()), "cpu_busy_share_1s": round(busy_share(), 3)}
-    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    env = record.environment()
+    busy = round(busy_share(), 3)
     t0 = time.perf_counter()
     proc = subprocess.run(
         ["bash", "scripts/main.sh"], cwd=ROOT, env=os.environ | {"RUN": run}, capture_output=True, text=True
@@ -56,26 +57,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"main_job: scripts/main.sh failed ({proc.returncode})", file=sys.stderr)
         return proc.returncode
     threads = re.search(r"CPU threads: (\d+) per process \((.*)\)", proc.stderr)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    record = {
-        "command": "bash scripts/main.sh",
-        "commit": commit,
-        "started": started,
+    train = json.loads((ROOT / run / "summary.json").read_text())
+    evaluate = json.loads((ROOT / run / "eval-test" / "summary.json").read_text())
+    evaluate.pop("confusion", None)
+    seed = json.loads((ROOT / run / "train_config.json").read_text())["train"]["seed"]
+    config = {
+        "recipe": "fmnist-10m",
+        "seed": seed,
+        "run": run,
+        "scored_on": train["eval_split"],
+        "best_chosen_on": record.best_chosen_on(ROOT / run),
+        "note": args.note,
+    }
+    metrics = {
+        "train": train,
+        "evaluate": evaluate,
         "wall_s_with_setup": round(wall, 1),
-        "machine_at_start": start,
+        "cpu_busy_share_1s": busy,
         "threads_chosen": int(threads.group(1)) if threads else None,
         "threads_reason": threads.group(2) if threads else None,
-        "note": args.note,
-        "train_summary": json.loads((ROOT / run / "summary.json").read_text()),
-        "evaluate": json.loads((ROOT / run / "eval-test" / "summary.json").read_text()),
     }
-    record["evaluate"].pop("confusion", None)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
-    s = record["train_summary"]
+    record.append("main_job", config, metrics, env=env)
     print(
-        f"main job: {s['accuracy']:.2%} test accuracy, {s['epochs_done']} epochs, {s['images_per_s']:.0f} img/s, "
-        f"{record['threads_chosen']} thread(s); load at start {start['load_average'][0]:.2f} "
-        f"(CPU busy {start['cpu_busy_share_1s']:.0%}); wrote {args.out}"
+        f"main job: {train['accuracy']:.2%} test accuracy, {train['epochs_done']} epochs, "
+        f"{train['images_per_s']:.0f} img/s, {metrics['threads_chosen']} thread(s); load at start "
+        f"{env['load'][0]:.2f} (CPU busy {busy:.0%}); appended to {record.RESULTS / 'main_job.jsonl'}"
     )
     return 0
 

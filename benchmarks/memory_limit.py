@@ -12,7 +12,8 @@ Runs ``vitkit train --data FOLDER --image-size 224 --model vit_ti16 --set depth=
 
 The cgroup's ``memory.stat`` is sampled every 0.2 s: anonymous memory (``rss`` / ``anon``: what
 the kernel cannot reclaim, and kills for) and page cache (``cache`` / ``file``: the mapped cache
-file, which the kernel reclaims under the limit). Writes ``benchmarks/results/memory_limit.json``.
+file, which the kernel reclaims under the limit). Appends a record to
+``benchmarks/results/memory_limit.jsonl``.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ import threading
 import time
 from pathlib import Path
 
+import record
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 V1 = Path("/sys/fs/cgroup/memory")
 V2 = Path("/sys/fs/cgroup")
 
@@ -86,7 +88,7 @@ def run(folder: Path, mode: str, limit: int | None, tmp: Path) -> dict:
     out, err = proc.communicate()
     done.set()
     sampler.join()
-    record = {
+    result = {
         "data_mode": mode,
         "limit_mb": limit and round(limit / 2**20),
         "exit_status": proc.returncode,
@@ -98,9 +100,9 @@ def run(folder: Path, mode: str, limit: int | None, tmp: Path) -> dict:
     }
     if proc.returncode == 0:
         summary = json.loads(out[out.index("{") :])
-        record |= {k: summary[k] for k in ("accuracy", "images_per_s", "train_time_s", "eval_images", "threads")}
+        result |= {k: summary[k] for k in ("accuracy", "images_per_s", "train_time_s", "eval_images", "threads")}
     group.remove()
-    return record
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,19 +115,17 @@ def main(argv: list[str] | None = None) -> int:
         from photo_folder import make
 
         make(args.folder, 10_000, 224)
-    load = [round(v, 2) for v in os.getloadavg()]
+    env = record.environment()
     with tempfile.TemporaryDirectory(prefix="vitkit-memory-") as tmp:
         runs = [run(args.folder, "auto", args.limit_mb * 2**20, Path(tmp)), run(args.folder, "memory", None, Path(tmp))]
-    record = {
-        "command": "vitkit train --data FOLDER --image-size 224 --model vit_ti16 --set depth=1 --epochs 1 --batch-size 64",
+    config = {
+        "train_command": "vitkit train --data FOLDER --image-size 224 --model vit_ti16 --set depth=1 --epochs 1 "
+        "--batch-size 64",
         "folder": "10,000 JPEGs, 224x224 RGB (benchmarks/photo_folder.py): 1,505 MB decoded",
-        "runs": runs,
-        "load_average_at_start": load,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "limit_mb": args.limit_mb,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "memory_limit.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(f"load average at start {load}")
+    record.append("memory_limit", config, {"runs": runs}, env=env)
+    print(f"load average at start {env['load']}")
     print(f"{'data mode':<10}{'limit':>8}{'exit':>6}{'OOM kills':>11}{'peak anon':>11}{'page cache':>12}{'img/s':>8}")
     for r in runs:
         limit = f"{r['limit_mb']} MB" if r["limit_mb"] else "none"

@@ -3,8 +3,8 @@
     python benchmarks/probe.py          # after benchmarks/finetune.py, whose upstream model it reads
 
 The upstream model is benchmarks/finetune.py's: vit_tiny_28 trained from scratch on Fashion-MNIST
-classes 0-4. Three measurements, each one `vitkit` command recorded with its result in
-``benchmarks/results/probe.json``:
+classes 0-4. Three measurements, each one `vitkit` command recorded with its result in a record of
+``benchmarks/results/probe.jsonl``:
 
 1. ``vitkit probe`` of the upstream model on classes 5-9 (1, 5, 10, 25 shots; 3 seeds), and of the
    same network with random weights, the floor that pre-training must beat;
@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import record
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "probe.json"
 DOWNSTREAM = "5,6,7,8,9"
 
 
@@ -79,29 +79,29 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not args.upstream.is_dir():
         raise SystemExit(f"{args.upstream} not found: run `python benchmarks/finetune.py` first (or pass --upstream)")
-    load = [round(v, 2) for v in os.getloadavg()]
-    record: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_average_at_start": load}
+    env = record.environment()
+    metrics: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         cache = tmp_path / "cache"
-        record["probe_upstream"] = probe(args.upstream, cache, tmp_path / "p1")
-        record["probe_upstream_cached"] = probe(args.upstream, cache, tmp_path / "p2")
+        metrics["probe_upstream"] = probe(args.upstream, cache, tmp_path / "p1")
+        metrics["probe_upstream_cached"] = probe(args.upstream, cache, tmp_path / "p2")
         twin = random_twin(args.upstream, tmp_path / "random")
-        record["probe_random_weights"] = probe(twin, cache, tmp_path / "p3")
-        record["lr_grid_10_per_class"] = [grid_run(args.upstream, s, tmp_path / f"grid{s}") for s in range(3)]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(record, indent=2) + "\n")
+        metrics["probe_random_weights"] = probe(twin, cache, tmp_path / "p3")
+        metrics["lr_grid_10_per_class"] = [grid_run(args.upstream, s, tmp_path / f"grid{s}") for s in range(3)]
+    config = {"upstream": str(args.upstream), "downstream_classes": DOWNSTREAM, "scored_on": "test (classes 5-9)"}
+    record.append("probe", config, metrics, env=env)
     for name in ("probe_upstream", "probe_random_weights"):
-        print(name, f"({record[name]['seconds']} s)")
-        for r in record[name]["summary"]:
+        print(name, f"({metrics[name]['seconds']} s)")
+        for r in metrics[name]["summary"]:
             print(
                 f"  {r['shots']:>2} shots: ridge {100 * r['ridge_mean']:.2f} ± {100 * r['ridge_std']:.2f} %, "
                 f"20-NN {100 * r['knn_mean']:.2f} ± {100 * r['knn_std']:.2f} %"
             )
-    print(f"cached probe: {record['probe_upstream_cached']['seconds']} s")
-    for s, r in enumerate(record["lr_grid_10_per_class"]):
+    print(f"cached probe: {metrics['probe_upstream_cached']['seconds']} s")
+    for s, r in enumerate(metrics["lr_grid_10_per_class"]):
         print(f"--lr-grid seed {s}: chose {r['lr_grid']['chosen']:g}, {100 * r['accuracy']:.2f} %")
-    print(f"wrote {RESULTS}")
+    print(f"appended to {record.RESULTS / 'probe.jsonl'}")
     return 0
 
 

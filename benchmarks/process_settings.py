@@ -11,21 +11,20 @@ variants of the setting and swapping their order every round, and prints images/
 - ``affinity``: OpenMP threads left to the kernel's scheduler against threads pinned one to a core
   (``OMP_PROC_BIND=close OMP_PLACES=cores``, which torch's GNU OpenMP reads at start-up).
 
-Writes ``benchmarks/results/<setting>.json``. Run it alone: the images/s are the measurement.
+Appends a record to ``benchmarks/results/process_settings.jsonl``. Run it alone: the images/s
+are the measurement.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import tempfile
-import time
-from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+import record
+
 RUN = """
 import json, sys
 import vitkit.train.loop as L
@@ -62,29 +61,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=25.0)
     args = p.parse_args(argv)
     base, changed = SETTINGS[args.setting]
-    env = SETTINGS[args.setting][changed][0]
-    load = [round(v, 2) for v in os.getloadavg()]
+    changed_environment = SETTINGS[args.setting][changed][0]
+    env = record.environment()
     res: dict[str, list[float]] = {base: [], changed: []}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             for variant in (base, changed) if r % 2 == 0 else (changed, base):
                 res[variant].append(run_variant(args.setting, variant, args.seconds, f"{tmp}/{variant}-{r}"))
     mean = {k: round(sum(v) / len(v), 1) for k, v in res.items()}
-    record = {
+    config = {
         "setting": args.setting,
-        "changed_environment": env,
+        "changed_environment": changed_environment,
         "recipe": "fmnist-10m, 2 threads, validation off",
         "seconds_per_run": args.seconds,
-        "images_per_s": res,
-        "mean": mean,
-        "speedup": round(mean[changed] / mean[base], 3),
-        "load_average_at_start": load,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "rounds": args.rounds,
     }
-    (RESULTS / f"{args.setting}.json").write_text(json.dumps(record, indent=2) + "\n")
+    metrics = {"images_per_s": res, "mean": mean, "speedup": round(mean[changed] / mean[base], 3)}
+    record.append("process_settings", config, metrics, env=env)
     for k in res:
         print(f"{k:<8} {', '.join(f'{v:.0f}' for v in res[k])}  mean {mean[k]:.0f} images/s")
-    print(f"{changed} / {base}: {record['speedup']:.3f}")
+    print(f"{changed} / {base}: {metrics['speedup']:.3f}")
     return 0
 
 

@@ -6,7 +6,7 @@ Saves the first N Fashion-MNIST test images as PNG files, classifies each throug
 predict``'s code (files -> top-5) and through the web page's endpoint (``POST /api/predict``
 with the file's bytes), and counts the files whose top-1 class agrees. For comparison it also
 runs the preparation the page used before it shared ``Preprocess`` with ``predict`` (a straight
-resize to the padded input size). Writes ``benchmarks/results/serve_agreement.json`` (``--out``).
+resize to the padded input size). Appends a record to ``benchmarks/results/serve_agreement.jsonl``.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import io
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+import record
 import torch
 from PIL import Image
 from starlette.testclient import TestClient
@@ -26,8 +26,6 @@ from starlette.testclient import TestClient
 from vitkit.data import load_dataset
 from vitkit.evaluate import predict_files
 from vitkit.serve import Explorer, create_app
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _png(pixels: torch.Tensor) -> bytes:
@@ -50,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="a run folder or checkpoint of a Fashion-MNIST model")
     p.add_argument("--images", type=int, default=300)
-    p.add_argument("--out", type=Path, default=RESULTS / "serve_agreement.json")
     args = p.parse_args(argv)
+    env = record.environment()
     test = load_dataset("fashion-mnist", "test").subset(torch.arange(args.images))
     explorer = Explorer(args.run)
     client = TestClient(create_app(explorer))
@@ -73,18 +71,22 @@ def main(argv: list[str] | None = None) -> int:
     def accuracy(pred: list[int]) -> float:
         return sum(a == b for a, b in zip(pred, labels, strict=True)) / len(labels)
 
-    record = {
-        "checkpoint": str(explorer.checkpoint),
+    checkpoint = Path(explorer.checkpoint)
+    config = {
+        "checkpoint": str(checkpoint),
         "images": len(files),
+        "scored_on": "test",
+        "best_chosen_on": record.best_chosen_on(checkpoint.parent) if checkpoint.name == "best" else None,
+    }
+    metrics = {
         "top1_agree_page_vs_predict": sum(a == b for a, b in zip(page, by_predict, strict=True)),
         "accuracy_predict": accuracy(by_predict),
         "accuracy_page": accuracy(page),
         "accuracy_former_page_path": accuracy(former),
         "top1_agree_former_page_vs_predict": sum(a == b for a, b in zip(former, by_predict, strict=True)),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps(record, indent=2))
+    record.append("serve_agreement", config, metrics, env=env)
+    print(json.dumps(config | metrics, indent=2))
     return 0
 
 

@@ -3,7 +3,7 @@
 Times the whole request (upload bytes -> decode -> forward with attention -> rollout and maps ->
 JSON) for a trained Fashion-MNIST checkpoint (28x28) and for ViT-B/16 at 224x224 (random
 weights: the time does not depend on them), with and without a clicked patch. Prints a table and
-writes benchmarks/results/serve_latency.json. With --screenshot PATH it also opens the page in
+appends a record to benchmarks/results/serve_latency.jsonl. With --screenshot PATH it also opens the page in
 headless Chromium on the first checkpoint, uploads a test image, clicks a patch and saves a
 screenshot (the one in the README).
 
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-import os
 import statistics
 import subprocess
 import sys
@@ -24,14 +22,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import record
 import torch
 from PIL import Image
 from starlette.testclient import TestClient
 
 import vitkit
 from vitkit.serve import Explorer, create_app
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def png(size: tuple[int, int], seed: int = 0) -> bytes:
@@ -102,9 +99,9 @@ def main() -> None:
     p.add_argument("checkpoint", help="a trained run or checkpoint folder (28x28 Fashion-MNIST)")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--screenshot", type=Path, help="also save a browser screenshot of the page here")
-    p.add_argument("--out", type=Path, default=RESULTS / "serve_latency.json")
     args = p.parse_args()
 
+    env = record.environment()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         vitkit.save(vitkit.create_model("vit_b16"), Path(tmp) / "vit_b16")
@@ -133,17 +130,9 @@ def main() -> None:
     print(f"{'model':<20} {'image':>8} {'request':<24} {'median ms':>10} {'max ms':>8}")
     for r in rows:
         print(f"{r['model']:<20} {r['image']:>8} {r['request']:<24} {r['median_ms']:>10.1f} {r['max_ms']:>8.1f}")
-    record = dict(
-        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        torch=torch.__version__,
-        threads=torch.get_num_threads(),
-        load_average=[round(x, 2) for x in os.getloadavg()],
-        checkpoint=args.checkpoint,
-        rows=rows,
-    )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    config = {"checkpoint": args.checkpoint, "repeats": args.repeats, "threads": torch.get_num_threads()}
+    record.append("serve_latency", config, {"rows": rows}, env=env)
+    print(f"appended to {record.RESULTS / 'serve_latency.jsonl'}")
     if args.screenshot:
         screenshot(args.checkpoint, args.screenshot)
         print(f"wrote {args.screenshot}")

@@ -2,59 +2,48 @@
 
     python benchmarks/train_fmnist.py --recipe fmnist-10m  # the main job: 10 minutes on the CPU
     python benchmarks/train_fmnist.py --recipe fmnist-60m  # the 60-minute CPU recipe (target >= 94 %)
-    python benchmarks/train_fmnist.py --recipe fmnist-60m --seed 1  # -> train_fmnist-60m-seed1.json
+    python benchmarks/train_fmnist.py --recipe fmnist-60m --seed 1  # another seed than the recipe's
     python benchmarks/train_fmnist.py --recipe fmnist-gpu  # the longer GPU recipe (target >= 95 %)
     python benchmarks/train_fmnist.py --pipeline           # data pipeline vs model-only speed
 
-Each run prints a table and writes ``benchmarks/results/train_<recipe>.json`` (the pipeline
-check writes ``train_pipeline.json``): the recipe, the machine, and the measured figures.
+Each run prints a table and appends a record to ``benchmarks/results/train_fmnist.jsonl`` (the
+pipeline check to ``train_pipeline.jsonl``): the recipe, its seed, the split that scored it and the
+split that chose its ``best/`` checkpoint, and the measured figures; the machine is the record's.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
+import record
 import torch
 
-from vitkit.checkpoint import atomic_write_json
 from vitkit.data import BatchAugment, epoch_order, iterate_batches
 from vitkit.runtime import resolve_device, set_threads, use_bf16
 from vitkit.train import RECIPES, TrainConfig, TrainStep, adamw, build_model, param_groups, train
-from vitkit.train.datasets import prepare_data
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def machine() -> dict:
-    info = {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "platform": platform.platform()}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
+from vitkit.train.datasets import prepare_data, scratch_geometry
 
 
 def run_recipe(name: str, out: Path, threads: int | None, device: str, seed: int | None = None) -> dict:
-    """Train recipe ``name`` (with another seed if given) and write its figures to
-    ``train_<name>.json``, or ``train_<name>-seed<N>.json`` for another seed."""
+    """Train recipe ``name`` (with another seed if given) and append its figures to
+    ``train_fmnist.jsonl``."""
     overrides = {"out": str(out), "threads": threads, "device": device} | ({} if seed is None else {"seed": seed})
     cfg = TrainConfig(**(RECIPES[name] | overrides))
+    env = record.environment(resolve_device(cfg.device).type)
     start = time.perf_counter()
     summary = train(cfg, progress=sys.stderr.isatty())
     wall = time.perf_counter() - start
-    result = {
+    config = {
         "recipe": name,
-        "config": cfg.to_dict(),
+        "seed": cfg.seed,
+        "scored_on": summary.eval_split,
+        "best_chosen_on": record.best_chosen_on(out),
+        "train_config": cfg.to_dict(),
+    }
+    result = {
         "test_accuracy": summary.accuracy,
         "top5": summary.top5,
         "epochs_done": summary.epochs_done,
@@ -66,10 +55,8 @@ def run_recipe(name: str, out: Path, threads: int | None, device: str, seed: int
         "bf16": summary.bf16,
         "threads": summary.threads,
         "device": summary.device,
-        "machine": machine(),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    atomic_write_json(RESULTS / f"train_{name}{'' if seed is None else f'-seed{seed}'}.json", result)
+    record.append("train_fmnist", config, result, env=env)
     print(f"{'recipe':<8} {'test acc':>9} {'epochs':>6} {'train s':>8} {'wall s':>7} {'img/s':>7}")
     print(
         f"{name:<8} {result['test_accuracy']:>9.2%} {result['epochs_done']:>6} {result['train_time_s']:>8.0f} "
@@ -84,7 +71,7 @@ def _pipeline_steps(name: str, threads: int | None, device_name: str):  # noqa: 
     cfg = TrainConfig(**(RECIPES[name] | {"threads": threads, "device": device_name}))
     set_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    data = prepare_data(cfg, (28, 28))
+    data = prepare_data(cfg, scratch_geometry(cfg, (28, 28)))
     model = build_model(cfg, data).to(device).train()
     step = TrainStep(
         model, adamw(param_groups(model, cfg.weight_decay), 1e-4, device), device,
@@ -110,6 +97,7 @@ def pipeline_check(name: str, steps: int, threads: int | None, device_name: str)
     """Images/s of the full training step against the same step on one pre-made float batch: the
     data path's share of the time. Measured in alternating rounds so that a busy machine affects
     both alike."""
+    env = record.environment(resolve_device(device_name).type)
     cfg, model_only, full = _pipeline_steps(name, threads, device_name)
     for b in range(3):  # warm-up
         full(b)
@@ -125,20 +113,19 @@ def pipeline_check(name: str, steps: int, threads: int | None, device_name: str)
             full(r * per_round + i)
         t_model, t_full = t_model + t1 - t0, t_full + time.perf_counter() - t1
     n = rounds * per_round * cfg.batch_size
-    result = {
+    config = {
         "recipe": name,
         "augment": cfg.augment_config((32, 32)).__dict__,
-        "model_only_images_per_s": round(n / t_model, 1),
-        "full_pipeline_images_per_s": round(n / t_full, 1),
-        "ratio": round(t_model / t_full, 3),
         "steps": rounds * per_round,
         "batch_size": cfg.batch_size,
         "threads": torch.get_num_threads(),
-        "machine": machine(),
-        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    atomic_write_json(RESULTS / "train_pipeline.json", result)
+    result = {
+        "model_only_images_per_s": round(n / t_model, 1),
+        "full_pipeline_images_per_s": round(n / t_full, 1),
+        "ratio": round(t_model / t_full, 3),
+    }
+    record.append("train_pipeline", config, result, env=env)
     print(f"{'path':<14} {'images/s':>9}")
     print(f"{'model only':<14} {result['model_only_images_per_s']:>9.0f}")
     print(f"{'full pipeline':<14} {result['full_pipeline_images_per_s']:>9.0f}")
@@ -152,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="run folder (default: runs/bench-RECIPE-TIME)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=None, help="another seed than the recipe's (a separate JSON)")
+    p.add_argument("--seed", type=int, default=None, help="another seed than the recipe's")
     p.add_argument("--pipeline", action="store_true", help="measure data pipeline vs model-only speed instead")
     p.add_argument("--steps", type=int, default=40, help="steps per path for --pipeline")
     args = p.parse_args(argv)

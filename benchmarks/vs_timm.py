@@ -11,31 +11,28 @@ path (``fused_attn=False``), so that "timm at its best" is its fastest eager var
     python benchmarks/vs_timm.py --cases vit_tiny_28   # only the cases whose name contains this
     python benchmarks/vs_timm.py --compile --cases vit_tiny_28:train   # add torch.compile'd runs
                                                        # (both attention paths, both libraries)
-    python benchmarks/vs_timm.py --device cuda         # on a GPU: results/vs_timm-cuda.json
+    python benchmarks/vs_timm.py --device cuda         # on a GPU
 
-Writes ``benchmarks/results/vs_timm-<device>.json`` (or ``--out``) and prints the table.
+Prints the table and appends a record to ``benchmarks/results/vs_timm.jsonl`` (the device, CPU or
+GPU, is the record's): every case's rows, the peak probes, and each case's fastest variants.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
-from pathlib import Path
 
+import record
 import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 
 import vitkit
 from vitkit import bench
-from vitkit.checkpoint import atomic_write_json
 from vitkit.config import get_config
 from vitkit.interop.timm import timm_kwargs
 from vitkit.runtime import configure_device, resolve_device
-
-RESULTS = Path(__file__).parent / "results"
 
 # (preset, mode, batch, repeats): the issue's cases, each the median of 5 interleaved rounds.
 CASES = [
@@ -187,8 +184,7 @@ def main() -> None:
     p.add_argument("--cases", default="", help="run only cases whose 'preset:mode' contains this text")
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd models (both libraries)")
     p.add_argument("--repeats-scale", type=float, default=1.0, help="multiply every case's repeat count")
-    p.add_argument("--note", default="", help="free text kept in the JSON, e.g. that the machine was shared")
-    p.add_argument("--out", help="JSON path (default: benchmarks/results/vs_timm-<device>.json)")
+    p.add_argument("--note", default="", help="free text kept in the record, e.g. that the machine was shared")
     args = p.parse_args()
 
     device = resolve_device(args.device)
@@ -199,7 +195,7 @@ def main() -> None:
     cases = [c for c in (GPU_CASES if device.type == "cuda" else CASES) if args.cases in f"{c[0]}:{c[1]}"]
     if not cases:
         raise SystemExit(f"no case matches --cases {args.cases!r}")
-    load_start = os.getloadavg()
+    env = record.environment(device.type)
     # The peak is probed before and after the cases; the best of the two is the least disturbed.
     peak = {d: bench.peak_matmul_flops(device, bench.DTYPES[d]) for d in dtypes}
     print("peak matmul TFLOP/s (first probe):", {d: round(v / 1e12, 3) for d, v in peak.items()}, flush=True)
@@ -232,30 +228,22 @@ def main() -> None:
             )
         print(f"{k}: img/s of every variant: {v['images_per_s']}")
 
-    if device.type == "cuda":
-        where = torch.cuda.get_device_name(device)
-    else:
-        where = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    record = dict(
-        device=device.type,
-        hardware=where,
-        cpu_count=os.cpu_count(),
-        torch=torch.__version__,
-        timm=timm.__version__,
-        vitkit=vitkit.__version__,
-        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    config = dict(
+        cases=[f"{c[0]}:{c[1]}" for c in cases],
+        dtypes=dtypes,
+        compile=args.compile,
+        repeats_scale=args.repeats_scale,
         note=args.note,
-        load_average_start=[round(x, 2) for x in load_start],
-        load_average_end=[round(x, 2) for x in os.getloadavg()],
+        versions=dict(timm=timm.__version__, vitkit=vitkit.__version__),
+    )
+    metrics = dict(
         timm_fused_attention=fused,
         peak_tflops={d: dict(start=round(peak[d] / 1e12, 4), end=round(peak_end[d] / 1e12, 4)) for d in dtypes},
         cases=rows,
         fastest_vs_timm_fp32=fastest,
     )
-    out = Path(args.out) if args.out else RESULTS / f"vs_timm-{device.type}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out, record)
-    print(f"wrote {out}")
+    record.append("vs_timm", config, metrics, env=env, load_end=[round(x, 2) for x in os.getloadavg()])
+    print(f"appended to {record.RESULTS / 'vs_timm.jsonl'}")
 
 
 if __name__ == "__main__":

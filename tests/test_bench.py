@@ -103,7 +103,7 @@ def test_bench_times_a_recipes_model_and_profiles_its_step(tmp_path, capsys):
     assert "kind of work" in text and "aten::" in text
     record = json.loads(out.read_text())
     # The main job's model as `vitkit train` built it in the search's winning runs (the params in
-    # benchmarks/results/recipe_search.json): 28x28 images padded to 32, the conv stem with three
+    # benchmarks/results/recipe_search.jsonl): 28x28 images padded to 32, the conv stem with three
     # convs a stage, width 128, depth 4.
     assert record["params"] == 1_030_890
     by_kind = record["profile"]["ms_per_step_by_kind"]

@@ -1,7 +1,7 @@
 """The CUDA path, checked against the CPU: skipped where no GPU is present (CI has none).
 
 Run on a lent GPU with ``python -m pytest tests/test_cuda.py``; the results of the last such run
-are recorded in ``benchmarks/results/gpu_checks-h200.json``.
+are recorded in ``benchmarks/results/gpu_checks.jsonl``.
 """
 
 import json

@@ -9,6 +9,8 @@ data-efficiency experiment only the architecture differs.
 
 Results are kept per experiment in ``docs/experiments/<name>.json``, one record per run, written
 atomically after each run: a stopped experiment continues where it stopped when started again.
+The machine is described once per file, by ``benchmarks/record.py``'s environment (the one schema
+every benchmark record uses), read when the experiment starts.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -34,11 +35,13 @@ from vitkit.config import get_config
 from vitkit.data import AugmentConfig, BatchAugment, ImageDataset, Stream, derive_seed, epoch_order, load_dataset
 from vitkit.evaluate import evaluate_model
 from vitkit.preprocess import Preprocess
-from vitkit.runtime import cpu_has_bf16, resolve_device, use_bf16
+from vitkit.runtime import resolve_device, use_bf16
 from vitkit.train import TrainStep, WarmupCosine, adamw, param_groups, set_learning_rate
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "experiments"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import record  # noqa: E402
 
 # The experiments' ViT: patch 4 on 28x28 (a 7x7 grid, 49 tokens + class token), width 128, six
 # blocks of four heads. Small enough that one run is two minutes on one CPU core.
@@ -217,7 +220,7 @@ class Results:
         self.path = path
         old = read_json_object(path, "experiment results") if path.is_file() else {}
         self.runs: dict[str, Any] = old.get("runs", {})
-        self.meta = meta | {"machine": machine()}
+        self.meta = meta
 
     def done(self, key: str) -> bool:
         return key in self.runs
@@ -242,17 +245,6 @@ class Results:
         atomic_write_json(self.path, {"meta": self.meta, "runs": self.runs})
 
 
-def machine() -> dict[str, Any]:
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "bf16": cpu_has_bf16(),
-        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
-    }
-
-
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default=None, help="folder holding the Fashion-MNIST IDX files")
@@ -271,8 +263,9 @@ def setup(args: argparse.Namespace, name: str, meta: dict[str, Any]) -> Results:
     path = args.out / f"{name}.json"
     if args.fresh and path.exists():
         path.unlink()
-    results = Results(path, meta | {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "tiny": args.tiny})
-    return results
+    environment = record.environment(args.device.type)
+    meta = meta | {"command": record.command_line(), "threads": args.threads, "tiny": args.tiny}
+    return Results(path, meta | {"environment": environment})
 
 
 def budget(args: argparse.Namespace, steps: int) -> Budget:

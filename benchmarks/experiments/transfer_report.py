@@ -1,4 +1,6 @@
-"""The tables and figures of docs/transfer.md, from the transfer-*.json files that transfer.py writes.
+"""The figures of docs/transfer.md, and its tables printed, from the transfer-*.json files that
+transfer.py writes. The tables themselves are ``benchmarks/tables.py``'s (``transfer-*``), the one
+generator of every table the docs quote.
 
 python benchmarks/experiments/transfer.py --report
 """
@@ -9,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import common
+import tables as generated
 
 COLORS = {"ViT": "#c44e52", "ResNet": "#4c72b0"}
 INIT_LABEL = {"scratch": "random init", "n1000": "1k", "n5000": "5k", "n30000": "30k"}
@@ -22,10 +25,6 @@ def load(out: Path) -> dict[str, dict[str, Any]]:
     return runs
 
 
-def pct(m: float, s: float | None = None) -> str:
-    return f"{100 * m:.2f}" + (f" ± {100 * s:.2f}" if s is not None else "")
-
-
 def seeds_of(runs: dict, part: str, arch: str, init: str) -> list[float]:
     return [r["test_top1"] for r in runs.values() if r["part"] == part and r["arch"] == arch and r["init"] == init]
 
@@ -33,79 +32,6 @@ def seeds_of(runs: dict, part: str, arch: str, init: str) -> list[float]:
 def inits_of(runs: dict, arch: str) -> list[str]:
     found = {r["init"] for r in runs.values() if r.get("arch") == arch and r["part"] == "probe"}
     return sorted(found, key=lambda i: -1 if i == "scratch" else int(i[1:]))
-
-
-def tables(runs: dict) -> str:
-    """Markdown tables: upstream accuracy, probe by shots, fine-tuning against scratch."""
-    lines = [
-        "| model | upstream images | steps | epochs | upstream test accuracy (classes 0-4) |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for r in runs.values():
-        if r["part"] == "upstream":
-            lines.append(
-                f"| {r['arch']} | {r['size']:,} | {r['steps']:,} | {r['epochs']:.0f} | {pct(r['test_top1'])} % |"
-            )
-    lines += [
-        "",
-        "| model | pre-trained on | "
-        + " | ".join(f"{k}-shot ridge (%)" for k in (1, 5, 10, 25))
-        + " | 10-shot 20-NN (%) |",
-    ]
-    lines.append("|---|---|" + "---:|" * 5)
-    for arch in COLORS:
-        for init in inits_of(runs, arch):
-            rows = {row["shots"]: row for row in runs[f"probe/{arch}/{init}"]["summary"]}
-            cells = [pct(rows[k]["ridge_mean"], rows[k]["ridge_std"]) if k in rows else "" for k in (1, 5, 10, 25)]
-            knn = pct(rows[10]["knn_mean"], rows[10]["knn_std"]) if 10 in rows else ""
-            lines.append(f"| {arch} | {INIT_LABEL.get(init, init)} | " + " | ".join(cells) + f" | {knn} |")
-    lines += ["", "| model | start | 10 images per class (3 seeds) | gain over scratch | all 30k (1 seed) | gain |"]
-    lines.append("|---|---|---:|---:|---:|---:|")
-    for arch in COLORS:
-        few0 = seeds_of(runs, "few", arch, "scratch")
-        full0 = seeds_of(runs, "full", arch, "scratch")
-        for init in inits_of(runs, arch):
-            few, full = seeds_of(runs, "few", arch, init), seeds_of(runs, "full", arch, init)
-            if not few or not full:
-                continue
-            m, s = common.mean_std(few)
-            gain = "" if init == "scratch" else f"{100 * (m - common.mean_std(few0)[0]):+.1f}"
-            gain_full = "" if init == "scratch" else f"{100 * (full[0] - full0[0]):+.1f}"
-            label = "scratch" if init == "scratch" else f"pre-trained on {INIT_LABEL.get(init, init)}"
-            lines.append(f"| {arch} | {label} | {pct(m, s)} % | {gain} | {pct(full[0])} % | {gain_full} |")
-    return "\n".join(lines)
-
-
-def other_tables(runs: dict) -> str:
-    lines = [
-        "| model | digits: scratch | fine-tuned from 30k | 10-shot ridge probe | 25-shot ridge probe |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for arch in COLORS:
-        scratch = [r for r in runs.values() if r["part"] == "digits" and r["arch"] == arch and r["init"] == "scratch"]
-        tuned = [r for r in runs.values() if r["part"] == "digits" and r["arch"] == arch and r["init"] != "scratch"]
-        probes = [r for r in runs.values() if r["part"] == "digits-probe" and r["arch"] == arch]
-        if not (scratch and tuned and probes):
-            continue
-        rows = {row["shots"]: row for row in probes[0]["summary"]}
-        probe_cells = [pct(rows[k]["ridge_mean"], rows[k]["ridge_std"]) + " %" if k in rows else "" for k in (10, 25)]
-        lines.append(
-            f"| {arch} | {pct(scratch[0]['test_top1'])} % | {pct(tuned[0]['test_top1'])} % | "
-            + " | ".join(probe_cells)
-            + " |"
-        )
-    lines += ["", "| ViT pre-trained on 30k | 28x28 (49 tokens) | 56x56 (196 tokens) |", "|---|---:|---:|"]
-    for part, label in (("few", "10 images per class (3 seeds)"), ("full", "all 30k (1 seed)")):
-        high_runs = [r for r in runs.values() if r["part"] == f"{part}56"]
-        start = high_runs[0]["init"] if high_runs else None
-        low = [r["test_top1"] for r in runs.values() if r["part"] == part and r["arch"] == "ViT" and r["init"] == start]
-        high = [r["test_top1"] for r in high_runs]
-        if low and high:
-            (ml, sl), (mh, sh) = common.mean_std(low), common.mean_std(high)
-            lines.append(
-                f"| {label} | {pct(ml, sl if len(low) > 1 else None)} % | {pct(mh, sh if len(high) > 1 else None)} % |"
-            )
-    return "\n".join(lines)
 
 
 def figure_upstream(runs: dict, out: Path) -> None:
@@ -178,9 +104,9 @@ def main(out: Path, tiny: bool = False) -> None:
     if not any(r.get("part") == "probe" for r in runs.values()):
         print(f"no transfer results in {out} yet")
         return
-    print(tables(runs))
-    print()
-    print(other_tables(runs))
+    src = generated.Sources(stores=out)
+    names = ("transfer-upstream", "transfer-probe", "transfer-finetune", "transfer-digits", "transfer-resolution")
+    print("\n\n".join(generated.TABLES[name](src) for name in names))
     if all(f"probe/{a}/scratch" in runs for a in COLORS):
         figure_upstream(runs, out)
         figure_shots(runs, out)

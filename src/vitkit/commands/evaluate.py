@@ -49,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--compile",
         action="store_true",
         help="torch.compile the model first (with --int8 on a CPU it fuses the quantisation steps: 1.6x fp32 "
-        "instead of 0.7x on the main job's model, benchmarks/results/int8.json)",
+        "instead of 0.7x on the main job's model, benchmarks/results/int8.jsonl)",
     )
     p.add_argument("--out", default=None, help="folder for summary.json and confusion.png (default: RUN/eval-SPLIT)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -173,7 +173,7 @@ class TrainConfig:
 # MLP 256) and depth 4 over 16 tokens, mean-pooled (1.03 M parameters). In 10 minutes on 2 cores a
 # ViT here underfits: a deeper conv stem (more locality before the tokens) and a narrower,
 # shallower transformer's extra epochs are worth more than width (`benchmarks/recipe_search.py`,
-# its results in benchmarks/results/recipe_search.json, which began from width 192, depth 6 and
+# its results in benchmarks/results/recipe_search.jsonl, which began from width 192, depth 6 and
 # one conv a stage).
 _CPU_HYBRID = dict(
     stem="conv",
@@ -204,7 +204,7 @@ _CPU_COMMON = dict(
 )
 
 # Named sets of TrainConfig values; `vitkit train` starts from "fmnist-10m" on Fashion-MNIST. Their
-# measured accuracies are in the README and benchmarks/results/train_*.json.
+# measured accuracies are in docs/results.md, from benchmarks/results/train_fmnist.jsonl.
 RECIPES: dict[str, dict[str, Any]] = {
     # The main job: 10 minutes on 2 CPU cores. epochs is an upper bound: the budget ends the run,
     # and the cosine follows the clock.
