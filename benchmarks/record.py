@@ -109,15 +109,21 @@ def environment(device: str = "cpu") -> dict[str, Any]:
 
 
 def best_chosen_on(run: Path) -> str | None:
-    """Which split chose a ``vitkit train`` run's ``best/`` checkpoint (and scored its epochs):
-    the validation images held out of the training set when the run held some out
-    (``--val-fraction``), else the split its summary names (``test`` for a dataset with a test
-    split: then validation *is* the test split). None when the run folder does not say."""
+    """Which split chose a ``vitkit train`` run's ``best/`` checkpoint (and scored its epochs).
+    A run that records its split (``data.split`` in ``train_config.json``) chose on the validation
+    share it held out of the training images, or kept no ``best/`` (``--val-fraction 0``). Older
+    runs chose on the validation images they held out when given ``--val-fraction``, else on
+    the split their summary names (``test`` for a dataset with a test split: then validation *was*
+    the test split). None when the run folder does not say."""
     try:
-        train = json.loads((run / "train_config.json").read_text())["train"]
+        record = json.loads((run / "train_config.json").read_text())
         summary = json.loads((run / "summary.json").read_text())
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError):
         return None
+    split = record.get("data", {}).get("split")
+    if split is not None:
+        return "validation" if split["rule"]["val_fraction"] > 0 else "none (no best/)"
+    train = record.get("train", {})
     return "validation" if train.get("val_fraction") else summary.get("eval_split")
 
 
