@@ -1,16 +1,22 @@
-"""Search the main job's recipe and model on a short proxy budget, one run at a time.
+"""Search the main job's recipe and model on a short proxy budget, one run at a time, choosing on
+the validation share: never on the test split.
 
     python benchmarks/recipe_search.py                       # every candidate, 180 s each, seed 0
     python benchmarks/recipe_search.py --only base lr3e-3 --seconds 600 --seeds 0 1
 
 Each candidate is ``vitkit train --recipe fmnist-10m`` as it was when the search began
-(:data:`SEARCHED_FROM`) with a few options changed, trained for
-``--seconds`` of wall clock (the cosine follows the clock, so a short budget is a whole, shorter
-schedule) on the 60,000 training images, scored once on the 10,000 test images at the end. Runs go
-one after another, never side by side: the budget is wall-clock time, so a parallel job would
-cost a candidate epochs. The results are appended to ``benchmarks/results/recipe_search.json``
-as each run ends (the load average at its start included), so an interrupted search keeps what
-it measured; ``--out`` names another file.
+(:data:`SEARCHED_FROM`) with a few options changed, trained for ``--seconds`` of wall clock (the
+cosine follows the clock, so a short budget is a whole, shorter schedule) as a search ``--trial``:
+on the training images less a validation share (``--val-fraction``, 10 % of each class here:
+6,000 images, so that candidates a few tenths apart can be told apart), scored on that share
+when it ends, and never loading the test images. The chosen recipe is then scored once on the
+test split by the main job (``benchmarks/main_job.py``), whatever that says.
+
+Runs go one after another, never side by side: the budget is wall-clock time, so a parallel job
+would cost a candidate epochs. Each run appends its record to
+``benchmarks/results/recipe_search.jsonl`` (``benchmarks/record.py``) as it ends, so an
+interrupted search keeps what it measured. The first search (before 2026-12-07) scored its
+candidates on the test split; its records stay, labelled ``scored_on: test``.
 """
 
 from __future__ import annotations
@@ -24,8 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+import record
 
 # The search started from fmnist-10m as it then was (the width-192 hybrid at depth 6, one conv per
 # stem stage, crop with 2 px of padding); every candidate begins with these options, so that it
@@ -76,35 +81,38 @@ CANDIDATES: dict[str, list[str]] = {
 }
 
 
-def run_one(name: str, options: list[str], seconds: float, seed: int, threads: int) -> dict:
-    """Train one candidate in a temporary run folder and return its summary and the load before it."""
+def run_one(name: str, options: list[str], seconds: float, seed: int, threads: int, val_fraction: float) -> dict:
+    """Train one candidate as a search trial in a temporary run folder; its record's config and
+    metrics (the validation share's accuracy and loss, epochs, throughput)."""
     vitkit = Path(sys.executable).with_name("vitkit")
     with tempfile.TemporaryDirectory(prefix=f"search-{name}-") as out:
         command = [str(vitkit), "train", "--recipe", "fmnist-10m", *SEARCHED_FROM, *options]
-        command += ["--time-budget", str(seconds)]
+        command += ["--time-budget", str(seconds), "--val-fraction", str(val_fraction), "--trial"]
         command += ["--seed", str(seed), "--threads", str(threads), "--eval-every", "0", "--no-progress"]
-        load = round(os.getloadavg()[0], 2)
         started = time.perf_counter()
         proc = subprocess.run([*command, "--out", out], capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"recipe_search: {name} failed:\n{proc.stderr[-2000:]}")
         summary = json.loads((Path(out) / "summary.json").read_text())
+        split = json.loads((Path(out) / "train_config.json").read_text())["data"]["split"]
         last_epoch = json.loads((Path(out) / "metrics.jsonl").read_text().splitlines()[-1])
-    return {
-        "name": name,
-        "options": options,
-        "seed": seed,
-        "seconds": seconds,
-        "threads": threads,
-        "load_average_at_start": load,
-        "wall_s": round(time.perf_counter() - started, 1),
-        "test_top1": summary["accuracy"],
+    if summary["eval_split"] != "validation":
+        raise SystemExit(f"recipe_search: {name} was scored on {summary['eval_split']}, not the validation share")
+    config = {"name": name, "options": options, "seed": seed, "seconds": seconds, "threads": threads}
+    config |= {"val_fraction": val_fraction, "searched_from": SEARCHED_FROM, "split": split}
+    config |= {"scored_on": "validation", "chosen_on": "validation"}
+    metrics = {
+        "val_top1": summary["accuracy"],
+        "val_loss": summary["loss"],
+        "val_images": summary["eval_images"],
         "train_top1_last_epoch": round(last_epoch["train_acc"], 4),  # on augmented images
         "epochs": summary["epochs_done"],
         "images_per_s": round(summary["images_per_s"], 1),
         "params": summary["params"],
-        "command": " ".join(["vitkit", *command[1:]]),
+        "wall_s": round(time.perf_counter() - started, 1),
     }
+    config["train_command"] = " ".join(["vitkit", *command[1:]])
+    return {"config": config, "metrics": metrics}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,19 +121,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=180.0)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
-    p.add_argument("--out", type=Path, default=RESULTS / "recipe_search.json")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="the share of each class held out to choose on")
+    p.add_argument("--results", type=Path, default=record.RESULTS, help="folder of the records")
     args = p.parse_args(argv)
-    records = json.loads(args.out.read_text()) if args.out.exists() else []
-    print(f"{'candidate':<18} {'seed':>4} {'budget':>7} {'epochs':>6} {'img/s':>7} {'test top-1':>10} {'load':>5}")
+    print(f"{'candidate':<32} {'seed':>4} {'budget':>7} {'epochs':>6} {'img/s':>7} {'val top-1':>9} {'load':>5}")
     for name in args.only or list(CANDIDATES):
         for seed in args.seeds:
-            r = run_one(name, CANDIDATES[name], args.seconds, seed, args.threads)
-            r["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-            records.append(r)
-            args.out.write_text(json.dumps(records, indent=1) + "\n")
+            env = record.environment()  # the load before this run
+            r = run_one(name, CANDIDATES[name], args.seconds, seed, args.threads, args.val_fraction)
+            record.append("recipe_search", r["config"], r["metrics"], env=env, results=args.results)
+            m = r["metrics"]
             print(
-                f"{name:<18} {seed:>4} {args.seconds:>6.0f}s {r['epochs']:>6} {r['images_per_s']:>7.0f} "
-                f"{r['test_top1']:>10.2%} {r['load_average_at_start']:>5.2f}",
+                f"{name:<32} {seed:>4} {args.seconds:>6.0f}s {m['epochs']:>6} {m['images_per_s']:>7.0f} "
+                f"{m['val_top1']:>9.2%} {env['load'][0]:>5.2f}",
                 flush=True,
             )
     return 0

@@ -214,18 +214,20 @@ def cnn_reference(src: Sources) -> str:
 
 
 def recipe_search(src: Sources) -> str:
-    """Every candidate of the recipe search: scored on the test split, which chose the winner."""
+    """Every candidate of the recipe searches: the first scored on the test split (which chose its
+    winner), the later ones on the validation share held out of the training images."""
     records, notes = src.records("recipe_search"), Notes()
     rows = []
     for r in records:
         m, c = r["metrics"], r["config"]
         rows.append(
             [when(r), f"`{c['name']}`", num(c["seconds"]), str(c["seed"]), str(m["epochs"]), num(m["images_per_s"])]
-            + [pct(m["test_top1"]), pct(m.get("train_top1_last_epoch")), f"{m['params'] / 1e6:.2f} M"]
+            + [pct(m.get("val_top1", m.get("test_top1"))), pct(m.get("train_top1_last_epoch"))]
+            + [f"{m['params'] / 1e6:.2f} M"]
             + [split_words(c.get("scored_on"), c.get("chosen_on"), "the recipe"), load(r), machine(r), ref(r)]
             + [notes.command(r)]
         )
-    header = ["date (UTC)", "candidate", "budget s", "seed", "epochs", "images/s", "test top-1"]
+    header = ["date (UTC)", "candidate", "budget s", "seed", "epochs", "images/s", "top-1 (on the split named)"]
     header += [
         "train top-1, last epoch (augmented)",
         "params",

@@ -309,6 +309,13 @@ def _add_run_flags(g: argparse._ArgumentGroup) -> None:
         help="continue this run folder with its saved options (--epochs and --time-budget may be given to extend it)",
     )
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    g.add_argument(
+        "--trial",
+        action="store_true",
+        default=None,
+        help="one candidate of a search (recipes, rates): score the finished run on its validation share and "
+        "never load the test images",
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--json", action="store_true", help="print the final summary as JSON")
     g.add_argument(
@@ -337,7 +344,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         for _, name, _, _ in options
         if getattr(args, name) is not None
     }
-    for name in ("hflip", "compile", "keep_head"):
+    for name in ("hflip", "compile", "keep_head", "trial"):
         if getattr(args, name) is not None:
             given[name] = getattr(args, name)
     if args.skip_bad_images:
