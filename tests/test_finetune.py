@@ -134,6 +134,20 @@ def test_steps_0_keeps_a_google_npz_models_features_at_a_higher_resolution(tmp_p
     assert torch.allclose(ours, ref, atol=2e-5), (ours - ref).abs().max()
 
 
+def test_the_run_records_the_source_model_as_its_file_describes_it(tmp_path):
+    """``init.source_model`` in train_config.json is the source's own config, not the adapted one:
+    fine-tuned at another --image-size it once recorded the fine-tuning resolution, because the
+    adaptation resampled the source model in place."""
+    torch.manual_seed(0)
+    source = tmp_path / "source"
+    vitkit.save(perturbed(vitkit.create_model("vit_tiny_28", **(TINY | dict(image_size=8)))), source)
+    run = tmp_path / "run"
+    assert main(["train", "--init", str(source), "--image-size", "16", "--steps", "0", "--out", str(run), *FAST]) == 0
+    record = json.loads((run / "train_config.json").read_text())
+    assert record["init"]["source_model"] == json.loads((source / "config.json").read_text())
+    assert record["init"]["source_model"]["image_size"] == [8, 8] and record["model"]["image_size"] == [16, 16]
+
+
 # ---------------------------------------------------------------------------- the channel rule
 @pytest.mark.parametrize("stats", ["equal", "per-channel"])
 def test_rgb_kernel_on_grey_images_equals_the_image_replicated_to_rgb(stats):
