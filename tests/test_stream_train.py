@@ -117,3 +117,17 @@ def test_stream_errors_are_one_line(shards, tmp_path):
         train(config(folder, tmp_path / "b", data_mode="stream"), progress=False)
     with pytest.raises(DataError, match="matches no shard"):
         load_dataset(str(tmp_path / "nothing-{000..003}.tar"), "train")
+
+
+def test_the_default_loader_workers_and_cache_decoders_need_no_cpu_affinity(shards, tmp_path, monkeypatch):
+    """Where the OS has no ``os.sched_getaffinity`` (macOS, Windows), the default number of
+    streaming workers and of cache decoders comes from runtime.available_cores's fallback, the
+    machine's cores; both once called ``os.sched_getaffinity`` and ended in an AttributeError."""
+    import os
+
+    import vitkit.data.cache as C
+
+    monkeypatch.delattr(os, "sched_getaffinity")
+    monkeypatch.setattr(C, "PARALLEL_FROM", 0)  # the test shards' decode uses the default worker count too
+    summary = train(config(shards, tmp_path / "run", loader_workers=None, steps=2), progress=False)
+    assert summary.steps == 2 and summary.eval_images == 40
