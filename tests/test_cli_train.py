@@ -25,6 +25,8 @@ FAST = [
     "0",
     "--threads",
     "1",
+    "--precision",
+    "fp32",  # not auto: bf16 on CPUs that have it, and the run would differ by machine
     "--no-progress",
 ]
 
