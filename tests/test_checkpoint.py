@@ -6,6 +6,7 @@ from conftest import perturbed
 
 import vitkit
 from vitkit import CheckpointError, create_model
+from vitkit.checkpoint import adapt
 
 
 def _model(**kw):
@@ -57,3 +58,21 @@ def test_truncated_and_missing_checkpoints(tmp_path):
     (tmp_path / "ckpt" / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         vitkit.load(tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize("posemb", ["learned", "learned2d", "sincos2d"])
+def test_adapt_leaves_the_model_it_is_given_unchanged(posemb):
+    """adapt returns a new model; it once resampled its argument's position embeddings and config
+    in place, so the source's config read afterwards (a fine-tuning run's record) was the new one."""
+    import copy
+
+    model = _model(posemb=posemb)
+    before = copy.deepcopy(model)
+    bigger = adapt(model, image_size=56, num_classes=3)
+    assert bigger.config.image_size == (56, 56) and bigger.config.num_classes == 3
+    assert model.config == before.config and model.config.image_size == (28, 28)
+    assert model.pos_embed.grid == before.pos_embed.grid == (7, 7)
+    state, reference = model.state_dict(), before.state_dict()
+    assert state.keys() == reference.keys() and all(torch.equal(state[k], reference[k]) for k in state)
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(model(x), before(x))

@@ -10,6 +10,7 @@ from PIL import Image
 
 from vitkit.cli import main
 from vitkit.data import load_dataset
+from vitkit.errors import ConfigError
 
 pytestmark = pytest.mark.slow  # these tests train models
 
@@ -25,6 +26,8 @@ FAST = [
     "0",
     "--threads",
     "1",
+    "--precision",
+    "fp32",  # not auto: bf16 on CPUs that have it, and the run would differ by machine
     "--no-progress",
 ]
 
@@ -226,3 +229,70 @@ def test_probe_a_folder_run_scores_its_test_share_and_its_results_outlive_a_late
     assert probe.is_file() and not any((run / "best").glob("probe-*"))
     assert main(["train", "--resume", str(run), "--epochs", "4", "--no-progress"]) == 0  # swaps best/, last/
     assert json.loads(probe.read_text()) == record
+
+
+def _copy(run_dir, folder):
+    shutil.copytree(run_dir, folder)
+    return folder
+
+
+def test_resume_refuses_an_option_that_would_change_the_run(run_dir, tmp_path, capsys):
+    """On --resume every option but a few was silently ignored: now one that would change what the
+    weights compute is refused in one line naming it, and the run folder is left as it was."""
+    copy = _copy(run_dir, tmp_path / "copy")
+    before = (copy / "metrics.jsonl").read_text()
+    assert main(["train", "--resume", str(copy), "--epochs", "9", "--lr", "0.01"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vitkit train: error: --resume") and "--lr 0.01" in err[0], err
+    assert (copy / "metrics.jsonl").read_text() == before
+
+    from vitkit.cli import build_parser
+    from vitkit.commands.train import resume_config
+
+    def refused(*argv: str) -> str:
+        with pytest.raises(ConfigError) as e:
+            resume_config(build_parser().parse_args(["train", "--resume", str(copy), *argv]))
+        return str(e.value)
+
+    for argv in (
+        ["--model", "vit_small_28"],
+        ["--data", "mnist"],
+        ["--set", "depth=3"],
+        ["--recipe", "none"],
+        ["--seed", "1"],
+        ["--batch-size", "16"],
+        ["--mixup", "0.2"],
+        ["--hflip"],
+        ["--precision", "bf16"],
+        ["--out", str(tmp_path / "elsewhere")],
+    ):
+        assert argv[0] in refused(*argv), argv
+    assert "--lr 0.01" in refused("--lr", "0.01", "--seed", "1") and "--seed 1" in refused(
+        "--lr", "0.01", "--seed", "1"
+    )
+    # the run's own values are no change: the command that started it may be repeated with --resume
+    same = resume_config(build_parser().parse_args(["train", "--resume", str(copy), "--data", "digits", *TINY, *FAST]))
+    saved = json.loads((copy / "train_config.json").read_text())["train"]
+    assert same.to_dict() == saved | {"out": str(copy)}
+
+
+def test_resume_applies_and_validates_the_options_that_may_change(run_dir, tmp_path, capsys):
+    copy = _copy(run_dir, tmp_path / "copy")
+    for argv, flag in (
+        (["--epochs", "0"], "epochs"),
+        (["--time-budget", "0"], "time_budget"),
+        (["--checkpoint-every", "-1"], "--checkpoint-every"),
+    ):
+        assert main(["train", "--resume", str(copy), *argv]) == 1, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and flag in err[0], err
+    argv = ["train", "--resume", str(copy), "--epochs", "9", "--eval-batch-size", "100", "--eval-every", "2"]
+    assert main([*argv, "--checkpoint-every", "1000", "--device", "cpu", "--no-progress"]) == 0
+    saved = json.loads((copy / "train_config.json").read_text())["train"]
+    assert (saved["epochs"], saved["eval_batch_size"], saved["eval_every"], saved["checkpoint_every"]) == (
+        9,
+        100,
+        2,
+        1000,
+    )
+    assert saved["device"] == "cpu" and saved["out"] == str(copy)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FMNIST, needs_fashion_mnist
+from conftest import FMNIST, needs_fashion_mnist, perturbed
 from PIL import Image
 
 import vitkit
@@ -222,3 +222,25 @@ def test_cli_writes_png_figures_of_the_expected_size(tmp_path):
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["explain", str(tmp_path / "missing"), "x.png", "--out", str(tmp_path)]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def _saved_tiny(folder: Path) -> Path:
+    torch.manual_seed(0)
+    model = vitkit.create_model("vit_tiny_28", depth=1, width=16, num_heads=2, mlp_dim=32, num_classes=3)
+    vitkit.save(perturbed(model), folder)
+    return folder
+
+
+def test_cli_device_auto_is_resolved_like_every_other_command(tmp_path, capsys):
+    """``--device auto`` means CUDA when present, else the CPU (runtime.resolve_device); it was
+    passed to ``model.to`` as the string "auto" and ended in a traceback."""
+    checkpoint = _saved_tiny(tmp_path / "ck")
+    image = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)).save(image)
+    out = tmp_path / "out"
+    assert main(["explain", str(checkpoint), str(image), "--out", str(out), "--device", "auto"]) == 0
+    assert (out / "rollout.png").is_file()
+    capsys.readouterr()
+    assert main(["explain", str(checkpoint), str(image), "--out", str(out), "--device", "tpu"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "--device 'tpu'" in err and len(err.splitlines()) == 1

@@ -7,10 +7,10 @@ import math
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import TINY_ARGS, tiny_config
 
 from vitkit.cli import main
-from vitkit.errors import ConfigError
+from vitkit.errors import ConfigError, DivergedError
 from vitkit.train import train
 from vitkit.train.lr_grid import Trial, choose, parse_grid
 
@@ -25,7 +25,7 @@ def test_choose_prefers_held_out_accuracy_then_loss_and_skips_diverged_rates():
     assert choose(trials).lr == 1e-2
     no_held_out = [Trial(1e-3, 10, 0.5), Trial(3e-3, 10, 0.2), Trial(1e-2, 10, math.inf)]
     assert choose(no_held_out).lr == 3e-3  # the lowest training loss
-    with pytest.raises(FloatingPointError, match="every rate"):
+    with pytest.raises(DivergedError, match="every rate"):
         choose([Trial(1.0, 10, math.nan)])
 
 
@@ -85,3 +85,15 @@ def test_the_grid_picks_the_rate_that_learns(tmp_path):
     assert full["counts"] == {"train": 48, "val": 16, "test": 16} and full["test_from"] == "a held-out share"
     assert summary["eval_split"] == "test share" and summary["eval_images"] == 16
     assert summary["accuracy"] == 1.0  # the full run, scored once on the 16 test images
+
+
+def test_a_grid_where_every_rate_diverges_is_one_line_naming_the_rates(tmp_path, capsys):
+    """Rates of 1e6 and 1e8 make the loss of the tiny ViT on digits NaN within a few steps: the
+    command says which rates diverged and what to try, in one line, and exits 1 (it used to end in
+    a FloatingPointError's traceback)."""
+    args = ["train", "--data", "digits", *TINY_ARGS, "--threads", "1", "--batch-size", "32", "--warmup-steps", "0"]
+    args += ["--lr-grid", "1e6,1e8", "--steps", "40", "--out", str(tmp_path / "grid"), "--no-progress"]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vitkit train: error: --lr-grid")
+    assert "1e+06, 1e+08" in err[0] and "diverged" in err[0] and "smaller" in err[0]

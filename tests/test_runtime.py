@@ -71,3 +71,12 @@ def test_device_and_precision_choices():
     assert R.use_bf16("auto", torch.device("cpu")) == R.cpu_has_bf16()
     with pytest.raises(ConfigError, match="choose auto, bf16 or fp32"):
         R.use_bf16("fp16", torch.device("cpu"))
+
+
+def test_available_cores_is_the_affinity_or_else_every_core(monkeypatch):
+    import os
+
+    assert R.available_cores() == len(os.sched_getaffinity(0))
+    monkeypatch.delattr(os, "sched_getaffinity")  # macOS, Windows
+    assert R.available_cores() == (os.cpu_count() or 1)
+    assert R.default_threads()[0] == (os.cpu_count() or 1)

@@ -93,10 +93,18 @@ def test_the_step_takes_one_plain_sgd_step_as_computed_by_hand():
     assert not nan.finite and torch.allclose(model.bias, b - 0.5 * scale * b_.grad, atol=1e-6)  # unchanged
 
 
+# The floor under 8 epochs on the digits (chance: 0.10), measured with `python
+# benchmarks/floor_spread.py digits --seeds 0-4 --threads 1,2` (results/floor_spread.jsonl) on an
+# Intel Xeon (family 6 model 167): fp32 min 0.813, mean 0.846, max 0.889 (sd 0.027); bf16
+# autocast (--precision auto on that CPU) min 0.799, mean 0.840. The old floor of 0.75 was 0.06
+# under the lowest run; 0.7 is 0.11 under it, five standard deviations under the mean.
+DIGITS_FLOOR = 0.7
+
+
 @pytest.mark.slow
 def test_trains_for_real_on_digits(tmp_path):
-    summary = train(tiny_config(tmp_path / "run", epochs=8), progress=False)
-    assert summary.accuracy > 0.75, summary  # chance is 0.10
+    summary = train(tiny_config(tmp_path / "run", epochs=8, precision="fp32"), progress=False)
+    assert summary.accuracy > DIGITS_FLOOR, summary  # chance is 0.10
     assert summary.eval_images == 359 and summary.epochs_done == 8
     run = tmp_path / "run"
     assert len(T.read_metrics(run)) == 8
@@ -108,6 +116,16 @@ def test_trains_for_real_on_digits(tmp_path):
     assert pre["image_size"] == [8, 8] and pre["channels"] == 1 and len(pre["mean"]) == 1
     with pytest.raises(ValueError, match="--resume"):
         train(tiny_config(run), progress=False)
+
+
+@pytest.mark.slow
+def test_a_bf16_autocast_run_trains(tmp_path):
+    """The runs with accuracy floors are pinned to fp32, so the bf16 autocast path (what
+    --precision auto takes on CPUs with bf16 units) is run here on every CPU: finite falling losses."""
+    summary = train(tiny_config(tmp_path / "run", epochs=2, precision="bf16"), progress=False)
+    assert summary.bf16 and summary.eval_images == 359
+    losses = [r["train_loss"] for r in T.read_metrics(tmp_path / "run")]
+    assert all(map(math.isfinite, losses)) and losses[-1] < losses[0], losses
 
 
 KILLER = textwrap.dedent(

@@ -125,15 +125,17 @@ def adapt(model: VisionTransformer, fresh_head: bool = False, **overrides: Any) 
 
     ``fresh_head`` replaces the head (and a pre-logits layer that goes away) even when the class
     count stays: new classes of the same number need a new head too.
+
+    ``model`` itself is left as it was: callers keep using it as the source (its config is what a
+    fine-tuning run records as the source's). The new model is built at the old image size, takes
+    the weights, and only then resamples its own position embeddings.
     """
     old = model.config
     if "num_classes" in overrides and overrides["num_classes"] != old.num_classes:
         overrides.setdefault("class_names", None)
     new_config = old.replace(**overrides)
-    if new_config.image_size != old.image_size:
-        model.resample_image_size(new_config.image_size)
     state = model.state_dict()
-    new_model = VisionTransformer(new_config)
+    new_model = VisionTransformer(new_config.replace(image_size=old.image_size))
     renewed = ["head."]
     if new_config.representation_size != old.representation_size:
         renewed.append("pre_logits.")
@@ -142,4 +144,6 @@ def adapt(model: VisionTransformer, fresh_head: bool = False, **overrides: Any) 
         state.update({k: v for k, v in new_model.state_dict().items() if k.startswith(tuple(renewed))})
     check_state_dict(new_model, state, source=f"weights with overrides {sorted(overrides)}")
     new_model.load_state_dict(state)
+    if new_config.image_size != old.image_size:
+        new_model.resample_image_size(new_config.image_size)  # its own tables, not the source's
     return new_model

@@ -115,7 +115,9 @@ def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextMana
 
 # ----------------------------------------------------------------------------- threads
 def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity), not all the machine has."""
+    """The cores this process may run on (its CPU affinity), not all the machine has; where the
+    OS has no affinity call (macOS, Windows), all of them. The one place that counts cores:
+    ``os.cpu_count`` alone over-counts under ``taskset`` or a container's CPU set."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -215,7 +217,7 @@ def default_threads(processes: int = 1, window: float = 0.5) -> tuple[int, str]:
     try:
         cpus = sorted(os.sched_getaffinity(0))
     except AttributeError:  # not Linux: no affinity, no /proc/stat
-        cores = os.cpu_count() or 1
+        cores = available_cores()
         return max(1, cores // processes), f"all {cores} core(s)"
     before = sample_cpu(cpus, _job_pids(processes))
     time.sleep(window)

@@ -12,6 +12,7 @@ from ..data import resolve_source
 from ..errors import ConfigError
 from ..evaluate import load_for_inference
 from ..images import collect_images, decode_image
+from ..runtime import resolve_device
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -47,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--components", type=int, default=28, help="principal components of the patch filters to draw")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (cuda when present)")
     p.set_defaults(func=run)
 
 
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--num-images {args.num_images} must be at least 1")
     # The same checkpoint lookup and image preparation as `vitkit predict`: run folder -> best/
     # (else last/), and the checkpoint's Preprocess (channels, size, border, normalisation).
-    classifier = load_for_inference(args.checkpoint, args.device)
+    classifier = load_for_inference(args.checkpoint, resolve_device(args.device))
     model, pre = classifier.model, classifier.preprocess
     files = collect_images(args.images) if args.images else []
     pixels = [pre.pixels(decode_image(f)) for f in files]  # uint8, as the model sees them

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from .. import distributed
@@ -306,7 +307,8 @@ def _add_run_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--resume",
         metavar="RUN",
-        help="continue this run folder with its saved options (--epochs and --time-budget may be given to extend it)",
+        help="continue this run folder with its saved options; --epochs, --steps and --time-budget extend it, and "
+        "options of where and how fast it runs (--threads, --device, ...) may change; others are refused",
     )
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     g.add_argument(
@@ -373,6 +375,81 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict(values)
 
 
+# The TrainConfig fields `--resume` may change: see resume_config.
+RESUMABLE = (
+    "epochs",
+    "steps",
+    "time_budget",
+    "threads",
+    "device",
+    "loader_workers",
+    "cache_dir",
+    "eval_batch_size",
+    "eval_every",
+    "checkpoint_every",
+    "compile",
+)
+
+
+def resume_config(args: argparse.Namespace) -> TrainConfig:
+    """The config of the run in ``--resume RUN``: the one it was started with, and the options of
+    :data:`RESUMABLE` given now, checked by ``TrainConfig`` as those of a new run.
+
+    A resumed run must go on computing the weights it was computing, so that a run that was
+    killed and resumed ends where an uninterrupted one would. What may change is how long it runs
+    (``--epochs``, ``--steps``, ``--time-budget``: a budget extended; the cosine is laid over the
+    new length from here on), and what decides where and how fast the same arithmetic runs,
+    not which: ``--threads``, ``--device``, ``--compile`` (the last digits of a sum may differ,
+    as they do between machines), ``--loader-workers`` and ``--cache-dir`` (where pixels are
+    decoded and kept; streaming mixes shards per worker, and its resume is not exact anyway),
+    ``--eval-batch-size``, ``--eval-every`` and ``--checkpoint-every`` (when the run stops to
+    validate or to write ``last/``: the training steps are seeded per step, so they are the
+    same; only which epoch ``best/`` holds can move), and options that are not part of the run
+    (``--no-progress``, ``--json``, ``--nproc``, ``--dist-timeout``). Every other option (the
+    data, the model, ``--set``, ``--recipe``, the optimiser, the seed, the batch, augmentation,
+    precision, ``--out``) changes what is computed, and was ignored here once without a word; it
+    is now refused, in one error naming each, unless it repeats the run's own value, so the
+    command that started a run may be given again with ``--resume``.
+    """
+    values = load_run_config(args.resume).to_dict()
+    changed = _changed_options(args, values)
+    if changed:
+        may = ", ".join("--" + name.replace("_", "-") for name in RESUMABLE)
+        raise ConfigError(
+            f"--resume {args.resume} continues the run with its own options; {'; '.join(changed)} would change what "
+            f"it computes. Drop them, or start a new run in another --out folder (on resume only {may} may change)"
+        )
+    given = {name: getattr(args, name) for name in RESUMABLE if getattr(args, name) is not None}
+    if "time_budget" in given:
+        given["time_budget"] = parse_duration(given["time_budget"])
+    return TrainConfig.from_dict(values | given | {"out": args.resume})
+
+
+def _changed_options(args: argparse.Namespace, values: dict[str, Any]) -> list[str]:
+    """Each option given that is not :data:`RESUMABLE` and differs from the run's ``values``."""
+    given = [(name, getattr(args, name), flag) for options in _OPTIONS.values() for flag, name, _, _ in options]
+    given = [(name, value, f"{flag} {value}") for name, value, flag in given]
+    given += [
+        ("hflip", args.hflip, "--hflip" if args.hflip else "--no-hflip"),
+        ("keep_head", args.keep_head, "--keep-head"),
+        ("trial", args.trial, "--trial"),
+        ("skip_bad_images", args.skip_bad_images or None, "--skip-bad-images"),
+    ]
+    changed = []
+    for name, value, shown in given:
+        if value is None or name in RESUMABLE or value == values[name]:
+            continue
+        if name == "out" and Path(value).resolve() == Path(args.resume).resolve():
+            continue
+        changed.append(f"{shown} (the run's: {values[name]})")
+    for key, value in args.overrides:
+        if values["model_overrides"].get(key, "not set") != value:
+            changed.append(f"--set {key}={value} (the run's: {values['model_overrides'].get(key, 'not set')})")
+    if args.recipe is not None:
+        changed.append(f"--recipe {args.recipe} (its values are in the run's train_config.json)")
+    return changed
+
+
 def torchrun_argv(argv: Sequence[str], nproc: int) -> list[str]:
     """The torchrun command that runs ``vitkit <argv>`` (``--nproc`` removed) in ``nproc`` processes."""
     rest, skip = [], False
@@ -398,19 +475,7 @@ def run(args: argparse.Namespace) -> int:
         os.execv(argv[0], argv)  # torchrun takes over this process: its exit status is the job's
     rank0 = int(os.environ.get("RANK", "0")) == 0
     logging.basicConfig(level=logging.INFO if rank0 else logging.WARNING, format="%(message)s", stream=sys.stderr)
-    if args.resume:
-        cfg = load_run_config(args.resume)
-        cfg.out = args.resume
-        if args.epochs is not None:
-            cfg.epochs = args.epochs
-        if args.time_budget is not None:
-            cfg.time_budget = parse_duration(args.time_budget)
-        if args.steps is not None:
-            cfg.steps = args.steps
-        if args.threads is not None:
-            cfg.threads = args.threads
-    else:
-        cfg = config_from_args(args)
+    cfg = resume_config(args) if args.resume else config_from_args(args)
     with distributed.session(cfg.device, args.dist_timeout):
         s = train(cfg, resume=bool(args.resume), progress=not args.no_progress and sys.stderr.isatty())
     if not rank0:

@@ -48,6 +48,7 @@ from ..errors import DataError
 from ..files import atomic_write_json, write_folder
 from ..images import decode_image
 from ..preprocess import Preprocess
+from ..runtime import available_cores
 from .builtin import cache_dir as vitkit_cache_dir
 from .dataset import ImageDataset, MappedImages
 from .folders import Listing
@@ -313,7 +314,7 @@ def _decode_all(
     labels = np.full(source.count, -1, dtype=np.int64)
     bad: dict[int, str] = {}
     jobs = [(str(path), shape, start, kind, items, geometry.to_dict(), skip) for start, kind, items in source.tasks]
-    workers = min(workers or len(os.sched_getaffinity(0)), len(jobs))
+    workers = min(workers or available_cores(), len(jobs))
 
     def done(start: int, result: tuple[list[int], dict[int, str]]) -> int:
         labels[start : start + len(result[0])] = result[0]

@@ -14,7 +14,6 @@ resumed from a mid-epoch checkpoint).
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Iterator
 
 import torch
@@ -23,6 +22,7 @@ from ..data import BatchAugment, ImageDataset, Stream, derive_seed, epoch_order,
 from ..data.shards import rank_plan
 from ..data.stream import StreamLoader
 from ..distributed import World
+from ..runtime import available_cores
 from .config import TrainConfig
 from .datasets import RunData, StreamedSet
 
@@ -125,7 +125,7 @@ def make_feed(cfg: TrainConfig, data: RunData, world: World, device: torch.devic
     loader = dict(
         scale=(scale, 1.0),
         hflip=aug.hflip,
-        workers=cfg.loader_workers if cfg.loader_workers is not None else min(8, len(os.sched_getaffinity(0))),
+        workers=cfg.loader_workers if cfg.loader_workers is not None else min(8, available_cores()),
         skip_bad_images=cfg.skip_bad_images,
     )
     rest = dataclasses.replace(aug, crop_padding=0, crop_scale=None, hflip=False)  # done by the loader

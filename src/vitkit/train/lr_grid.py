@@ -50,13 +50,19 @@ class Trial:
 
 def choose(trials: list[Trial]) -> Trial:
     """The best trial: highest held-out accuracy, then lowest held-out loss; without held-out
-    scores, the lowest final training loss. Diverged trials (non-finite loss) never win."""
+    scores, the lowest final training loss. Diverged trials (non-finite loss) never win; when
+    every trial diverged there is nothing to choose, and the user must pick smaller rates."""
     if not trials:
         raise ConfigError("the learning-rate grid is empty")
     finite = [t for t in trials if math.isfinite(t.train_loss)]
     if not finite:
         rates = ", ".join(f"{t.lr:g}" for t in trials)
-        raise FloatingPointError(f"every rate of the grid ({rates}) diverged; try smaller rates")
+        low = min(t.lr for t in trials)
+        smaller = ",".join(f"{low / 10**k:g}" for k in (1, 2, 3))
+        raise DivergedError(
+            f"--lr-grid: every rate diverged ({rates}): the training loss of each trial became NaN or infinite; "
+            f"try smaller rates, e.g. --lr-grid {smaller}, or a longer warm-up (--warmup-steps)"
+        )
     if all(t.val_top1 is not None for t in finite):
         return max(finite, key=lambda t: (t.val_top1, -(t.val_loss if t.val_loss is not None else math.inf)))
     return min(finite, key=lambda t: t.train_loss)
