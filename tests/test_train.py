@@ -12,6 +12,7 @@ from conftest import tiny_config as shared_tiny_config
 import vitkit
 from vitkit import train as T
 from vitkit.data import load_dataset
+from vitkit.errors import ConfigError
 from vitkit.preprocess import Preprocess
 from vitkit.train import DivergedError, RunFolder, TrainConfig, WarmupCosine, train
 from vitkit.train import run_folder as RF
@@ -271,3 +272,16 @@ def test_training_never_reads_a_test_label_before_the_run_ends(tmp_path, monkeyp
         assert all(torch.equal(a[t], b[t]) for t in a)
     assert runs["real"].eval_split == "test" and runs["real"].eval_images == 10000
     assert runs["real"].accuracy > runs["poisoned"].accuracy + 0.2  # only the final score saw the labels
+
+
+def test_val_fraction_0_trains_on_every_training_image_and_keeps_only_last(tmp_path):
+    """Nothing held out: nothing to choose best/ or a learning rate on, and the test split is
+    still scored only at the end."""
+    summary = train(shared_tiny_config(tmp_path / "r", epochs=1, val_fraction=0.0), progress=False)
+    split = json.loads((tmp_path / "r" / "train_config.json").read_text())["data"]["split"]
+    assert split["counts"] == {"train": 1438, "val": 0, "test": 359}  # scikit-learn's digits, as split
+    assert (tmp_path / "r" / "last").is_dir() and not (tmp_path / "r" / "best").exists()
+    assert all(r["val_acc"] is None for r in T.read_metrics(tmp_path / "r"))
+    assert summary.eval_split == "test" and summary.eval_images == 359 and summary.best_val_accuracy == -1
+    with pytest.raises(ConfigError, match="--lr-grid chooses the rate on the validation share"):
+        train(shared_tiny_config(tmp_path / "g", val_fraction=0.0, lr_grid=[1e-3, 1e-2], steps=10), progress=False)
