@@ -61,6 +61,12 @@ def _git(*args: str) -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
+def _dirty() -> bool:
+    """Whether tracked files differ from the revision, other than the records themselves (a
+    benchmark that appended a record would otherwise mark every later one dirty)."""
+    return bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results"))
+
+
 def cpu() -> tuple[str, list[str]]:
     """(the CPU's model name, the features of :data:`CPU_FLAGS` it has), from /proc/cpuinfo."""
     name, flags = "", set()
@@ -94,7 +100,7 @@ def environment(device: str = "cpu") -> dict[str, Any]:
     env = {
         # a copy of the tree without .git (a lent machine) says its revision in $VITKIT_REVISION
         "revision": revision or os.environ.get("VITKIT_REVISION", ""),
-        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")) if revision else None,
+        "dirty": _dirty() if revision else None,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "cpu": name,
         "cpu_flags": flags,
