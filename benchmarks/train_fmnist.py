@@ -21,7 +21,7 @@ from pathlib import Path
 import record
 import torch
 
-from vitkit.data import BatchAugment, epoch_order, iterate_batches
+from vitkit.data import BatchAugment, epoch_order, iterate_batches, resolve_source
 from vitkit.runtime import resolve_device, set_threads, use_bf16
 from vitkit.train import RECIPES, TrainConfig, TrainStep, adamw, build_model, param_groups, train
 from vitkit.train.datasets import prepare_data, scratch_geometry
@@ -71,14 +71,17 @@ def _pipeline_steps(name: str, threads: int | None, device_name: str):  # noqa: 
     cfg = TrainConfig(**(RECIPES[name] | {"threads": threads, "device": device_name}))
     set_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    data = prepare_data(cfg, scratch_geometry(cfg, (28, 28)))
+    source = resolve_source(cfg.data, cfg.data_dir)
+    data = prepare_data(cfg, source, scratch_geometry(cfg, source, (28, 28)))
     model = build_model(cfg, data).to(device).train()
     step = TrainStep(
         model, adamw(param_groups(model, cfg.weight_decay), 1e-4, device), device,
         use_bf16(cfg.precision, device), cfg.label_smoothing, cfg.clip_grad,
     )  # fmt: skip
     ds, pre = data.train, data.preprocess
-    aug = BatchAugment(cfg.augment_config(ds.image_size), pre.mean, pre.std, ds.num_classes, cfg.seed)
+    aug = BatchAugment(
+        cfg.augment_config(ds.image_size, source.mirror_symmetric), pre.mean, pre.std, ds.num_classes, cfg.seed
+    )
     order = epoch_order(len(ds), cfg.seed, 0)
     batches = list(iterate_batches(len(order), cfg.batch_size, order, drop_last=True))
     fixed = (pre.normalize(ds.images[batches[0]]).to(device), ds.labels[batches[0]].to(device))
