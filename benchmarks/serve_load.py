@@ -405,7 +405,10 @@ def measure(args: argparse.Namespace, checkpoint: Path, tmp: Path) -> tuple[dict
     metrics = summarize(results, seconds)
     metrics["rss_kb"] = {"warm": rss_warm, "end": rss_end, "peak": rss_peak}
     metrics["rss_change"] = round((rss_end - rss_warm) / rss_warm, 4)
-    metrics["server_tracebacks"] = log.read_text(errors="replace").count("Traceback")
+    server_log = log.read_text(errors="replace")
+    metrics["server_tracebacks"] = server_log.count("Traceback")
+    if metrics["server_tracebacks"]:  # what went wrong, kept with the numbers: the last traceback's end
+        metrics["last_traceback"] = server_log[server_log.rindex("Traceback") :].splitlines()[-12:]
     # The numbers are the measurement's; the checks cover every request, the warm-up's too.
     metrics["checks"], metrics["failing_examples"] = checks(warm + results, rss_warm, rss_end, alive, left_warm + left)
     metrics["warmup_requests"] = len(warm)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,18 @@ _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 _HIGH_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "F"}
 # ITU-R 601-2 luma, the weights of PIL's convert("L")
 _LUMA = (0.299, 0.587, 0.114)
+_FIRST_IMPORT = threading.Lock()
+
+
+def _transforms():  # noqa: ANN202 - (InterpolationMode, torchvision.transforms.v2.functional)
+    """torchvision's transforms, imported on first use (they cost a CLI start a second) and under a
+    lock. torchvision's package, its ``transforms`` and ``transforms.v2`` import one another, and
+    two threads importing them at once (the first requests of ``vitkit serve``) can each be handed
+    the other's half-initialised module: an ImportError, a 500 for a good upload."""
+    with _FIRST_IMPORT:
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.v2 import functional as TF
+    return InterpolationMode, TF
 
 
 def decode_image(source: str | os.PathLike | BinaryIO, name: str | None = None) -> torch.Tensor:
@@ -76,7 +89,8 @@ def _decode_jpeg(data: bytes) -> torch.Tensor | None:
     from PIL import Image
 
     try:
-        from torchvision.io import ImageReadMode, decode_jpeg
+        with _FIRST_IMPORT:  # torchvision's first import, as in _transforms
+            from torchvision.io import ImageReadMode, decode_jpeg
     except ImportError:
         return None
     limit = Image.MAX_IMAGE_PIXELS
@@ -149,9 +163,7 @@ def resize(images: torch.Tensor, size: Sequence[int], interpolation: str = "bili
     torchvision's resize: its uint8 path is fast and its antialiasing matches Pillow's, so a
     photo shrunk here looks like the same photo shrunk by any image viewer.
     """
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms.v2 import functional as TF
-
+    InterpolationMode, TF = _transforms()
     size = [int(size[0]), int(size[1])]
     if list(images.shape[-2:]) == size:
         return images
@@ -166,8 +178,7 @@ def resize_shorter_and_crop(
 ) -> torch.Tensor:
     """The ImageNet evaluation rule: scale the shorter side to ``size / crop_fraction`` (aspect
     kept), then cut the centre ``size`` out (timm's ``crop_pct``; 0.875 turns 256 into 224)."""
-    from torchvision.transforms.v2 import functional as TF
-
+    _, TF = _transforms()
     h, w = images.shape[-2:]
     target = [math.floor(s / crop_fraction) for s in size]
     scale = max(target[0] / h, target[1] / w)  # the side that needs the larger factor decides

@@ -62,6 +62,7 @@ class Explorer:
         self.checkpoint = self.classifier.checkpoint
         self.max_upload_bytes = max_upload_bytes
         self.lock = threading.Lock()  # one forward at a time: the CPU has few cores to share
+        self._stats = threading.Lock()  # the running attention-distance sum, which requests add to
         self._figures: dict[str, bytes] = {}
         self._distance_sum = torch.zeros(self.model.config.depth, self.model.config.num_heads)
         self._distance_count = 0
@@ -120,8 +121,9 @@ class Explorer:
         values, index = probs.topk(k)
         names = self.preprocess.class_names
         distance = analysis.mean_attention_distance(attn, grid, c.patch_size, p)
-        self._distance_sum += distance
-        self._distance_count += 1
+        with self._stats:
+            self._distance_sum += distance
+            self._distance_count += 1
         out: dict[str, Any] = {
             "top": [{"label": names[i], "index": int(i), "prob": float(v)} for v, i in zip(values, index, strict=True)],
             "image": image.tolist(),  # (C, H, W) uint8 as the model saw it
@@ -160,9 +162,10 @@ class Explorer:
         else:
             if self._distance_count == 0:
                 self._seed_distance()
-            mean = self._distance_sum / max(self._distance_count, 1)
+            with self._stats:
+                mean, count = self._distance_sum / max(self._distance_count, 1), self._distance_count
             fig = figures.plot_mean_attention_distance(
-                mean, c.grid_size, c.patch_size, self._distance_count, title="Mean attention distance"
+                mean, c.grid_size, c.patch_size, count, title="Mean attention distance"
             )
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=figures.DPI)
@@ -183,8 +186,9 @@ class Explorer:
         with self.lock, torch.inference_mode():
             _, attn = self.model(self.preprocess.normalize(images), return_attention=True)
         batch_mean = analysis.mean_attention_distance(attn, c.grid_size, c.patch_size, c.num_prefix_tokens)
-        self._distance_sum += batch_mean * len(images)  # a running sum over images
-        self._distance_count += len(images)
+        with self._stats:
+            self._distance_sum += batch_mean * len(images)  # a running sum over images
+            self._distance_count += len(images)
 
 
 def _rounded(t: torch.Tensor, digits: int = 4) -> list:
