@@ -79,6 +79,7 @@ def test_the_validation_share_of_shards_is_the_tail_in_writing_order():
     train, val = shard_tail(shards, 0.2)  # 46 samples: the 30 of c and the last 16 of b
     assert val.urls == ["b.tar", "c.tar"] and val.counts == [16, 30] and val.firsts == [84, 0]
     assert train.urls == ["a.tar", "b.tar"] and train.counts == [100, 84]
+    assert train.totals == [100, 100] and val.totals == [100, 30]  # each shard checked whole when read
     assert train.samples + val.samples == shards.samples
     assert shard_tail(shards, 0.0) == (shards, None)
 

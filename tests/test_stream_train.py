@@ -81,6 +81,16 @@ def test_trains_from_streamed_shards_and_scores_the_test_shards(shards, tmp_path
     )
     result = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert result["top1"] == pytest.approx(summary.accuracy)
+    # the shares its run held out, drawn again from the shards: best/ scores on the validation tail
+    # what the run measured when it kept best/
+    for split, images in (("val", 2), ("train", 118)):
+        out = tmp_path / f"eval-{split}"
+        assert main(["evaluate", str(tmp_path / "run"), "--split", split, "--out", str(out)]) == 0
+        result = json.loads((out / "summary.json").read_text())
+        assert result["images"] == images
+    assert result["images_from"].startswith("the images its run trained on")
+    val = json.loads((tmp_path / "eval-val" / "summary.json").read_text())
+    assert val["top1"] == pytest.approx(summary.best_val_accuracy)
 
 
 def test_a_mid_epoch_resume_restarts_at_its_shard_and_takes_the_remaining_steps(shards, tmp_path, monkeypatch):

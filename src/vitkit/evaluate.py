@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .checkpoint import CONFIG_NAME, load
-from .data import DataSource, ImageDataset, SplitRule, iterate_batches, resolve_source, split
+from .data import DataSource, ImageDataset, ShardSet, SplitRule, iterate_batches, resolve_source, shard_tail, split
 from .data.dataset import inference_batch
 from .errors import CheckpointError, ConfigError, DataError
 from .files import atomic_write, atomic_write_json, find_complete, read_json_object
@@ -96,13 +96,14 @@ def held_out_images(
     classifier: Classifier,
     source: DataSource,
     split_name: str,
-    load: Callable[[str], ImageDataset],
+    load: Callable[[str | ShardSet], ImageDataset],
     fresh_share: bool = False,
 ) -> tuple[ImageDataset, str]:
     """The images of ``split_name`` (``test``, ``val``, ``train`` or ``all``) of ``source`` as the
     checkpoint's run divided them, and a phrase that says which they are.
 
-    ``load(split)`` loads one of the source's own splits. ``test`` is the source's test split, or
+    ``load(split)`` loads one of the source's own splits (``train``, ``test``), or some of its
+    shards (a :class:`~vitkit.data.ShardSet`). ``test`` is the source's test split, or
     the test share the run held out of a folder without one (drawn again by the rule its
     ``train_config.json`` records, and checked against its count); ``val`` the share the run chose
     on; ``train`` what it trained on. A folder without a test split and without a run record
@@ -138,12 +139,17 @@ def held_out_images(
 
 
 def _from_record(
-    record: dict[str, Any], source: DataSource, split_name: str, load: Callable[[str], ImageDataset]
+    record: dict[str, Any], source: DataSource, split_name: str, load: Callable[[str | ShardSet], ImageDataset]
 ) -> tuple[ImageDataset, str]:
     """A share of ``source`` drawn again as the run's record says, checked against its counts."""
     rule = SplitRule.from_dict(record["rule"])
-    parts = split(load("train"), None, rule, source.has_test, record.get("classes"))
-    chosen = {"test": parts.test, "val": parts.val, "train": parts.train}[split_name]
+    if source.kind == "shards":  # the validation share is the tail of the training shards
+        rest, tail = shard_tail(source.shard_set("train"), rule.val_fraction)
+        chosen = load(tail) if split_name == "val" and tail is not None else None
+        chosen = load(rest) if split_name == "train" else chosen
+    else:
+        parts = split(load("train"), None, rule, source.has_test, record.get("classes"))
+        chosen = {"test": parts.test, "val": parts.val, "train": parts.train}[split_name]
     if chosen is None:
         raise DataError(f"--split {split_name}: the run held no validation share out (--val-fraction 0)")
     expected = record["counts"].get(split_name)

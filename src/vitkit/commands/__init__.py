@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..data import DataSource, ImageDataset, resolve_source
+from ..data import DataSource, ImageDataset, ShardSet, resolve_source
 from ..errors import DataError
 from ..evaluate import SPLITS, Classifier, held_out_images
 
@@ -82,7 +82,9 @@ def checkpoint_images(
     source = resolve_source(name, args.data_dir)
     skip = getattr(args, "skip_bad_images", False)
 
-    def load(split: str) -> ImageDataset:
+    def load(split: str | ShardSet) -> ImageDataset:
+        if isinstance(split, ShardSet):
+            return source.load_shards(split, pre, skip, image_cache)
         return source.load(split, pre, skip, mode=args.data_mode, cache_dir=image_cache)
 
     images, how = held_out_images(classifier, source, split_name, load, fresh_share)

@@ -72,8 +72,8 @@ class CacheSource:
     """What a cache is decoded from: image files (a folder or CSV), or the samples of shards.
 
     ``tasks`` are the units of work, each ``(first row, kind, items)``: ``"files"`` with
-    ``[(path, label), ...]`` (:data:`CHUNK` of them), or ``"shard"`` with ``[url, samples, first]`` (the
-    samples after the first ``first`` of the shard)."""
+    ``[(path, label), ...]`` (:data:`CHUNK` of them), or ``"shard"`` with ``[url, samples, first, total]``
+    (``samples`` of the shard's ``total``, after its first ``first``)."""
 
     name: str
     count: int
@@ -96,11 +96,11 @@ class CacheSource:
         tasks, start = [], 0
         for i, (url, n) in enumerate(zip(shards.urls, shards.counts, strict=True)):
             h.update(f"{url}\0{_stat(url)}\0{n}\0{shards.first(i)}\n".encode())
-            tasks.append((start, "shard", [url, n, shards.first(i)]))
+            tasks.append((start, "shard", [url, n, shards.first(i), shards.total(i)]))
             start += n
         name = str(Path(shards.urls[0]).parent) if shards.urls else "shards"
-        if shards.firsts is not None and any(shards.firsts):  # a tail share: a cache of its own name
-            name += "-tail"
+        if shards.totals is not None:  # part of each shard (a validation tail, or the rest): a name of its own,
+            name += "-tail" if shards.firsts and any(shards.firsts) else "-head"  # or each would evict the other
         return cls(name, start, list(shards.class_names), h.hexdigest(), tasks)
 
 
@@ -362,17 +362,15 @@ def decode_rows(
 
 def _encoded(items: list) -> Iterator[tuple[str, io.BytesIO, int]]:
     """A shard's samples ``first .. first + count - 1`` as (name, encoded image, label), the
-    shard checked against the ``first + count`` samples its index promises."""
-    url, count, first = items
+    shard checked against the ``total`` samples its index promises."""
+    url, count, first, total = items
     n = 0
     for sample in read_shard(url):
-        if n >= first:
+        if first <= n < first + count:
             yield f"sample {sample.key} in {url}", io.BytesIO(sample.data), sample.label
         n += 1
-    if n != first + count:
-        raise DataError(
-            f"shard {url} holds {n} samples, but its shards.json says {first + count}; write the shards again"
-        )
+    if n != total:
+        raise DataError(f"shard {url} holds {n} samples, but its shards.json says {total}; write the shards again")
 
 
 def write_rows(path: str, rows: np.ndarray, offset: int) -> None:

@@ -294,6 +294,7 @@ class ShardSet:
     counts: list[int]
     class_names: list[str]
     firsts: list[int] | None = None  # samples of each shard to pass over first (a share cut from its tail)
+    totals: list[int] | None = None  # each shard's own sample count, when this set takes part of some
 
     @property
     def samples(self) -> int:
@@ -302,6 +303,10 @@ class ShardSet:
     def first(self, i: int) -> int:
         """Samples of shard ``i`` that come before this set's own (0 unless it is a tail share)."""
         return self.firsts[i] if self.firsts is not None else 0
+
+    def total(self, i: int) -> int:
+        """Samples shard ``i`` holds in all (its ``shards.json`` count), this set's or not."""
+        return self.totals[i] if self.totals is not None else self.counts[i]
 
     @classmethod
     def open(cls, location: str | os.PathLike) -> ShardSet:

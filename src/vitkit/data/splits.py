@@ -138,16 +138,16 @@ def shard_tail(shards: ShardSet, fraction: float) -> tuple[ShardSet, ShardSet | 
     held = max(1, math.floor(fraction * total))
     if held >= total:
         raise DataError(f"--val-fraction {fraction} holds out all {total} training samples; give a smaller fraction")
-    keep_counts, val_urls, val_counts, val_firsts = list(shards.counts), [], [], []
+    keep_counts, tail = list(shards.counts), []
     for i in range(len(shards.urls) - 1, -1, -1):
         if held == 0:
             break
         take = min(held, keep_counts[i])
         keep_counts[i] -= take
         held -= take
-        val_urls.insert(0, shards.urls[i])
-        val_counts.insert(0, take)
-        val_firsts.insert(0, keep_counts[i])
-    kept = [(u, n) for u, n in zip(shards.urls, keep_counts, strict=True) if n > 0]
-    train = ShardSet([u for u, _ in kept], [n for _, n in kept], list(shards.class_names))
-    return train, ShardSet(val_urls, val_counts, list(shards.class_names), val_firsts)
+        tail.insert(0, (shards.urls[i], take, keep_counts[i], shards.counts[i]))
+    kept = [(u, n, total) for u, n, total in zip(shards.urls, keep_counts, shards.counts, strict=True) if n > 0]
+    names = list(shards.class_names)
+    train = ShardSet([k[0] for k in kept], [k[1] for k in kept], names, totals=[k[2] for k in kept])
+    urls, counts, firsts, totals = (list(column) for column in zip(*tail, strict=True))
+    return train, ShardSet(urls, counts, names, firsts, totals)

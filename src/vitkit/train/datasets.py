@@ -71,7 +71,10 @@ class RunData:
         validation share."""
         final = self.test if self.test is not None else self.val
         if final is None:
-            raise ConfigError("an --lr-grid trial is scored on the validation share: give --val-fraction > 0")
+            raise ConfigError(
+                "a --trial is scored on the validation share, and none was held out (--val-fraction 0, or no class "
+                "has two training images): give --val-fraction > 0, and at least two images of a class"
+            )
         return final
 
     @property
