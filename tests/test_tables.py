@@ -1,7 +1,6 @@
 """benchmarks/tables.py: every generated table and number in README.md and docs/ matches the records."""
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -20,16 +19,19 @@ def test_every_generated_block_in_the_repository_is_up_to_date():
     assert tables.main(["--check"]) == 0
 
 
-def _copy_results(tmp_path: Path, *names: str) -> Path:
+def _copy_results(tmp_path: Path, *names: str, first: int | None = None) -> Path:
+    """The named record files, or only the ``first`` records of each: records are only ever
+    appended, so the first ones stay what they were when a test counted them by hand."""
     results = tmp_path / "results"
     results.mkdir()
     for name in names:
-        shutil.copy(ROOT / "benchmarks" / "results" / f"{name}.jsonl", results)
+        lines = (ROOT / "benchmarks" / "results" / f"{name}.jsonl").read_text().splitlines(keepends=True)
+        (results / f"{name}.jsonl").write_text("".join(lines[:first]))
     return results
 
 
 def test_a_changed_record_makes_the_check_fail(tmp_path):
-    results = _copy_results(tmp_path, "main_job", "cnn_reference")
+    results = _copy_results(tmp_path, "main_job", first=9)
     page = tmp_path / "page.md"
     page.write_text(
         "Intro.\n\n<!-- table:main-job -->\n<!-- /table:main-job -->\n\nThe job: <!-- value:main-job.accuracy -->?<!-- /value:main-job.accuracy -->.\n"
