@@ -212,6 +212,10 @@ def session(device: str = "auto", timeout: float | None = None) -> Iterator[Worl
     log.info("process group: %d processes, backend %s, rendezvous %s", world, backend, where)
     try:
         yield current()
+        # Every process reaches the end before any tears the group down: a process that destroyed
+        # its gloo group while a peer was still finishing (rank 0 writing summary.json) died at
+        # exit, now and then, with "terminate called without an active exception" (SIGABRT).
+        dist.barrier()
     except RuntimeError as e:
         if not _lost_peer(e):
             raise

@@ -145,15 +145,17 @@ def image_is_gray(path: Path) -> bool | None:
 
 
 def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
-    """uint8 images with 1 or 3 channels -> ``channels``: grey repeated to RGB, RGB to luma."""
+    """Images with 1 or 3 channels -> ``channels``: grey repeated to RGB, RGB to luma. uint8 stays
+    uint8 (rounded); float pixels (a teacher's view of a batch) stay float."""
     have = images.shape[-3]
     if have == channels:
         return images
     if channels == 3 and have == 1:
         return images.expand(*images.shape[:-3], 3, *images.shape[-2:]).contiguous()
     if channels == 1 and have == 3:
-        w = torch.tensor(_LUMA).view(3, 1, 1)
-        return (images.float() * w).sum(-3, keepdim=True).round_().clamp_(0, 255).to(torch.uint8)
+        w = torch.tensor(_LUMA, device=images.device).view(3, 1, 1)
+        luma = (images.float() * w).sum(-3, keepdim=True)
+        return luma if images.is_floating_point() else luma.round_().clamp_(0, 255).to(torch.uint8)
     raise DataError(f"cannot convert {have}-channel images to {channels} channels; use 1 (grayscale) or 3 (RGB)")
 
 

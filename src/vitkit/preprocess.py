@@ -117,6 +117,36 @@ class Preprocess:
         """uint8 pixels at :attr:`input_size` -> the float tensor the model takes."""
         return normalize(pixels, self.mean, self.std)
 
+    def from_batch(self, x: torch.Tensor, source: Preprocess) -> torch.Tensor:
+        """A batch that ``source`` prepared (normalised, at its input size, augmented perhaps) ->
+        this preprocessing's input for the same pixels.
+
+        A teacher sees the student's augmented batch its own way: ``source``'s normalisation and
+        border undone, the channels converted, the pixels stretched to :attr:`image_size` (the
+        batch is already cut as training cut it; a centre crop would hide part of what the
+        student sees), this border added and this normalisation applied. Float all the way: no
+        rounding to 8 bits between the two models.
+        """
+        same = ("image_size", "pad", "channels", "mean", "std")
+        if all(getattr(self, k) == getattr(source, k) for k in same):
+            return x
+        mean = torch.tensor(source.mean, device=x.device).view(-1, 1, 1)
+        std = torch.tensor(source.std, device=x.device).view(-1, 1, 1)
+        pixels = x.float() * std + mean  # [0, 1]
+        if source.pad:
+            pixels = pixels[..., source.pad : -source.pad, source.pad : -source.pad]
+        pixels = convert_channels(pixels, self.channels)
+        if tuple(pixels.shape[-2:]) != self.image_size:
+            shrink = pixels.shape[-2] > self.image_size[0] or pixels.shape[-1] > self.image_size[1]
+            mode = self.interpolation if self.interpolation != "nearest" else "nearest-exact"
+            antialias = shrink and mode in ("bilinear", "bicubic")
+            pixels = F.interpolate(pixels, size=self.image_size, mode=mode, antialias=antialias)
+        if self.pad:
+            pixels = F.pad(pixels, (self.pad,) * 4)
+        mean = torch.tensor(self.mean, device=x.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(-1, 1, 1)
+        return (pixels - mean) / std
+
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """A decoded image (or a batch of same-size ones) -> the model's input tensor."""
         return self.normalize(self.pixels(images))

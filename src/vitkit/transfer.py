@@ -55,39 +55,43 @@ class Source:
 
 
 # ============================================================================ finding and reading a source
-def resolve_source(spec: str) -> Path:
+def resolve_source(spec: str, flag: str = "--init") -> Path:
     """A local path for ``spec``: the path itself, or for ``hf-hub:ORG/NAME`` the snapshot folder
-    in Hugging Face's cache (downloaded when missing; with ``HF_HUB_OFFLINE=1``, the cache only)."""
+    in Hugging Face's cache (downloaded when missing; with ``HF_HUB_OFFLINE=1``, the cache only).
+    ``flag`` is the option that named it, for the messages."""
     if not spec.startswith(HUB_PREFIX):
         path = Path(spec).expanduser()
         if not path.exists():
-            raise FileNotFoundError(f"--init {spec}: no such file or folder")
+            raise FileNotFoundError(f"{flag} {spec}: no such file or folder")
         return path
     repo = spec[len(HUB_PREFIX) :]
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.utils import HFValidationError
     except ImportError:
-        raise ConfigError(f"--init {spec} needs huggingface_hub: pip install huggingface_hub") from None
+        raise ConfigError(f"{flag} {spec} needs huggingface_hub: pip install huggingface_hub") from None
     try:  # safetensors (or a Google .npz) where the repository has them; pickled weights only if not
         folder = Path(snapshot_download(repo, allow_patterns=["*.json", "*.safetensors", "*.npz"]))
         if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.npz")):
             folder = Path(snapshot_download(repo, allow_patterns=["*.json", "*.bin", "*.pth"]))
     except HFValidationError as e:
-        raise ConfigError(f"--init {spec}: {str(e).splitlines()[0]}; write hf-hub:ORG/NAME") from None
+        raise ConfigError(f"{flag} {spec}: {str(e).splitlines()[0]}; write hf-hub:ORG/NAME") from None
     except Exception as e:  # offline without a cached copy, unknown repository, no network
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InteropError(
-            f"--init {spec}: cannot fetch {repo} from the Hugging Face hub or find it in its cache ({first}); "
+            f"{flag} {spec}: cannot fetch {repo} from the Hugging Face hub or find it in its cache ({first}); "
             "check the name, the network, or HF_HUB_OFFLINE"
         ) from None
     npz = sorted(folder.glob("*.npz"))
     return npz[0] if not (folder / CONFIG_NAME).is_file() and len(npz) == 1 else folder
 
 
-def load_source(spec: str, mean: list[float] | None = None, std: list[float] | None = None) -> Source:
-    """The model of ``spec`` and its Preprocess; ``mean``/``std`` replace the normalisation."""
-    path = resolve_source(spec)
+def load_source(
+    spec: str, mean: list[float] | None = None, std: list[float] | None = None, flag: str = "--init"
+) -> Source:
+    """The model of ``spec`` and its Preprocess; ``mean``/``std`` replace the normalisation.
+    ``flag`` is the option that named the source (``--init``, ``--teacher``), for the messages."""
+    path = resolve_source(spec, flag)
     fmt = detect_format(path) if not (path.is_dir() and _is_run_folder(path)) else "vitkit"
     if fmt == "vitkit":
         path = resolve_checkpoint(path)  # a run folder: its best/, else last/

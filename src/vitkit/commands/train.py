@@ -143,6 +143,18 @@ _OPTIONS = {
             "embed (the patch embedding), N (the embedding and the first N blocks) or backbone (all but the head)",
         ),
     ],
+    "distillation": [
+        (
+            "--teacher",
+            "teacher",
+            str,
+            "distil from this classifier (DeiT): a vitkit run or checkpoint (ViT or CNN), any file --init reads, or "
+            "timm:MODEL_NAME=FILE; it must know the data's classes, and its forward counts against --time-budget",
+        ),
+        ("--distill", "distill", str, "hard (the teacher's top class, DeiT's best) | soft (its distribution)"),
+        ("--distill-alpha", "distill_alpha", float, "weight of the distillation term; the labels get 1 - alpha"),
+        ("--distill-tau", "distill_tau", float, "--distill soft: the temperature"),
+    ],
     "optimisation": [
         ("--epochs", "epochs", int, "epochs; giving them without --time-budget drops the recipe's budget"),
         (
@@ -257,6 +269,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "none elsewhere)",
     )
     extras = {"data": _add_data_flags, "model": _add_model_flags, "augmentation": _add_augment_flags}
+    extras["distillation"] = _add_distill_flags
     extras["run"] = _add_run_flags
     for group, options in _OPTIONS.items():
         g = p.add_argument_group(group)
@@ -291,6 +304,16 @@ def add_set_flag(g: argparse._ArgumentGroup) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="override a model config field, e.g. --set stem=conv --set pool=gap (repeatable)",
+    )
+
+
+def _add_distill_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument(
+        "--distill-token",
+        action="store_true",
+        default=None,
+        help="add DeiT's distillation token and a second head that learns from the teacher; inference averages "
+        "the two heads",
     )
 
 
@@ -346,7 +369,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         for _, name, _, _ in options
         if getattr(args, name) is not None
     }
-    for name in ("hflip", "compile", "keep_head", "trial"):
+    for name in ("hflip", "compile", "keep_head", "trial", "distill_token"):
         if getattr(args, name) is not None:
             given[name] = getattr(args, name)
     if args.skip_bad_images:
@@ -372,6 +395,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             values["steps"] = None  # the recipe counts steps; epochs were asked for
     values.update(given)
     values["model_overrides"] = dict(values.get("model_overrides") or {}) | dict(args.overrides)
+    lonely = [f"--{n.replace('_', '-')}" for n in ("distill", "distill_alpha", "distill_tau") if n in given]
+    if lonely and not values.get("teacher"):
+        raise ConfigError(f"{', '.join(lonely)} only apply with --teacher: name the teacher, or drop them")
     return TrainConfig.from_dict(values)
 
 
@@ -432,6 +458,7 @@ def _changed_options(args: argparse.Namespace, values: dict[str, Any]) -> list[s
     given += [
         ("hflip", args.hflip, "--hflip" if args.hflip else "--no-hflip"),
         ("keep_head", args.keep_head, "--keep-head"),
+        ("distill_token", args.distill_token, "--distill-token"),
         ("trial", args.trial, "--trial"),
         ("skip_bad_images", args.skip_bad_images or None, "--skip-bad-images"),
     ]

@@ -48,6 +48,13 @@ class TrainConfig:
     init: str | None = None  # start from these weights (vitkit, timm, HF, .npz, hf-hub:ORG/NAME), not from random
     keep_head: bool = False  # --init: keep the source's head (its classes must be the data's)
     freeze: str | None = None  # "embed", "backbone", or N: the embedding and the first N blocks
+    teacher: str | None = (
+        None  # distil from this classifier (DeiT): a vitkit run/checkpoint, an --init file, timm:NAME=FILE
+    )
+    distill: str = "hard"  # hard: the teacher's top class (DeiT's best); soft: its distribution at distill_tau
+    distill_alpha: float = 0.5  # the distillation term's weight; the labels' is 1 - alpha
+    distill_tau: float = 1.0  # soft distillation's temperature
+    distill_token: bool = False  # DeiT's distillation token and second head (inference averages the heads)
     epochs: int = 30
     steps: int | None = None  # optimiser steps in all (instead of epochs); 0: adapt and evaluate only
     batch_size: int = 128
@@ -134,6 +141,17 @@ class TrainConfig:
             raise ConfigError("give --mean and --std together")
         if self.keep_head and not self.init:
             raise ConfigError("--keep-head keeps the head of the --init weights; give --init too")
+        self._check_distillation()
+
+    def _check_distillation(self) -> None:
+        if self.distill not in ("hard", "soft"):
+            raise ConfigError(f"--distill {self.distill!r}: choose hard (the teacher's top class) or soft")
+        if not 0 <= self.distill_alpha <= 1:
+            raise ConfigError(f"--distill-alpha {self.distill_alpha} must be in [0, 1]")
+        if self.distill_tau <= 0:
+            raise ConfigError(f"--distill-tau {self.distill_tau} must be > 0")
+        if self.distill_token and not self.teacher:
+            raise ConfigError("--distill-token adds a head that learns from a teacher; give --teacher too")
 
     def split_rule(self) -> SplitRule:
         """How the run's images are divided into train, validation and test (:mod:`vitkit.data.splits`)."""

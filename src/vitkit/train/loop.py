@@ -33,13 +33,14 @@ from ..runtime import keep_freed_memory, resolve_device, set_threads, use_bf16
 from ..transfer import adapt_head, adapt_input, load_source
 from .config import TrainConfig
 from .datasets import RunData, StreamedSet, prepare_data, scratch_geometry
+from .distill import Distillation, Teacher, load_teacher
 from .feed import ArrayFeed, StreamFeed, make_feed
 from .finetune import freeze, lr_scales
 from .lr_grid import search
 from .optim import EMA, build_optimizer, param_groups
 from .run_folder import EpochMetrics, RunFolder, Summary, TrainingState
 from .schedule import WarmupCosine, set_learning_rate
-from .step import TrainStep
+from .step import Classification, Objective, TrainStep
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class Run:
     total_steps: int  # --steps, else epochs x steps_per_epoch
     frozen: list[nn.Module] = field(default_factory=list)  # kept in eval mode while training
     init: dict[str, Any] | None = None  # --init: the source and what was adapted
+    teacher: Teacher | None = None  # --teacher: the classifier the student learns from
     # counters, saved in every checkpoint
     epoch: int = 0  # epochs finished
     epoch_step: int = 0  # steps done in epoch `epoch` (a mid-epoch checkpoint, --checkpoint-every)
@@ -126,6 +128,8 @@ def build_model(cfg: TrainConfig, data: RunData) -> VisionTransformer:
     overrides.update(in_channels=pre.channels, num_classes=len(pre.class_names), class_names=list(pre.class_names))
     if cfg.drop_path is not None:
         overrides["drop_path"] = cfg.drop_path
+    if cfg.distill_token:
+        overrides["distill_token"] = True
     return create_model(cfg.model, **overrides)
 
 
@@ -156,9 +160,10 @@ def start(cfg: TrainConfig, resume: bool) -> Run:
     total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * steps_per_epoch)
     schedule = WarmupCosine(cfg.lr, cfg.min_lr, max(total, 1), min(warmup, total), cfg.time_budget)
-    step = TrainStep(model, optimizer, device, bf16, cfg.label_smoothing, cfg.clip_grad, ema, world=world)
+    objective, teacher = _objective(cfg, data, model, device)
+    step = TrainStep(model, optimizer, device, bf16, clip_grad=cfg.clip_grad, ema=ema, world=world, objective=objective)
     parts = (cfg, world, device, bf16, folder, data, model, step, schedule, feed, steps_per_epoch, total)
-    run = Run(*parts, frozen=frozen, init=init)
+    run = Run(*parts, frozen=frozen, init=init, teacher=teacher)
     if resume:
         _resume(run)
     else:  # every rank refuses a folder that holds a run; rank 0 makes the folder
@@ -171,6 +176,27 @@ def start(cfg: TrainConfig, resume: bool) -> Run:
     step.forward = torch.compile(step.forward) if cfg.compile else step.forward
     _log_start(run)
     return run
+
+
+def _objective(
+    cfg: TrainConfig, data: RunData, model: nn.Module, device: torch.device
+) -> tuple[Objective, Teacher | None]:
+    """Cross-entropy on the labels, or with ``--teacher`` the DeiT objective; a student with a
+    distillation token then returns both heads' logits while it trains."""
+    if cfg.teacher is None:
+        return Classification(cfg.label_smoothing), None
+    teacher = load_teacher(cfg.teacher, list(data.preprocess.class_names), device)
+    if cfg.distill_token:
+        if not getattr(model.config, "distill_token", False):
+            raise ConfigError(
+                f"--distill-token: the --init model {cfg.init} has no distillation token; fine-tune a distilled model, "
+                "or drop --distill-token to distil into its class head"
+            )
+        model.set_distilled_training(True)
+    objective = Distillation(
+        teacher, data.preprocess, cfg.distill, cfg.distill_alpha, cfg.distill_tau, cfg.label_smoothing
+    )
+    return objective, teacher
 
 
 def _model_and_data(cfg: TrainConfig, resuming: RunFolder | None) -> tuple[VisionTransformer, RunData, dict | None]:
@@ -248,7 +274,15 @@ def _run_record(run: Run) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "processes": run.world.world_size,
         "init": run.init,
+        "teacher": _teacher_record(run.teacher),
     }
+
+
+def _teacher_record(teacher: Teacher | None) -> dict[str, Any] | None:
+    """What the student learnt from: the source, its size and how it saw the images."""
+    if teacher is None:
+        return None
+    return {"source": teacher.name, "params": teacher.params(), "preprocess": teacher.preprocess.to_dict()}
 
 
 def _held(data: RunData) -> str:
@@ -262,6 +296,18 @@ def _log_start(run: Run) -> None:
     data = run.data
     val = f"choosing on {len(data.val)} held out of the training images" if data.val else "holding none out"
     test = f"scoring {len(data.test)} test images at the end" if data.test else "a trial: no test images"
+    if run.teacher is not None:
+        cfg = run.cfg
+        how = f"soft at tau {cfg.distill_tau:g}" if cfg.distill == "soft" else "hard"
+        token = ", into a distillation token's own head" if cfg.distill_token else ""
+        log.info(
+            "distilling from --teacher %s (%.2f M params; %s, alpha %g%s)",
+            run.teacher.name,
+            run.teacher.params() / 1e6,
+            how,
+            cfg.distill_alpha,
+            token,
+        )
     log.info(
         "training %s (%.2f M params) on %d %s images, %s, %s; %s, %s, %d thread(s)",
         run.cfg.model,
