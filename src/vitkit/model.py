@@ -170,10 +170,29 @@ class VisionTransformer(nn.Module):
 
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """:meth:`embed`, and the token grid it used (H/P, W/P)."""
+        x, grid = self.embed_patches(x)
+        return self.add_positions_and_prefix(x, grid), grid
+
+    def embed_patches(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Images (B, C, H, W) -> the patch embeddings x_p E (B, N, D) of eq. (1), before any
+        position is added, and the token grid (H/P, W/P). Masked pre-training corrupts or drops
+        patches here, between the projection and :meth:`add_positions_and_prefix`."""
         x, grid = self._grid_for(x)
-        x = self.patch_embed(x)  # (B, N, D)
-        pos = self.pos_embed(grid)
+        return self.patch_embed(x), grid
+
+    def add_positions_and_prefix(
+        self, x: torch.Tensor, grid: tuple[int, int], keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The rest of eq. (1): patch embeddings (B, N, D) -> z_0 (B, prefix + N, D).
+
+        Adds the patch rows of E_pos, then prepends the prefix tokens with their own rows. With
+        ``keep`` (B, K) of patch indices, ``x`` holds only those K patches (B, K, D) and each gets
+        the position row of the patch it came from (MAE's encoder sees the visible patches only).
+        """
+        pos = self.pos_embed(grid)  # (1, N, D) or None
         if pos is not None:
+            if keep is not None:  # (1, N, D) -> (B, K, D): the rows of the kept patches
+                pos = pos.expand(x.shape[0], -1, -1).gather(1, keep[..., None].expand(-1, -1, pos.shape[-1]))
             x = x + pos.to(x.dtype)
         if self.cls_token is not None:
             cls = self.cls_token
@@ -181,7 +200,7 @@ class VisionTransformer(nn.Module):
             if prefix is not None:
                 cls = cls + prefix
             x = torch.cat([cls.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)  # (B, 1 + N, D)
-        return self.pos_drop(x), grid
+        return self.pos_drop(x)
 
     def forward_features(
         self, x: torch.Tensor, return_attention: bool = False
