@@ -17,7 +17,20 @@ from . import commands as _commands
 from .errors import VitkitError
 
 # The order commands appear in `vitkit --help`; a command module not listed here comes last.
-ORDER = ("train", "evaluate", "predict", "probe", "embed", "explain", "serve", "convert", "export", "bench", "presets")
+ORDER = (
+    "train",
+    "pretrain",
+    "evaluate",
+    "predict",
+    "probe",
+    "embed",
+    "explain",
+    "serve",
+    "convert",
+    "export",
+    "bench",
+    "presets",
+)
 
 
 def _command_modules() -> list:

@@ -30,7 +30,7 @@ import torch.distributed as dist
 
 from .data import ImageDataset
 from .errors import ConfigError, DistributedError
-from .evaluate import Evaluation, evaluate_model
+from .evaluate import Evaluation, evaluate_model, evaluate_pretext
 from .preprocess import Preprocess
 
 log = logging.getLogger(__name__)
@@ -169,6 +169,21 @@ class World:
             return evaluate_model(model, dataset, preprocess, batch_size, device, bf16)
         part = dataset.subset(torch.arange(self.rank, len(dataset), self.world_size))
         return evaluate_model(model, part, preprocess, batch_size, device, bf16, reduce=self.sum_all)
+
+    def evaluate_pretext(
+        self,
+        wrapper: torch.nn.Module,
+        dataset: ImageDataset,
+        preprocess: Preprocess,
+        batch_size: int = 512,
+        device: str | torch.device = "cpu",
+        bf16: bool = False,
+    ) -> Evaluation:
+        """:func:`vitkit.evaluate.evaluate_pretext`, each rank on its strided part, the sums added up."""
+        if not self.active:
+            return evaluate_pretext(wrapper, dataset, preprocess, batch_size, device, bf16)
+        part = dataset.subset(torch.arange(self.rank, len(dataset), self.world_size))
+        return evaluate_pretext(wrapper, part, preprocess, batch_size, device, bf16, reduce=self.sum_all)
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

@@ -236,6 +236,40 @@ def evaluate_model(
     return Evaluation.from_counts(confusion, loss_sum, top5, dataset.class_names)
 
 
+PRETEXT_SEED = 0  # the masks of a pretext evaluation: the same every time, so epochs compare
+
+
+@torch.no_grad()
+def evaluate_pretext(
+    wrapper: torch.nn.Module,
+    dataset: ImageDataset,
+    preprocess: Preprocess,
+    batch_size: int = 512,
+    device: str | torch.device = "cpu",
+    bf16: bool = False,
+    reduce: Callable[[list[float]], list[float]] | None = None,
+) -> Evaluation:
+    """A self-supervised task's loss on ``dataset`` (its labels unread), with the same masks at
+    every call: the global RNG is seeded inside, and the caller's restored. ``top1`` is the share
+    of masked patches predicted right (masked patch prediction; 0 for MAE, which regresses)."""
+    device = torch.device(device)
+    was_training = wrapper.training
+    wrapper.eval()
+    loss_sum, correct, count, n = 0.0, 0, 0, 0
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(PRETEXT_SEED)
+        for index in iterate_batches(len(dataset), inference_batch(batch_size, dataset.images)):
+            x = preprocess.normalize(dataset.images[index].to(device, non_blocking=True))
+            with autocast(device, bf16):
+                out = wrapper(x)
+            loss_sum += out.loss.item() * len(x)
+            correct, count, n = correct + int(out.correct), count + int(out.count), n + len(x)
+    wrapper.train(was_training)
+    if reduce is not None:
+        loss_sum, correct, count, n = reduce([loss_sum, correct, count, n])
+    return Evaluation(round(n), loss_sum / max(n, 1), correct / max(count, 1), 0.0, {}, [])
+
+
 def confusion_png(confusion: Sequence[Sequence[int]], class_names: Sequence[str], path: str | os.PathLike) -> Path:
     """Save the confusion matrix (rows: true class, columns: predicted) as a PNG, atomically."""
     import io

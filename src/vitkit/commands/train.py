@@ -268,10 +268,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help=f"a named set of options (default: finetune with --init, {_DEFAULT_RECIPE} on Fashion-MNIST, "
         "none elsewhere)",
     )
+    add_options(p)
+
+
+def add_options(p: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+    """The options of ``vitkit train`` (less the groups in ``skip``), on ``p``: ``vitkit pretrain``
+    takes the same, through the same run."""
     extras = {"data": _add_data_flags, "model": _add_model_flags, "augmentation": _add_augment_flags}
     extras["distillation"] = _add_distill_flags
     extras["run"] = _add_run_flags
     for group, options in _OPTIONS.items():
+        if group in skip:
+            continue
         g = p.add_argument_group(group)
         for flag, name, type_, text in options:
             default = getattr(_DEFAULTS, name)
@@ -367,16 +375,18 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         name: getattr(args, name)
         for options in _OPTIONS.values()
         for _, name, _, _ in options
-        if getattr(args, name) is not None
+        if getattr(args, name, None) is not None
     }
-    for name in ("hflip", "compile", "keep_head", "trial", "distill_token"):
-        if getattr(args, name) is not None:
+    for name in ("hflip", "compile", "keep_head", "trial", "distill_token", "objective"):
+        if getattr(args, name, None) is not None:
             given[name] = getattr(args, name)
     if args.skip_bad_images:
         given["skip_bad_images"] = True
     if "time_budget" in given:
         given["time_budget"] = parse_duration(given["time_budget"])
-    recipe = args.recipe
+    recipe = getattr(args, "recipe", None)
+    if "objective" in given:
+        recipe = "none"  # the recipes train classifiers
     if recipe is None and "init" in given:
         recipe = "finetune"  # the paper's fine-tuning; the from-scratch recipes do not apply
     if recipe is None:
@@ -453,13 +463,14 @@ def resume_config(args: argparse.Namespace) -> TrainConfig:
 
 def _changed_options(args: argparse.Namespace, values: dict[str, Any]) -> list[str]:
     """Each option given that is not :data:`RESUMABLE` and differs from the run's ``values``."""
-    given = [(name, getattr(args, name), flag) for options in _OPTIONS.values() for flag, name, _, _ in options]
+    given = [(name, getattr(args, name, None), flag) for options in _OPTIONS.values() for flag, name, _, _ in options]
     given = [(name, value, f"{flag} {value}") for name, value, flag in given]
     given += [
         ("hflip", args.hflip, "--hflip" if args.hflip else "--no-hflip"),
-        ("keep_head", args.keep_head, "--keep-head"),
-        ("distill_token", args.distill_token, "--distill-token"),
-        ("trial", args.trial, "--trial"),
+        ("keep_head", getattr(args, "keep_head", None), "--keep-head"),
+        ("distill_token", getattr(args, "distill_token", None), "--distill-token"),
+        ("trial", getattr(args, "trial", None), "--trial"),
+        ("objective", getattr(args, "objective", None), "--objective"),
         ("skip_bad_images", args.skip_bad_images or None, "--skip-bad-images"),
     ]
     changed = []
@@ -472,7 +483,7 @@ def _changed_options(args: argparse.Namespace, values: dict[str, Any]) -> list[s
     for key, value in args.overrides:
         if values["model_overrides"].get(key, "not set") != value:
             changed.append(f"--set {key}={value} (the run's: {values['model_overrides'].get(key, 'not set')})")
-    if args.recipe is not None:
+    if getattr(args, "recipe", None) is not None:
         changed.append(f"--recipe {args.recipe} (its values are in the run's train_config.json)")
     return changed
 
@@ -509,6 +520,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.json:
         print(json.dumps(s.to_dict(), indent=2))
+    elif s.objective != "classify":
+        patches = f", {s.accuracy:.2%} of masked patches right" if s.objective == "mpp" else ""
+        print(
+            f"{s.objective} pre-training: held-out loss {s.loss:.4f}{patches} on {s.eval_images} images after "
+            f"{s.epochs_done} epoch(s), {s.train_time_s:.0f}s at {s.images_per_s:.0f} images/s; best/ chosen by the "
+            f"held-out loss ({s.best_val_loss:.4f}); fine-tune with `vitkit train --init {Path(s.checkpoint).parent}`"
+        )
     else:
         print(
             f"{s.eval_split} accuracy {s.accuracy:.2%} (top-5 {s.top5:.2%}) on {s.eval_images} images after "

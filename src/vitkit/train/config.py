@@ -19,6 +19,7 @@ from ..errors import ConfigError
 from ..runtime import PRECISIONS
 
 OPTIMIZERS = ("adamw", "sgd")
+OBJECTIVES = ("classify", "mpp", "mae")  # the labels; masked patch prediction (ViT App. B.1.2); MAE
 
 
 @dataclass
@@ -48,9 +49,8 @@ class TrainConfig:
     init: str | None = None  # start from these weights (vitkit, timm, HF, .npz, hf-hub:ORG/NAME), not from random
     keep_head: bool = False  # --init: keep the source's head (its classes must be the data's)
     freeze: str | None = None  # "embed", "backbone", or N: the embedding and the first N blocks
-    teacher: str | None = (
-        None  # distil from this classifier (DeiT): a vitkit run/checkpoint, an --init file, timm:NAME=FILE
-    )
+    objective: str = "classify"  # classify (the labels) | mpp | mae: self-supervised pre-training (vitkit pretrain)
+    teacher: str | None = None  # distil from this classifier (DeiT): a vitkit run or checkpoint, timm:NAME=FILE
     distill: str = "hard"  # hard: the teacher's top class (DeiT's best); soft: its distribution at distill_tau
     distill_alpha: float = 0.5  # the distillation term's weight; the labels' is 1 - alpha
     distill_tau: float = 1.0  # soft distillation's temperature
@@ -142,6 +142,45 @@ class TrainConfig:
         if self.keep_head and not self.init:
             raise ConfigError("--keep-head keeps the head of the --init weights; give --init too")
         self._check_distillation()
+        self._check_pretext()
+
+    @property
+    def pretext(self) -> bool:
+        """A self-supervised run (``vitkit pretrain``): the labels are never read, nor the test images."""
+        return self.objective != "classify"
+
+    @property
+    def reads_test(self) -> bool:
+        """Whether the run loads its test images, to score them once at the end: not a --trial
+        (scored on its validation share) and not pre-training (which has no score on test)."""
+        return not (self.trial or self.pretext)
+
+    def _check_pretext(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"--objective {self.objective!r}: choose {' or '.join(OBJECTIVES[1:])}")
+        if not self.pretext:
+            return
+        given = {
+            "--init": self.init,
+            "--teacher": self.teacher,
+            "--freeze": self.freeze,
+            "--layer-decay": self.layer_decay,
+            "--lr-grid": self.lr_grid,
+            "--keep-head": self.keep_head,
+            "--mixup": self.mixup,
+            "--cutmix": self.cutmix,
+        }
+        if self.val_fraction == 0:
+            raise ConfigError(
+                "--val-fraction 0: pre-training chooses best/ by its loss on a held-out share of the images; give a "
+                "share, e.g. 0.02"
+            )
+        wrong = [flag for flag, value in given.items() if value]
+        if wrong:
+            raise ConfigError(
+                f"{', '.join(wrong)}: not for pre-training (--objective {self.objective}), which learns from the "
+                "images alone; use them when fine-tuning the result with `vitkit train --init RUN`"
+            )
 
     def _check_distillation(self) -> None:
         if self.distill not in ("hard", "soft"):

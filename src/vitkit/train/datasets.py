@@ -137,10 +137,10 @@ def prepare_data(cfg: TrainConfig, source: DataSource, geometry: Preprocess, own
         return _stream_data(cfg, source, geometry, own_statistics)
     stored = stored_geometry(cfg, geometry)
     images = _load(cfg, source, "train", stored)
-    test = _load(cfg, source, "test", geometry) if source.has_test and not cfg.trial else None
+    test = _load(cfg, source, "test", geometry) if source.has_test and cfg.reads_test else None
     parts = split(images, test, cfg.split_rule(), source.has_test, cfg.classes)
     train, val = parts.train, as_evaluated(parts.val, stored, geometry)
-    test = None if cfg.trial else as_evaluated(parts.test, stored, geometry)
+    test = as_evaluated(parts.test, stored, geometry) if cfg.reads_test else None
     if cfg.per_class:
         train = train.per_class(cfg.per_class, derive_seed(cfg.seed, Stream.PER_CLASS))
     if cfg.limit_train:
@@ -175,7 +175,7 @@ def _stream_data(cfg: TrainConfig, source: DataSource, geometry: Preprocess, own
         )
     shards, val_shards = shard_tail(source.shard_set("train"), cfg.val_fraction)
     val = source.load_shards(val_shards, geometry, cfg.skip_bad_images, cfg.cache_dir) if val_shards else None
-    test = None if cfg.trial else _load(cfg, source, "test", geometry)
+    test = _load(cfg, source, "test", geometry) if cfg.reads_test else None
     for ds in (val, test):
         if ds is not None and ds.class_names != list(shards.class_names):
             raise DataError(f"{source.text}: classes {ds.class_names} differ from the training shards'")

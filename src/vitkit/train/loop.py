@@ -23,12 +23,13 @@ from torch import nn
 from .. import distributed
 from ..checkpoint import WEIGHTS_NAME, check_state_dict, read_weights
 from ..config import ViTConfig, get_config
-from ..data import Stream, derive_seed, resolve_source
+from ..data import ImageDataset, Stream, derive_seed, resolve_source
 from ..errors import CheckpointError, ConfigError, DivergedError
 from ..evaluate import Evaluation
 from ..factory import create_model
 from ..model import VisionTransformer
 from ..preprocess import Preprocess
+from ..pretext import build_pretext
 from ..runtime import keep_freed_memory, resolve_device, set_threads, use_bf16
 from ..transfer import adapt_head, adapt_input, load_source
 from .config import TrainConfig
@@ -40,7 +41,7 @@ from .lr_grid import search
 from .optim import EMA, build_optimizer, param_groups
 from .run_folder import EpochMetrics, RunFolder, Summary, TrainingState
 from .schedule import WarmupCosine, set_learning_rate
-from .step import Classification, Objective, TrainStep
+from .step import Classification, Objective, Pretext, TrainStep
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class Run:
     bf16: bool
     folder: RunFolder
     data: RunData
-    model: VisionTransformer
+    model: nn.Module  # what trains: the ViT, or a pretext task wrapping it (vitkit.pretext)
     step: TrainStep
     schedule: WarmupCosine
     feed: ArrayFeed | StreamFeed
@@ -83,6 +84,20 @@ class Run:
         """The weights that are evaluated and kept as best/: the EMA's when it is on."""
         return self.step.ema.model if self.step.ema is not None else self.model
 
+    @property
+    def network(self) -> VisionTransformer:
+        """The ViT that the checkpoints hold: the model, or the encoder a pretext task wraps."""
+        return network_of(self.model)
+
+    def evaluate(self, dataset: ImageDataset) -> Evaluation:
+        """The evaluated weights on ``dataset``: classified, or pre-training, the pretext loss."""
+        args = (self.eval_model, dataset, self.data.preprocess, self.cfg.eval_batch_size, self.device, self.bf16)
+        return self.world.evaluate_pretext(*args) if self.cfg.pretext else self.world.evaluate(*args)
+
+    def score(self, val: Evaluation) -> float:
+        """What best/ maximises: validation accuracy; pre-training, minus its loss."""
+        return -val.loss if self.cfg.pretext else val.top1
+
     def out_of_time(self) -> bool:
         return bool(self.cfg.time_budget) and self.train_time >= self.cfg.time_budget
 
@@ -107,7 +122,22 @@ class Run:
     def state(self) -> TrainingState:
         ema = self.step.ema.state_dict() if self.step.ema is not None else None
         opt = self.step.optimizer.state_dict()
-        return TrainingState(self.epoch, self.steps, self.train_time, self.best_acc, opt, ema, self.epoch_step)
+        return TrainingState(
+            self.epoch, self.steps, self.train_time, self.best_acc, opt, ema, self.epoch_step, pretext_state(self.model)
+        )
+
+
+def network_of(model: nn.Module) -> VisionTransformer:
+    """The ViT inside a pretext wrapper (its ``encoder``), else the model itself."""
+    return getattr(model, "encoder", model)
+
+
+def pretext_state(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """A pretext wrapper's own weights (mask token, prediction head, decoder), which the
+    checkpoint's model file (the encoder alone) does not hold: kept in the training state."""
+    if network_of(model) is model:
+        return None
+    return {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")}
 
 
 @dataclass
@@ -125,7 +155,10 @@ def build_model(cfg: TrainConfig, data: RunData) -> VisionTransformer:
     """The config's preset and overrides, sized to the prepared images and named for their classes."""
     pre = data.preprocess
     overrides = {"image_size": pre.input_size} | dict(cfg.model_overrides)
-    overrides.update(in_channels=pre.channels, num_classes=len(pre.class_names), class_names=list(pre.class_names))
+    if cfg.pretext:  # an encoder without a head: pre-training trains none (vitkit.pretext)
+        overrides.update(in_channels=pre.channels, num_classes=0, class_names=None)
+    else:
+        overrides.update(in_channels=pre.channels, num_classes=len(pre.class_names), class_names=list(pre.class_names))
     if cfg.drop_path is not None:
         overrides["drop_path"] = cfg.drop_path
     if cfg.distill_token:
@@ -148,11 +181,13 @@ def start(cfg: TrainConfig, resume: bool) -> Run:
         log.info("malloc: freed memory kept for reuse (steadier and faster CPU steps)")
     bf16 = use_bf16(cfg.precision, device)
     folder = RunFolder(cfg.out)
-    model, data, init = _model_and_data(cfg, folder if resume else None)
+    network, data, init = _model_and_data(cfg, folder if resume else None)
     cfg = _fit_batch(cfg, len(data.train), world.world_size)
-    frozen = freeze(model, cfg.freeze)
+    frozen = freeze(network, cfg.freeze)
+    pre = data.preprocess
+    model = build_pretext(cfg.objective, network, pre.mean, pre.std) if cfg.pretext else network
     model.to(device)
-    scales = lr_scales(model.config.depth, cfg.layer_decay, cfg.head_lr_mult)
+    scales = lr_scales(network.config.depth, cfg.layer_decay, cfg.head_lr_mult)
     optimizer = build_optimizer(cfg.optimizer, param_groups(model, cfg.weight_decay, scales), cfg.lr, device)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     feed = make_feed(cfg, data, world, device)
@@ -164,6 +199,8 @@ def start(cfg: TrainConfig, resume: bool) -> Run:
     step = TrainStep(model, optimizer, device, bf16, clip_grad=cfg.clip_grad, ema=ema, world=world, objective=objective)
     parts = (cfg, world, device, bf16, folder, data, model, step, schedule, feed, steps_per_epoch, total)
     run = Run(*parts, frozen=frozen, init=init, teacher=teacher)
+    if cfg.pretext:
+        run.best_acc = -math.inf  # best/ maximises minus the pretext loss
     if resume:
         _resume(run)
     else:  # every rank refuses a folder that holds a run; rank 0 makes the folder
@@ -183,6 +220,8 @@ def _objective(
 ) -> tuple[Objective, Teacher | None]:
     """Cross-entropy on the labels, or with ``--teacher`` the DeiT objective; a student with a
     distillation token then returns both heads' logits while it trains."""
+    if cfg.pretext:
+        return Pretext(), None
     if cfg.teacher is None:
         return Classification(cfg.label_smoothing), None
     teacher = load_teacher(cfg.teacher, list(data.preprocess.class_names), device)
@@ -219,6 +258,10 @@ def _model_and_data(cfg: TrainConfig, resuming: RunFolder | None) -> tuple[Visio
     channels = cfg.channels or dataset.native_format[1]
     model, geometry, notes = adapt_input(source, channels, cfg.image_size)
     data = prepare_data(cfg, dataset, geometry.replace(dataset=dataset.text), own_statistics=False)
+    if source.model.config.num_classes == 0:
+        notes.append(
+            "the source has no classifier head (a pre-trained encoder; `vitkit pretrain` keeps its task head out)"
+        )
     model = adapt_head(model, list(data.preprocess.class_names), cfg.keep_head, notes)
     for note in notes:
         log.info("--init: %s", note)
@@ -242,13 +285,15 @@ def _resume(run: Run) -> None:
     state = run.folder.read_state(ckpt)
     weights = read_weights(ckpt / WEIGHTS_NAME)
     try:
-        check_state_dict(run.model, weights, source=str(ckpt / WEIGHTS_NAME))
+        check_state_dict(run.network, weights, source=str(ckpt / WEIGHTS_NAME))
     except CheckpointError as e:
         raise CheckpointError(
             f"{ckpt} holds a different model than {run.folder.config_path} describes ({e}); "
             "resume a run with the checkpoint it wrote"
         ) from None
-    run.model.load_state_dict(weights)
+    run.network.load_state_dict(weights)
+    if state.pretext is not None:
+        run.model.load_state_dict({f"encoder.{k}": v for k, v in weights.items()} | state.pretext)
     run.step.optimizer.load_state_dict(state.optimizer)
     if run.step.ema is not None and state.ema is not None:
         run.step.ema.load_state_dict(state.ema)
@@ -265,7 +310,7 @@ def _run_record(run: Run) -> dict[str, Any]:
     data = run.data
     return {
         "train": run.cfg.to_dict(),
-        "model": run.model.config.to_dict(),
+        "model": run.network.config.to_dict(),
         "preprocess": data.preprocess.to_dict(),
         "data": {"held": _held(data), "split": data.split},
         "steps_per_epoch": run.steps_per_epoch,
@@ -296,6 +341,8 @@ def _log_start(run: Run) -> None:
     data = run.data
     val = f"choosing on {len(data.val)} held out of the training images" if data.val else "holding none out"
     test = f"scoring {len(data.test)} test images at the end" if data.test else "a trial: no test images"
+    if run.cfg.pretext:
+        test = f"{run.cfg.objective} pre-training: no labels, no test images"
     if run.teacher is not None:
         cfg = run.cfg
         how = f"soft at tau {cfg.distill_tau:g}" if cfg.distill == "soft" else "hard"
@@ -311,7 +358,7 @@ def _log_start(run: Run) -> None:
     log.info(
         "training %s (%.2f M params) on %d %s images, %s, %s; %s, %s, %d thread(s)",
         run.cfg.model,
-        run.model.num_params() / 1e6,
+        run.network.num_params() / 1e6,
         len(data.train),
         data.source.name,
         val,
@@ -416,8 +463,7 @@ def validate(run: Run, epoch: int) -> Evaluation | None:
     every = cfg.eval_every > 0 and run.round_end(epoch) and rounds % cfg.eval_every == 0
     if run.data.val is None or (not run.done(epoch) and not every):
         return None
-    model, data = run.eval_model, run.data
-    return run.world.evaluate(model, data.val, data.preprocess, cfg.eval_batch_size, run.device, run.bf16)
+    return run.evaluate(run.data.val)
 
 
 def record_epoch(run: Run, epoch: int, stats: EpochStats, val: Evaluation | None) -> EpochMetrics:
@@ -455,9 +501,9 @@ def record_epoch(run: Run, epoch: int, stats: EpochStats, val: Evaluation | None
 def save_checkpoints(run: Run, improved: bool) -> None:
     """last/ with the training state after every round of epochs; best/ when validation improved."""
     if run.world.is_main:
-        run.folder.save_checkpoint("last", run.model, run.data.preprocess, run.state())
+        run.folder.save_checkpoint("last", run.network, run.data.preprocess, run.state())
         if improved:
-            run.folder.save_checkpoint("best", run.eval_model, run.data.preprocess)
+            run.folder.save_checkpoint("best", network_of(run.eval_model), run.data.preprocess)
     run.world.barrier()  # no rank races ahead of a checkpoint it may have to resume from
 
 
@@ -471,13 +517,11 @@ def finish(run: Run, grid: dict[str, Any] | None = None) -> Summary:
     if run.last_val is not None and data.final is data.val:
         result = run.last_val  # the last epoch was just evaluated on this very set
     else:
-        result = run.world.evaluate(
-            run.eval_model, data.final, data.preprocess, cfg.eval_batch_size, run.device, run.bf16
-        )
+        result = run.evaluate(data.final)
     summary = Summary(
         data=cfg.data,
         model=cfg.model,
-        params=run.model.num_params(),
+        params=run.network.num_params(),
         epochs_done=run.folder.epochs_done(),
         steps=run.steps,
         stopped_by_time_budget=run.stopped_by_budget,
@@ -490,7 +534,7 @@ def finish(run: Run, grid: dict[str, Any] | None = None) -> Summary:
         accuracy=result.top1,
         top5=result.top5,
         loss=result.loss,
-        best_val_accuracy=run.best_acc,
+        best_val_accuracy=-1.0 if cfg.pretext else run.best_acc,
         device=str(run.device),
         bf16=run.bf16,
         threads=torch.get_num_threads(),
@@ -498,6 +542,8 @@ def finish(run: Run, grid: dict[str, Any] | None = None) -> Summary:
         checkpoint=str(run.folder.path / "last"),
         lr=cfg.lr,
         lr_grid=grid,
+        objective=cfg.objective,
+        best_val_loss=-run.best_acc if cfg.pretext else None,
     )
     if run.world.is_main:
         run.folder.write_summary(summary)
@@ -525,8 +571,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Summ
         stats = train_epoch(run, epoch, progress)
         val = validate(run, epoch)
         run.last_val = val
-        improved = val is not None and val.top1 > run.best_acc
-        run.best_acc = max(run.best_acc, val.top1) if val is not None else run.best_acc
+        improved = val is not None and run.score(val) > run.best_acc
+        run.best_acc = max(run.best_acc, run.score(val)) if val is not None else run.best_acc
         run.epoch, run.epoch_step = epoch + 1, 0
         record_epoch(run, epoch, stats, val)
         if run.round_end(epoch) or improved:

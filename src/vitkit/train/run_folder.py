@@ -26,7 +26,6 @@ from ..checkpoint import CONFIG_NAME, save
 from ..errors import CheckpointError, ConfigError
 from ..evaluate import RUN_CONFIG_NAME, SUMMARY_NAME
 from ..files import atomic_write, atomic_write_json, find_complete, read_json_object, write_folder
-from ..model import VisionTransformer
 from ..preprocess import Preprocess
 from .config import TrainConfig
 
@@ -46,6 +45,7 @@ class TrainingState:
     optimizer: dict[str, Any]
     ema: dict[str, Any] | None = None
     epoch_step: int | None = 0  # steps done in the next epoch (a mid-epoch checkpoint); None: older files
+    pretext: dict[str, Any] | None = None  # pre-training: the task's own weights (mask token, head, decoder)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -96,6 +96,8 @@ class Summary:
     checkpoint: str
     lr: float = 0.0
     lr_grid: dict[str, Any] | None = None  # --lr-grid: every rate's trial and the one chosen
+    objective: str = "classify"  # pre-training (mpp, mae): accuracy and loss are the pretext task's
+    best_val_loss: float | None = None  # pre-training: the held-out pretext loss best/ was chosen by
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -126,7 +128,7 @@ class RunFolder:
         return find_complete(self.path / name, CONFIG_NAME, also=STATE_NAME if name == "last" else None)
 
     def save_checkpoint(
-        self, name: str, model: VisionTransformer, preprocess: Preprocess, state: TrainingState | None = None
+        self, name: str, model: torch.nn.Module, preprocess: Preprocess, state: TrainingState | None = None
     ) -> Path:
         """Write ``name`` as a whole (:func:`vitkit.files.write_folder`): built beside its place,
         then swapped in, so a kill at any moment leaves one complete checkpoint."""
