@@ -29,6 +29,7 @@ FLOORS: dict[str, int] = {
     "data": 4,
     "probe": 5,  # the ridge probe and k-NN: linear algebra on features, and the per-class draw
     "model": 5,
+    "cnn": 5,  # the CNN reference (a ResNet): beside the ViT, built from torchvision blocks
     "checkpoint": 6,
     "factory": 7,
     "interop": 7,
