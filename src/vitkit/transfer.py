@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CONFIG_NAME, adapt
+from .checkpoint import CONFIG_NAME, adapt, require_vit
 from .config import ViTConfig
 from .errors import ConfigError, InteropError
 from .evaluate import resolve_checkpoint
@@ -92,6 +92,7 @@ def load_source(spec: str, mean: list[float] | None = None, std: list[float] | N
     if fmt == "vitkit":
         path = resolve_checkpoint(path)  # a run folder: its best/, else last/
     model, fmt = load_any(path, fmt=fmt)
+    model = require_vit(model, "--init (fine-tuning from a checkpoint, for now)", spec)
     preprocess, rule = _source_preprocess(path, fmt, model.config)
     if mean is not None or std is not None:
         if mean is None or std is None or len(mean) != len(std):
