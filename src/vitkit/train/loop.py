@@ -21,12 +21,12 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..checkpoint import WEIGHTS_NAME, check_state_dict, read_weights
-from ..config import ViTConfig, get_config
+from ..checkpoint import WEIGHTS_NAME, Model, check_state_dict, read_weights
+from ..config import ViTConfig
 from ..data import Stream, derive_seed, resolve_source
 from ..errors import CheckpointError, ConfigError, DivergedError
 from ..evaluate import Evaluation
-from ..factory import create_model
+from ..factory import create_model, preset_config
 from ..model import VisionTransformer
 from ..preprocess import Preprocess
 from ..runtime import keep_freed_memory, resolve_device, set_threads, use_bf16
@@ -34,7 +34,7 @@ from ..transfer import adapt_head, adapt_input, load_source
 from .config import TrainConfig
 from .datasets import RunData, StreamedSet, prepare_data, scratch_geometry
 from .feed import ArrayFeed, StreamFeed, make_feed
-from .finetune import freeze, lr_scales
+from .finetune import freeze, model_lr_scales
 from .lr_grid import search
 from .optim import EMA, build_optimizer, param_groups
 from .run_folder import EpochMetrics, RunFolder, Summary, TrainingState
@@ -54,7 +54,7 @@ class Run:
     bf16: bool
     folder: RunFolder
     data: RunData
-    model: VisionTransformer
+    model: Model  # a ViT, or the CNN reference (--model resnet_fmnist)
     step: TrainStep
     schedule: WarmupCosine
     feed: ArrayFeed | StreamFeed
@@ -119,7 +119,7 @@ class EpochStats:
 
 
 # ============================================================================ start or resume
-def build_model(cfg: TrainConfig, data: RunData) -> VisionTransformer:
+def build_model(cfg: TrainConfig, data: RunData) -> Model:
     """The config's preset and overrides, sized to the prepared images and named for their classes."""
     pre = data.preprocess
     overrides = {"image_size": pre.input_size} | dict(cfg.model_overrides)
@@ -130,7 +130,7 @@ def build_model(cfg: TrainConfig, data: RunData) -> VisionTransformer:
 
 
 def _model_image_size(cfg: TrainConfig) -> tuple[int, int]:
-    size = cfg.model_overrides.get("image_size") or get_config(cfg.model).image_size
+    size = cfg.model_overrides.get("image_size") or preset_config(cfg.model).image_size
     return (size, size) if isinstance(size, int) else tuple(size)
 
 
@@ -148,7 +148,7 @@ def start(cfg: TrainConfig, resume: bool) -> Run:
     cfg = _fit_batch(cfg, len(data.train), world.world_size)
     frozen = freeze(model, cfg.freeze)
     model.to(device)
-    scales = lr_scales(model.config.depth, cfg.layer_decay, cfg.head_lr_mult)
+    scales = model_lr_scales(model, cfg.layer_decay, cfg.head_lr_mult)
     optimizer = build_optimizer(cfg.optimizer, param_groups(model, cfg.weight_decay, scales), cfg.lr, device)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     feed = make_feed(cfg, data, world, device)
@@ -173,7 +173,7 @@ def start(cfg: TrainConfig, resume: bool) -> Run:
     return run
 
 
-def _model_and_data(cfg: TrainConfig, resuming: RunFolder | None) -> tuple[VisionTransformer, RunData, dict | None]:
+def _model_and_data(cfg: TrainConfig, resuming: RunFolder | None) -> tuple[Model, RunData, dict | None]:
     """The model, the data and (for --init) the record of the source: a fresh model from the
     preset; the source's, adapted to the data; or, resuming a fine-tuning run, the model and the
     preprocessing its run record describes (the source itself is not needed again)."""
