@@ -46,6 +46,7 @@ def test_every_device_option_goes_through_resolve_device(tmp_path, capsys):
         "predict": [ck, img],
         "probe": [ck, "--data", "digits"],
         "train": ["--data", "digits", "--epochs", "1", "--threads", "1", "--out", str(tmp_path / "run")],
+        "pretrain": ["--objective", "mpp", "--data", "digits", "--epochs", "1", "--out", str(tmp_path / "pre")],
     }
     assert _commands_with_device() == set(arguments)
     for command, args in arguments.items():

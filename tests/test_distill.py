@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import TINY_ARGS
 
+import vitkit
 from vitkit.cli import main
 from vitkit.preprocess import Preprocess
 from vitkit.train.distill import Distillation, Teacher, distillation_loss
@@ -154,3 +155,15 @@ def test_a_timm_classifier_by_name_with_weights_from_a_file_teaches(tmp_path):
     argv[argv.index("--out") + 1] = str(tmp_path / "other")
     argv[-1] = f"timm:test_resnet={tmp_path / 'five.safetensors'}"
     assert main(argv) == 1
+
+
+def test_the_cnn_reference_teaches_a_vit(tmp_path):
+    cnn = tmp_path / "cnn"
+    assert (
+        main(["train", "--data", "digits", "--model", "resnet_fmnist", "--steps", "3", "--out", str(cnn), *FAST]) == 0
+    )
+    out = tmp_path / "student"
+    argv = ["train", "--data", "digits", "--steps", "2", "--out", str(out), *TINY_ARGS, *FAST, "--teacher", str(cnn)]
+    assert main(argv) == 0
+    record = json.loads((out / "train_config.json").read_text())
+    assert record["teacher"]["params"] == sum(p.numel() for p in vitkit.load(cnn / "last").parameters())

@@ -108,7 +108,7 @@ def test_resnet_flops_equal_a_hand_count():
     stage2 = conv(14, 3, 32, 64) + conv(14, 3, 64, 64) + conv(14, 1, 32, 64)
     stage3 = conv(7, 3, 64, 128) + conv(7, 3, 128, 128) + conv(7, 1, 64, 128)
     head = 2 * 128 * 10
-    assert common.forward_flops(common.ResNet()) == stem + stage1 + stage2 + stage3 + head
+    assert common.forward_flops(common.resnet()) == stem + stage1 + stage2 + stage3 + head
 
 
 def test_transfer_pretrains_then_probes_fine_tunes_and_trains_from_scratch(tmp_path):

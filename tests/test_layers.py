@@ -30,6 +30,7 @@ FLOORS: dict[str, int] = {
     "probe": 5,  # the ridge probe and k-NN: linear algebra on features, and the per-class draw
     "model": 5,
     "pretext": 6,  # masked pre-training objectives: wrap the model; train plugs them into its step
+    "cnn": 5,  # the CNN reference (a ResNet): beside the ViT, built from torchvision blocks
     "checkpoint": 6,
     "factory": 7,
     "interop": 7,

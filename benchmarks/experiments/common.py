@@ -27,10 +27,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models.resnet import BasicBlock
 
-from vitkit import VisionTransformer
+from vitkit import ResNet, VisionTransformer
 from vitkit.checkpoint import atomic_write_json, read_json_object
+from vitkit.cnn import get_config as get_resnet_config
 from vitkit.config import get_config
 from vitkit.data import AugmentConfig, BatchAugment, ImageDataset, Stream, derive_seed, epoch_order, load_dataset
 from vitkit.evaluate import evaluate_model
@@ -87,31 +87,10 @@ def vit(num_classes: int = 10, **overrides: Any) -> VisionTransformer:
     return VisionTransformer(cfg)
 
 
-class ResNet(nn.Module):
-    """A CIFAR-style ResNet (He et al. 2016, sec. 4.2): a 3x3 conv, then three stages of basic
-    blocks at full, 1/2 and 1/4 resolution, global average pooling and a linear head. The CNN
-    that ViT is measured against: local 3x3 receptive fields that grow with depth."""
-
-    def __init__(
-        self, widths: tuple[int, ...] = (32, 64, 128), blocks: tuple[int, ...] = (1, 1, 1), num_classes: int = 10
-    ):
-        super().__init__()
-        c = widths[0]
-        self.stem = nn.Sequential(nn.Conv2d(1, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True))
-        layers: list[nn.Module] = []
-        for stage, (w, n) in enumerate(zip(widths, blocks, strict=True)):
-            for i in range(n):
-                stride = 2 if stage > 0 and i == 0 else 1
-                down = None
-                if stride != 1 or c != w:
-                    down = nn.Sequential(nn.Conv2d(c, w, 1, stride, bias=False), nn.BatchNorm2d(w))
-                layers.append(BasicBlock(c, w, stride, down))
-                c = w
-        self.layers = nn.Sequential(*layers)
-        self.head = nn.Linear(c, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.layers(self.stem(x)).mean(dim=(2, 3)))
+def resnet(widths: tuple[int, ...] = (32, 64, 128), num_classes: int = 10) -> ResNet:
+    """The experiments' ResNet on 28x28 grayscale: vitkit's CNN reference (:mod:`vitkit.cnn`,
+    ``resnet_fmnist``), one basic block a stage, with other stage ``widths`` and classes."""
+    return ResNet(get_resnet_config("resnet_fmnist", widths=widths, num_classes=num_classes))
 
 
 def forward_flops(model: nn.Module, image_shape: tuple[int, int, int] = (1, 28, 28)) -> int:

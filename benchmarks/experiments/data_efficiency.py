@@ -25,7 +25,7 @@ RESULTS = {"data": "data_efficiency_data", "steps": "data_efficiency"}  # the 50
 BUDGET_RULES = {"data": "budget grows with the data", "steps": "500 steps at every size"}
 MODELS = {
     "ViT": lambda tiny: common.vit(**(common.TINY_VIT if tiny else {})),
-    "ResNet": lambda tiny: common.ResNet(widths=(8, 16, 32) if tiny else (32, 64, 128)),
+    "ResNet": lambda tiny: common.resnet(widths=(8, 16, 32) if tiny else (32, 64, 128)),
 }
 
 

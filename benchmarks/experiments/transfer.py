@@ -63,7 +63,7 @@ ARCHS = ("ViT", "ResNet")
 def make(arch: str, num_classes: int, tiny: bool) -> nn.Module:
     if arch == "ViT":
         return common.vit(num_classes, **(common.TINY_VIT if tiny else {}))
-    return common.ResNet(widths=(8, 16, 32) if tiny else (32, 64, 128), num_classes=num_classes)
+    return common.resnet(widths=(8, 16, 32) if tiny else (32, 64, 128), num_classes=num_classes)
 
 
 def representation(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """vitkit: the Vision Transformer of "An Image is Worth 16x16 Words" (Dosovitskiy et al., 2021)."""
 
 from .checkpoint import CheckpointError, load, save
+from .cnn import ResNet, ResNetConfig
 from .config import ViTConfig, list_presets
 from .factory import create_model
 from .model import VisionTransformer
@@ -9,6 +10,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
+    "ResNet",
+    "ResNetConfig",
     "ViTConfig",
     "VisionTransformer",
     "__version__",

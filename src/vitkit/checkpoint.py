@@ -1,6 +1,8 @@
 """Checkpoint folders: ``config.json`` + ``model.safetensors``, the Hugging Face convention.
 
-Safetensors never executes code from the file. Every file is written whole
+A folder holds a ViT, or the CNN reference (:mod:`vitkit.cnn`) when its config.json says
+``"architecture": "resnet"``; :func:`load` builds whichever it describes. Safetensors never
+executes code from the file. Every file is written whole
 (:mod:`vitkit.files`), so a crash mid-write leaves either the old complete file or the new
 complete one, never half of either.
 """
@@ -17,13 +19,38 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from .cnn import ResNet, ResNetConfig, is_resnet_config
 from .config import ViTConfig
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .files import atomic_write_bytes, atomic_write_json, read_json_object
 from .model import VisionTransformer
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+
+Model = VisionTransformer | ResNet  # what a vitkit checkpoint folder holds
+ModelConfig = ViTConfig | ResNetConfig
+
+
+def build(config: ModelConfig) -> Model:
+    """The model ``config`` describes, freshly initialised: a ResNet for a ResNetConfig, else a ViT."""
+    return ResNet(config) if isinstance(config, ResNetConfig) else VisionTransformer(config)
+
+
+def config_from_dict(d: dict[str, Any]) -> ModelConfig:
+    """A config.json's fields as the config they describe: a ResNet's by its marker, else a ViT's."""
+    return ResNetConfig.from_dict(d) if is_resnet_config(d) else ViTConfig.from_dict(d)
+
+
+def require_vit(model: Model, command: str, source: str | os.PathLike) -> VisionTransformer:
+    """``model`` itself when it is a ViT; for the CNN, a ConfigError saying that ``command`` (e.g.
+    ``"explain (attention maps)"``) needs a Vision Transformer and ``source`` holds a CNN."""
+    if isinstance(model, ResNet):
+        raise ConfigError(
+            f'{source} holds a CNN (a ResNet: its config.json says "architecture": "resnet"); {command} needs a '
+            "Vision Transformer (a CNN is for train, evaluate and predict)"
+        )
+    return model
 
 
 def state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -31,7 +58,7 @@ def state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
 
 
-def save(model: VisionTransformer, directory: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> Path:
+def save(model: Model, directory: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> Path:
     """Write ``model`` to ``directory`` as config.json + model.safetensors, each atomically.
 
     The weights are written before the config, and loading reads the config first and checks
@@ -39,8 +66,8 @@ def save(model: VisionTransformer, directory: str | os.PathLike, metadata: Mappi
     """
     model = getattr(model, "module", model)  # unwrap DDP / compiled wrappers
     model = getattr(model, "_orig_mod", model)
-    if not isinstance(model, VisionTransformer):
-        raise TypeError(f"vitkit.save expects a VisionTransformer, got {type(model).__name__}")
+    if not isinstance(model, (VisionTransformer, ResNet)):
+        raise TypeError(f"vitkit.save expects a VisionTransformer or a vitkit ResNet, got {type(model).__name__}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     meta = {"format": "pt", "vitkit": "1"}
@@ -51,16 +78,16 @@ def save(model: VisionTransformer, directory: str | os.PathLike, metadata: Mappi
     return directory
 
 
-def read_config(directory: str | os.PathLike) -> ViTConfig:
+def read_config(directory: str | os.PathLike) -> ModelConfig:
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise CheckpointError(
             f"{path} not found: a vitkit checkpoint is a folder holding {CONFIG_NAME} and {WEIGHTS_NAME} "
             "(written by vitkit.save or `vitkit train`)"
         )
-    data = read_json_object(path, "ViTConfig fields")
+    data = read_json_object(path, "model config fields")
     try:
-        return ViTConfig.from_dict(data)
+        return config_from_dict(data)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: {e}") from None
 
@@ -98,20 +125,22 @@ def check_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], 
         raise CheckpointError(f"{source} does not match its config: " + " | ".join(problems))
 
 
-def load(directory: str | os.PathLike, map_location: str | torch.device = "cpu", **overrides: Any) -> VisionTransformer:
-    """Build the model described by ``directory/config.json`` and load its weights, in eval mode.
+def load(directory: str | os.PathLike, map_location: str | torch.device = "cpu", **overrides: Any) -> Model:
+    """Build the model described by ``directory/config.json`` and load its weights, in eval mode:
+    a ViT, or the CNN (:class:`vitkit.cnn.ResNet`) when the config is marked ``"resnet"``.
 
     ``overrides`` change the config on the way in. Two of them adapt the weights as the paper's
     fine-tuning does (sec. 3.2): a new ``image_size`` resamples the learned position embeddings
     to the new grid, and a new ``num_classes`` replaces the head with a zero-initialised one.
-    Any other override must keep every tensor's shape (dropout rates, drop_path, ...).
+    Any other override must keep every tensor's shape (dropout rates, drop_path, ...). A ResNet
+    loads as it was saved (no overrides).
     """
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint folder {directory} does not exist")
     config = read_config(directory)
     state = read_weights(directory / WEIGHTS_NAME)
-    model = VisionTransformer(config)
+    model = build(config)
     check_state_dict(model, state, source=str(directory / WEIGHTS_NAME))
     model.load_state_dict(state)
     if overrides:
@@ -130,6 +159,7 @@ def adapt(model: VisionTransformer, fresh_head: bool = False, **overrides: Any) 
     fine-tuning run records as the source's). The new model is built at the old image size, takes
     the weights, and only then resamples its own position embeddings.
     """
+    model = require_vit(model, f"adapting the weights ({sorted(overrides) or 'a fresh head'})", "the model")
     old = model.config
     if "num_classes" in overrides and overrides["num_classes"] != old.num_classes:
         overrides.setdefault("class_names", None)

@@ -17,12 +17,11 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CONFIG_NAME, load
+from .checkpoint import CONFIG_NAME, Model, load
 from .data import DataSource, ImageDataset, ShardSet, SplitRule, iterate_batches, resolve_source, shard_tail, split
 from .data.dataset import inference_batch
 from .errors import CheckpointError, ConfigError, DataError
 from .files import atomic_write, atomic_write_json, find_complete, read_json_object
-from .model import VisionTransformer
 from .preprocess import Preprocess
 from .runtime import autocast, resolve_device
 
@@ -57,7 +56,7 @@ class Classifier:
     folder it came from, and the record of the run that trained it (``train_config.json``, when
     the checkpoint sits in a run folder): which images it trained on, chose on and held out."""
 
-    model: VisionTransformer
+    model: Model  # a ViT, or the CNN reference (vitkit.cnn.ResNet)
     preprocess: Preprocess
     checkpoint: Path
     run: dict[str, Any] | None = None

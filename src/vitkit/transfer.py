@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CONFIG_NAME, adapt
+from .checkpoint import CONFIG_NAME, Model, adapt
 from .config import ViTConfig
 from .errors import ConfigError, InteropError
 from .evaluate import resolve_checkpoint
@@ -47,7 +47,7 @@ _PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL's numbering, 
 class Source:
     """Pre-trained weights and how their model saw its images."""
 
-    model: VisionTransformer
+    model: Model  # a ViT, or (a vitkit checkpoint) the CNN reference
     preprocess: Preprocess
     fmt: str  # vitkit | timm | hf | jax
     name: str  # what the user gave: a path, or hf-hub:ORG/NAME

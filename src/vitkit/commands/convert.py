@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import adapt, save
+from ..checkpoint import adapt, require_vit, save
 from ..errors import ConfigError
 from ..interop import FORMATS, load_any
 
@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if Path(args.dst).exists() and not Path(args.dst).is_dir():
         raise ConfigError(f"{args.dst} is a file; the destination is a folder (config.json + model.safetensors)")
     model, fmt = load_any(args.src, fmt=args.fmt, image_size=args.source_image_size, name=args.timm_name)
+    model = require_vit(model, "convert", args.src)
     overrides: dict[str, Any] = {}
     if args.image_size is not None:
         overrides["image_size"] = args.image_size

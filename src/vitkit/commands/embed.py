@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import require_vit
 from ..errors import InputError
 from ..evaluate import Classifier, load_for_inference
 from ..features import POOLS, Embeddings, check_pool, dataset_features, features
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("give image files or folders, or --data NAME, but not both")
     device = resolve_device(args.device)
     classifier = load_for_inference(args.checkpoint, device)
+    require_vit(classifier.model, "embed (a ViT's token features)", classifier.checkpoint)
     model = classifier.model
     if args.pool is not None and args.layer is not None:
         check_pool(model, args.pool)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import require_vit
 from ..errors import ConfigError
 from ..evaluate import evaluate_model, load_for_inference, write_report
 from ..quantize import inference_model
@@ -60,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device("cpu" if args.onnx and args.device == "auto" else args.device)  # onnxruntime: CPU
     weights, runtime, bf16 = choose_arithmetic(args, device)
     classifier = load_for_inference(args.checkpoint, device)
+    if args.int8 or args.onnx:  # int8 Linear layers and the ONNX export are a ViT's
+        flags = " ".join(["--int8"] * args.int8 + ["--onnx"] * args.onnx)
+        require_vit(classifier.model, f"evaluate {flags}", classifier.checkpoint)
     pre = classifier.preprocess
     source, ds, images_from = checkpoint_images(args, classifier, args.split, image_cache=args.cache_dir)
     if args.limit:

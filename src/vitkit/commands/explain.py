@@ -8,6 +8,7 @@ import sys
 
 import torch
 
+from ..checkpoint import require_vit
 from ..data import resolve_source
 from ..errors import ConfigError
 from ..evaluate import load_for_inference
@@ -66,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     # The same checkpoint lookup and image preparation as `vitkit predict`: run folder -> best/
     # (else last/), and the checkpoint's Preprocess (channels, size, border, normalisation).
     classifier = load_for_inference(args.checkpoint, resolve_device(args.device))
-    model, pre = classifier.model, classifier.preprocess
+    model = require_vit(classifier.model, "explain (attention maps, position embeddings)", classifier.checkpoint)
+    pre = classifier.preprocess
     files = collect_images(args.images) if args.images else []
     pixels = [pre.pixels(decode_image(f)) for f in files]  # uint8, as the model sees them
     names = [f.name for f in files]

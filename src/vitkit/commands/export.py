@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import require_vit
 from ..errors import ExportError
 from ..export import DEFAULT_OPSET, OnnxModel, check_onnx, export_onnx
 from ..interop import FORMATS, load_any
@@ -63,6 +64,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     model, _ = load_any(args.checkpoint, fmt=args.fmt)
+    model = require_vit(model, "export (ONNX)", args.checkpoint)
     if args.image_size is not None:
         from ..checkpoint import adapt
 

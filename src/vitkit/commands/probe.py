@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from ..checkpoint import WEIGHTS_NAME
+from ..checkpoint import WEIGHTS_NAME, require_vit
 from ..data import ImageDataset
 from ..evaluate import Classifier, load_for_inference
 from ..features import cached_representation
@@ -59,6 +59,7 @@ def splits(args: argparse.Namespace, classifier: Classifier) -> tuple[str, Image
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     classifier = load_for_inference(args.checkpoint, device)
+    require_vit(classifier.model, "probe (a ViT's pooled representation)", classifier.checkpoint)
     name, train, test, how = splits(args, classifier)
     check_shots(train.labels, train.num_classes, args.shots, train.class_names)
     log = print if not args.json else (lambda *a, **k: None)

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from ..checkpoint import load as load_vitkit
+from ..cnn import is_resnet_config
 from ..model import VisionTransformer
 from .common import TORCH_SUFFIXES, InteropError, read_state_dict
 from .hf import from_hf, hf_config_dict, to_hf, to_hf_state_dict
@@ -61,7 +62,7 @@ def _describe(path: Path) -> str:
             return f"a folder whose {CONFIG_NAME} is not valid JSON"
         if isinstance(data, dict) and "model_type" in data:
             return f'a Hugging Face folder with "model_type": {data["model_type"]!r}'
-        if isinstance(data, dict) and "architecture" in data:
+        if isinstance(data, dict) and "architecture" in data and not is_resnet_config(data):
             return f"a timm folder for {data['architecture']!r}"
         return "a vitkit checkpoint folder"
     return f"a {path.suffix or 'suffix-less'} file"
@@ -84,8 +85,8 @@ def detect_format(path: str | os.PathLike) -> str:
             raise InteropError(f"{config} is not valid JSON ({e})") from None
         if isinstance(data, dict) and "model_type" in data:
             return "hf"
-        if isinstance(data, dict) and "architecture" in data:  # timm's save/push_to_hub folder
-            return "timm"
+        if isinstance(data, dict) and "architecture" in data and not is_resnet_config(data):
+            return "timm"  # timm's save/push_to_hub folder (vitkit's CNN marks itself "resnet")
         return "vitkit"
     if path.suffix == ".npz":
         return "jax"

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import require_vit
 from ..data import resolve_source
 from ..errors import DataError, ServeError
 from ..evaluate import SUMMARY_NAME, load_for_inference
@@ -58,7 +59,10 @@ class Explorer:
 
     def __init__(self, checkpoint: str | Path, max_upload_bytes: int = 20 * 1024 * 1024) -> None:
         self.classifier = load_for_inference(checkpoint)  # the same model and preparation as `vitkit predict`
-        self.model, self.preprocess = self.classifier.model, self.classifier.preprocess
+        self.model = require_vit(
+            self.classifier.model, "serve (attention with every answer)", self.classifier.checkpoint
+        )
+        self.preprocess = self.classifier.preprocess
         self.checkpoint = self.classifier.checkpoint
         self.max_upload_bytes = max_upload_bytes
         self.lock = threading.Lock()  # one forward at a time: the CPU has few cores to share

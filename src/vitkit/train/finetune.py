@@ -10,6 +10,9 @@
   L + 1, and layer l learns at d^(L + 1 - l) times the rate: the head at the full rate, lower
   layers, which hold the most general features, ever more slowly.
 - ``--head-lr-mult m``: the head (and a pre-logits layer) at m times its rate.
+
+The CNN reference (:class:`vitkit.cnn.ResNet`) trains whole: ``--freeze`` and ``--layer-decay``
+name a ViT's parts and are refused for it; ``--head-lr-mult`` applies to its head too.
 """
 
 from __future__ import annotations
@@ -18,20 +21,23 @@ from collections.abc import Callable
 
 from torch import nn
 
+from ..checkpoint import Model
+from ..cnn import ResNet
 from ..errors import ConfigError
-from ..model import VisionTransformer
 
 _EMBED = ("patch_embed.", "cls_token", "pos_embed.")
 _HEAD = ("head.", "pre_logits.")
 
 
-def freeze(model: VisionTransformer, spec: str | None) -> list[nn.Module]:
+def freeze(model: Model, spec: str | None) -> list[nn.Module]:
     """Freeze what ``spec`` names (``requires_grad=False``); returns the frozen modules, which the
     training loop keeps in eval mode. ``embed`` is the first layer only (the patch projection or
     conv stem); ``N`` and ``backbone`` include the whole embedding of eq. 1 (position embedding and
     class token too)."""
     if spec is None:
         return []
+    if isinstance(model, ResNet):
+        raise ConfigError(f"--freeze {spec} names a ViT's parts (patch embedding, blocks); the ResNet trains whole")
     if spec == "backbone":
         modules = [m for name, m in model.named_children() if name not in ("head", "pre_logits")]
     elif spec == "embed":
@@ -55,6 +61,18 @@ def layer_id(name: str, depth: int) -> int:
     if name.startswith("blocks."):
         return int(name.split(".")[1]) + 1
     return depth + 1
+
+
+def model_lr_scales(
+    model: Model, layer_decay: float | None, head_lr_mult: float = 1.0
+) -> Callable[[str], float] | None:
+    """:func:`lr_scales` for ``model``'s depth; ``--layer-decay`` is refused for the ResNet, whose
+    layers are not a ViT's numbered blocks."""
+    if isinstance(model, ResNet):
+        if layer_decay is not None:
+            raise ConfigError(f"--layer-decay {layer_decay} decays a ViT's blocks; the ResNet has none: drop it")
+        return lr_scales(0, None, head_lr_mult)
+    return lr_scales(model.config.depth, layer_decay, head_lr_mult)
 
 
 def lr_scales(depth: int, layer_decay: float | None, head_lr_mult: float = 1.0) -> Callable[[str], float] | None:

@@ -21,12 +21,12 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..checkpoint import WEIGHTS_NAME, check_state_dict, read_weights
-from ..config import ViTConfig, get_config
+from ..checkpoint import WEIGHTS_NAME, Model, check_state_dict, read_weights, require_vit
+from ..config import ViTConfig
 from ..data import ImageDataset, Stream, derive_seed, resolve_source
 from ..errors import CheckpointError, ConfigError, DivergedError
 from ..evaluate import Evaluation
-from ..factory import create_model
+from ..factory import create_model, preset_config
 from ..model import VisionTransformer
 from ..preprocess import Preprocess
 from ..pretext import build_pretext
@@ -36,7 +36,7 @@ from .config import TrainConfig
 from .datasets import RunData, StreamedSet, prepare_data, scratch_geometry
 from .distill import Distillation, Teacher, load_teacher
 from .feed import ArrayFeed, StreamFeed, make_feed
-from .finetune import freeze, lr_scales
+from .finetune import freeze, model_lr_scales
 from .lr_grid import search
 from .optim import EMA, build_optimizer, param_groups
 from .run_folder import EpochMetrics, RunFolder, Summary, TrainingState
@@ -56,7 +56,7 @@ class Run:
     bf16: bool
     folder: RunFolder
     data: RunData
-    model: nn.Module  # what trains: the ViT, or a pretext task wrapping it (vitkit.pretext)
+    model: nn.Module  # what trains: a ViT, the CNN reference (--model resnet_fmnist), or a pretext task wrapping a ViT
     step: TrainStep
     schedule: WarmupCosine
     feed: ArrayFeed | StreamFeed
@@ -151,7 +151,7 @@ class EpochStats:
 
 
 # ============================================================================ start or resume
-def build_model(cfg: TrainConfig, data: RunData) -> VisionTransformer:
+def build_model(cfg: TrainConfig, data: RunData) -> Model:
     """The config's preset and overrides, sized to the prepared images and named for their classes."""
     pre = data.preprocess
     overrides = {"image_size": pre.input_size} | dict(cfg.model_overrides)
@@ -167,7 +167,7 @@ def build_model(cfg: TrainConfig, data: RunData) -> VisionTransformer:
 
 
 def _model_image_size(cfg: TrainConfig) -> tuple[int, int]:
-    size = cfg.model_overrides.get("image_size") or get_config(cfg.model).image_size
+    size = cfg.model_overrides.get("image_size") or preset_config(cfg.model).image_size
     return (size, size) if isinstance(size, int) else tuple(size)
 
 
@@ -187,7 +187,7 @@ def start(cfg: TrainConfig, resume: bool) -> Run:
     pre = data.preprocess
     model = build_pretext(cfg.objective, network, pre.mean, pre.std) if cfg.pretext else network
     model.to(device)
-    scales = lr_scales(network.config.depth, cfg.layer_decay, cfg.head_lr_mult)
+    scales = model_lr_scales(network, cfg.layer_decay, cfg.head_lr_mult)
     optimizer = build_optimizer(cfg.optimizer, param_groups(model, cfg.weight_decay, scales), cfg.lr, device)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     feed = make_feed(cfg, data, world, device)
@@ -238,7 +238,7 @@ def _objective(
     return objective, teacher
 
 
-def _model_and_data(cfg: TrainConfig, resuming: RunFolder | None) -> tuple[VisionTransformer, RunData, dict | None]:
+def _model_and_data(cfg: TrainConfig, resuming: RunFolder | None) -> tuple[Model, RunData, dict | None]:
     """The model, the data and (for --init) the record of the source: a fresh model from the
     preset; the source's, adapted to the data; or, resuming a fine-tuning run, the model and the
     preprocessing its run record describes (the source itself is not needed again)."""
@@ -254,6 +254,7 @@ def _model_and_data(cfg: TrainConfig, resuming: RunFolder | None) -> tuple[Visio
         data = prepare_data(cfg, dataset, Preprocess.from_dict(record["preprocess"]), own_statistics=False)
         return VisionTransformer(ViTConfig.from_dict(record["model"])), data, record.get("init")
     source = load_source(cfg.init, cfg.mean, cfg.std)
+    require_vit(source.model, "--init (fine-tuning from a checkpoint, for now)", cfg.init)
     log.info("--init %s: %s weights; normalisation from %s", cfg.init, source.fmt, source.normalisation)
     channels = cfg.channels or dataset.native_format[1]
     model, geometry, notes = adapt_input(source, channels, cfg.image_size)

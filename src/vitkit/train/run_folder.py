@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import CONFIG_NAME, save
+from ..checkpoint import CONFIG_NAME, Model, save
 from ..errors import CheckpointError, ConfigError
 from ..evaluate import RUN_CONFIG_NAME, SUMMARY_NAME
 from ..files import atomic_write, atomic_write_json, find_complete, read_json_object, write_folder
@@ -128,7 +128,7 @@ class RunFolder:
         return find_complete(self.path / name, CONFIG_NAME, also=STATE_NAME if name == "last" else None)
 
     def save_checkpoint(
-        self, name: str, model: torch.nn.Module, preprocess: Preprocess, state: TrainingState | None = None
+        self, name: str, model: Model, preprocess: Preprocess, state: TrainingState | None = None
     ) -> Path:
         """Write ``name`` as a whole (:func:`vitkit.files.write_folder`): built beside its place,
         then swapped in, so a kill at any moment leaves one complete checkpoint."""
