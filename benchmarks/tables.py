@@ -213,6 +213,25 @@ def cnn_reference(src: Sources) -> str:
     return count(records) + "\n\n" + markdown(header, rows, "lrrrrrrrr") + notes.render()
 
 
+def data_hunger(src: Sources) -> str:
+    """The data-hunger study's rows (benchmarks/data_hunger.py): each run's test accuracy, with
+    the time its teacher or its pre-training took beside it."""
+    records, notes = src.records("data_hunger"), Notes()
+    rows = []
+    for r in records:
+        m, c = r["metrics"], r["config"]
+        before = m.get("teacher_train_s") or m.get("pretrain_train_s")
+        score = pct(m["test_top1"]) if m.get("objective", "classify") == "classify" else "—"
+        rows.append(
+            [when(r), str(c["labels"]), c["row"], score, num(m["train_s"]), num(before) if before else "—"]
+            + [num(m["images_per_s"]), str(m["epochs"]), f"{m['params'] / 1e6:.2f} M", str(c["seed"])]
+            + [split_words(c.get("scored_on"), c.get("chosen_on")), load(r), machine(r), ref(r), notes.command(r)]
+        )
+    header = ["date (UTC)", "labels", "run", "test accuracy", "training s", "teacher / pre-training s", "images/s"]
+    header += ["epochs", "params", "seed", "split", "load at start", "machine", "record", "command"]
+    return count(records, "run") + "\n\n" + markdown(header, rows, "lrlrrrrrrr") + notes.render()
+
+
 def recipe_search(src: Sources) -> str:
     """Every candidate of the recipe searches: the first scored on the test split (which chose its
     winner), the later ones on the validation share held out of the training images."""
@@ -1229,6 +1248,7 @@ TABLES: dict[str, Callable[[Sources], str]] = {
     "recipes": recipes,
     "pipeline": pipeline,
     "cnn-reference": cnn_reference,
+    "data-hunger": data_hunger,
     "recipe-search": recipe_search,
     "vs-timm": vs_timm,
     "vs-timm-fastest": vs_timm_fastest,

@@ -149,7 +149,8 @@ _OPTIONS = {
             "teacher",
             str,
             "distil from this classifier (DeiT): a vitkit run or checkpoint (ViT or CNN), any file --init reads, or "
-            "timm:MODEL_NAME=FILE; it must know the data's classes, and its forward counts against --time-budget",
+            "timm:MODEL_NAME=FILE; it must know the data's classes, and its forward counts against --time-budget "
+            "(none: without the recipe's teacher)",
         ),
         ("--distill", "distill", str, "hard (the teacher's top class, DeiT's best) | soft (its distribution)"),
         ("--distill-alpha", "distill_alpha", float, "weight of the distillation term; the labels get 1 - alpha"),
@@ -404,6 +405,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if "epochs" in given and "steps" not in given:
             values["steps"] = None  # the recipe counts steps; epochs were asked for
     values.update(given)
+    if values.get("teacher") == "none":  # a recipe's teacher, declined
+        values["teacher"] = None
     values["model_overrides"] = dict(values.get("model_overrides") or {}) | dict(args.overrides)
     lonely = [f"--{n.replace('_', '-')}" for n in ("distill", "distill_alpha", "distill_tau") if n in given]
     if lonely and not values.get("teacher"):

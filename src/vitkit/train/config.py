@@ -260,6 +260,13 @@ _CPU_COMMON = dict(
     eval_every=5,
 )
 
+# The plain ViT of the data-hunger study (docs/data-hunger.md): the main job's Transformer (width
+# 128, 2 heads of 64, MLP 256, depth 4, mean-pooled) with the paper's linear patch embedding in place
+# of the conv stem: 4x4 patches of the unpadded 28x28 image, 49 tokens, no convolution anywhere.
+_CPU_PLAIN = dict(_CPU_HYBRID, stem="patch", patch_size=4)
+for _key in ("stem_channels", "stem_convs"):
+    _CPU_PLAIN.pop(_key)
+
 # Named sets of TrainConfig values; `vitkit train` starts from "fmnist-10m" on Fashion-MNIST. Their
 # measured accuracies are in docs/results.md, from benchmarks/results/train_fmnist.jsonl.
 RECIPES: dict[str, dict[str, Any]] = {
@@ -268,6 +275,37 @@ RECIPES: dict[str, dict[str, Any]] = {
     # Flip is its only augmentation (crop_padding=0: in so few epochs the random crop's
     # regularisation costs more than it gives).
     "fmnist-10m": dict(_CPU_COMMON, crop_padding=0, epochs=30, warmup_epochs=0.5, time_budget=600.0),
+    # The CNN reference (vitkit.cnn's resnet_fmnist) for the same 10 minutes: the teacher that
+    # fmnist-10m-plain distils from. AdamW at 2e-3, crop and flip, as benchmarks/cnn_reference.py.
+    "fmnist-10m-cnn": dict(
+        data="fashion-mnist",
+        model="resnet_fmnist",
+        model_overrides={},
+        batch_size=256,
+        lr=2e-3,
+        min_lr=0.0,
+        weight_decay=0.05,
+        warmup_epochs=0.5,
+        label_smoothing=0.1,
+        crop_padding=2,
+        epochs=30,
+        eval_every=5,
+        time_budget=600.0,
+    ),
+    # A plain ViT (no convolution) for the 10 minutes, distilled from the CNN above (DeiT's hard
+    # distillation into the one head): train the teacher first, `vitkit train --recipe fmnist-10m-cnn
+    # --out runs/cnn-reference`; `--teacher none` trains the same ViT without it.
+    "fmnist-10m-plain": dict(
+        _CPU_COMMON,
+        model_overrides=_CPU_PLAIN,
+        pad=0,
+        crop_padding=0,
+        epochs=30,
+        warmup_epochs=0.5,
+        time_budget=600.0,
+        teacher="runs/cnn-reference",
+        distill="hard",
+    ),
     # The hour-long CPU recipe: the main job's model for about six times as long, with the crop and
     # random erasing against the over-fitting that more epochs bring. 58 minutes of training leave
     # room for the evaluations and the final test within the hour.

@@ -114,7 +114,13 @@ def load_teacher(spec: str, classes: list[str], device: torch.device) -> Teacher
         teacher = _timm_teacher(spec)
         teacher.order = _class_order(spec, [], classes, int(teacher.model.num_classes))
     else:
-        source = load_source(spec, flag="--teacher")
+        try:
+            source = load_source(spec, flag="--teacher")
+        except FileNotFoundError as e:
+            raise FileNotFoundError(
+                f"{e}; train a teacher first (the CNN: `vitkit train --recipe fmnist-10m-cnn --out {spec}`), or "
+                "train without one: --teacher none"
+            ) from None
         teacher = Teacher(source.model, source.preprocess, spec)
         teacher.order = _class_order(spec, list(source.preprocess.class_names), classes, _num_classes(source.model))
     teacher.model.to(device).eval().requires_grad_(False)
