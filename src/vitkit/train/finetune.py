@@ -21,19 +21,19 @@ from torch import nn
 from ..errors import ConfigError
 from ..model import VisionTransformer
 
-_EMBED = ("patch_embed.", "cls_token", "pos_embed.")
-_HEAD = ("head.", "pre_logits.")
+_EMBED = ("patch_embed.", "cls_token", "dist_token", "pos_embed.")
+_HEAD = ("head.", "head_dist.", "pre_logits.")
 
 
 def freeze(model: VisionTransformer, spec: str | None) -> list[nn.Module]:
     """Freeze what ``spec`` names (``requires_grad=False``); returns the frozen modules, which the
     training loop keeps in eval mode. ``embed`` is the first layer only (the patch projection or
-    conv stem); ``N`` and ``backbone`` include the whole embedding of eq. 1 (position embedding and
-    class token too)."""
+    conv stem); ``N`` and ``backbone`` include the whole embedding of eq. 1 (position embedding,
+    class and distillation tokens too)."""
     if spec is None:
         return []
     if spec == "backbone":
-        modules = [m for name, m in model.named_children() if name not in ("head", "pre_logits")]
+        modules = [m for name, m in model.named_children() if name not in ("head", "head_dist", "pre_logits")]
     elif spec == "embed":
         modules = [model.patch_embed]
     else:
@@ -43,8 +43,10 @@ def freeze(model: VisionTransformer, spec: str | None) -> list[nn.Module]:
         modules = [model.patch_embed, model.pos_embed, *list(model.blocks)[:n]]
     for m in modules:
         m.requires_grad_(False)
-    if spec != "embed" and model.cls_token is not None:
-        model.cls_token.requires_grad_(False)
+    if spec != "embed":
+        for token in (model.cls_token, model.dist_token):
+            if token is not None:
+                token.requires_grad_(False)
     return modules
 
 
