@@ -1,9 +1,9 @@
 """ViTConfig and the preset table.
 
 The presets are the rows of the paper's Table 1 (Base, Large, Huge), DeiT's Tiny and Small
-(Touvron et al. 2021, Table 1) and its distilled Tiny, Small and Base (a distillation token), and small-image presets for 28x28 and 32x32 inputs that fit
-a laptop CPU. The config is a plain dataclass so that it can be saved next to every checkpoint
-as JSON and read back without guessing.
+(Touvron et al. 2021, Table 1), DeiT's distilled Tiny, Small and Base (with a distillation token),
+and small-image presets for 28x28 and 32x32 inputs that fit a laptop CPU. The config is a plain
+dataclass so that it can be saved next to every checkpoint as JSON and read back without guessing.
 """
 
 from __future__ import annotations

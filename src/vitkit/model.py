@@ -128,10 +128,11 @@ class VisionTransformer(nn.Module):
         zero-initialised head, so that a fresh model predicts the uniform distribution.
 
         The distillation head is zero-initialised too, but the distillation token is drawn from a
-        normal of std 0.02 (truncated at +-2, as timm and DeiT's code draw it): were it zero like
-        the class token, the two tokens would differ only by their position rows, and with
-        ``posemb`` "sincos2d" or "none" (no prefix rows) not at all, so both heads would read the
-        same state and the distillation token could not become a separate representation."""
+        normal of std 0.02 (``trunc_normal_(std=.02)`` as in timm and DeiT's code, whose cut at the
+        absolute +-2 never bites): were it zero like the class token, the two tokens would differ
+        only by their position rows, and with ``posemb`` "sincos2d" or "none" (no prefix rows) not
+        at all, so both heads would read the same state and the distillation token could not
+        become a separate representation."""
         if self.config.stem == "patch" and not self.patch_embed.proj.weight.is_meta:
             lecun_normal_(self.patch_embed.proj.weight)
             nn.init.zeros_(self.patch_embed.proj.bias)
@@ -236,8 +237,8 @@ class VisionTransformer(nn.Module):
 
         ``indices``: an int n takes the last n blocks, a sequence takes those blocks (negative
         counts from the end), None takes all. Each state has its prefix tokens (class and
-        distillation tokens) removed and, for ``output_fmt="NCHW"``, is laid out as a (B, D, H, W) map of the patch
-        grid; ``"NLC"`` keeps (B, N, D). ``norm`` applies the final LayerNorm to each;
+        distillation tokens) removed and, for ``output_fmt="NCHW"``, is laid out as a
+        (B, D, H, W) map of the patch grid; ``"NLC"`` keeps (B, N, D). ``norm`` applies the final LayerNorm to each;
         ``return_prefix_tokens`` pairs each with its (B, prefix, D) prefix tokens. Returns
         (``forward_features``' tokens, intermediates), or only the intermediates. ``stop_early``
         skips the blocks after the last one asked for (only with ``intermediates_only``).
