@@ -76,3 +76,28 @@ def test_adapt_leaves_the_model_it_is_given_unchanged(posemb):
     assert state.keys() == reference.keys() and all(torch.equal(state[k], reference[k]) for k in state)
     x = torch.randn(2, 1, 28, 28)
     assert torch.equal(model(x), before(x))
+
+
+def test_distilled_model_saves_loads_and_gets_two_fresh_heads(tmp_path):
+    """A DeiT-style model round-trips; a new class count replaces both heads with zero ones (what
+    ``train --init`` does through transfer.adapt_head) and keeps every other tensor."""
+    from vitkit.transfer import adapt_head
+
+    model = _model(distill_token=True)
+    vitkit.save(model, tmp_path / "ckpt")
+    loaded = vitkit.load(tmp_path / "ckpt")
+    x = torch.randn(3, 1, 28, 28)
+    assert torch.equal(model(x), loaded(x)) and loaded.config.distill_token
+    notes = []
+    new = adapt_head(loaded, ["a", "b", "c"], keep_head=False, notes=notes)
+    assert "heads (class and distillation)" in notes[0]
+    for name in ("head", "head_dist"):
+        layer = getattr(new, name)
+        assert layer.weight.shape == (3, 192) and not layer.weight.any() and not layer.bias.any(), name
+    old = loaded.state_dict()
+    for k, v in new.state_dict().items():
+        if not k.startswith(("head.", "head_dist.")):
+            assert torch.equal(v, old[k]), k
+    assert torch.equal(new.eval()(x), torch.zeros(3, 3))
+    same = adapt(loaded, fresh_head=True)  # same class count, new classes: both heads fresh too
+    assert not same.head_dist.weight.any() and torch.equal(same.dist_token, loaded.dist_token)

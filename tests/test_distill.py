@@ -167,3 +167,16 @@ def test_the_cnn_reference_teaches_a_vit(tmp_path):
     assert main(argv) == 0
     record = json.loads((out / "train_config.json").read_text())
     assert record["teacher"]["params"] == sum(p.numel() for p in vitkit.load(cnn / "last").parameters())
+
+
+def test_a_distillation_token_trains_its_own_head_and_inference_averages_both(teacher_run, tmp_path):
+    out = tmp_path / "student"
+    argv = ["train", "--data", "digits", "--steps", "3", "--out", str(out), *TINY_ARGS, *FAST]
+    assert main([*argv, "--teacher", str(teacher_run), "--distill-token"]) == 0
+    model = vitkit.load(out / "last").eval()
+    assert model.config.distill_token and model.config.num_prefix_tokens == 2
+    assert model.head_dist.weight.abs().sum() > 0  # the distillation head learnt (it starts at zero)
+    x = torch.randn(4, 1, 8, 8)
+    cls, dist = model.forward_heads(model.forward_features(x)[0])
+    assert torch.allclose(model(x), (cls + dist) / 2, atol=1e-6)
+    assert main([*argv, "--out", str(tmp_path / "alone"), "--distill-token"]) == 1  # a token needs a teacher

@@ -85,6 +85,22 @@ def test_attention_maps_pick_the_class_row_or_the_mean_received():
         attention_maps([a], (3, 3), 1)
 
 
+def test_explain_leaves_out_both_prefix_tokens_of_a_distilled_model():
+    """Class token at 0, distillation token at 1: the maps are the class row over the patches 2:."""
+    torch.manual_seed(0)
+    model = vitkit.create_model("vit_tiny_28", depth=2, width=32, num_heads=2, mlp_dim=32, distill_token=True)
+    model = perturbed(model)
+    images = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        logits, attn = model(images, return_attention=True)
+    e = explain_batch(model, images)
+    assert e.query == "cls" and e.attention_maps.shape == (2, 2, 2, 7, 7)
+    torch.testing.assert_close(e.attention_maps[1, 0, 1].flatten(), attn[0][1, 1, 0, 2:])
+    torch.testing.assert_close(e.logits, logits)
+    mean = explain_batch(model, images, query="mean")
+    torch.testing.assert_close(mean.attention_maps[0, 1, 0].flatten(), attn[1][0, 0, 2:, 2:].mean(dim=0))
+
+
 # ----------------------------------------------------------------------------- attention distance
 def _average_grid_distance(gh, gw, patch):
     """Mean distance between two patch centres of a gh x gw grid, pairs counted in both orders."""
@@ -150,6 +166,8 @@ def test_hybrid_model_has_no_patch_filter():
         dict(posemb="none", stem="conv"),
         dict(image_size=(24, 32), in_channels=3, patch_size=8, posemb="learned"),
         dict(image_size=(28, 28), patch_size=8, dynamic_image_size=True),  # a 4x4 grid over a padded image
+        dict(distill_token=True),  # two prefix tokens: class, distillation
+        dict(distill_token=True, pool="gap", posemb="sincos2d"),
     ],
 )
 def test_report_for_every_pooling_posemb_stem_and_size(tmp_path, overrides):

@@ -27,8 +27,9 @@ def test_export_matches_pytorch_for_two_batch_sizes(tmp_path, kw):
     assert model.blocks[0].attn.fused  # the export's explicit attention path was switched back
 
 
-def test_dynamic_image_size_export_resamples_like_pytorch(tmp_path):
-    model = model_for_export()
+@pytest.mark.parametrize("kw", [dict(), dict(distill_token=True)], ids=["cls", "distilled"])
+def test_dynamic_image_size_export_resamples_like_pytorch(tmp_path, kw):
+    model = model_for_export(**kw)  # distilled: two prefix tokens with their rows, the mean of two heads
     path = export_onnx(model, tmp_path / "model.onnx", dynamic_image_size=True)
     for size in [(32, 32), (48, 48), (64, 40), (16, 16)]:  # native, larger, non-square, smaller
         assert check_onnx(model, path, batch_sizes=(1, 2), image_size=size) < 1e-4

@@ -136,6 +136,43 @@ def test_steps_0_keeps_a_google_npz_models_features_at_a_higher_resolution(tmp_p
     assert torch.allclose(ours, ref, atol=2e-5), (ours - ref).abs().max()
 
 
+def test_steps_0_from_a_distilled_deit_gives_two_zero_heads_and_keeps_the_class_representation(tmp_path):
+    """timm's VisionTransformerDistilled as a bare file: both heads are replaced for the data's
+    classes, and the representation the class head reads is the class token's, as in the source."""
+    from timm.models.deit import VisionTransformerDistilled
+
+    torch.manual_seed(0)
+    args = dict(img_size=16, patch_size=4, in_chans=3, embed_dim=128, depth=2, num_heads=2, num_classes=5)
+    model = perturbed(VisionTransformerDistilled(**args))
+    path = tmp_path / "deit.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    run = tmp_path / "run"
+    assert main(["train", "--init", str(path), "--steps", "0", "--out", str(run), *FAST]) == 0
+    ours, rgb = finetuned_features(run, digits())
+    mean, std = torch.tensor(transfer.IMAGENET_MEAN).view(3, 1, 1), torch.tensor(transfer.IMAGENET_STD).view(3, 1, 1)
+    with torch.no_grad():  # the class token's final state (timm's own pre_logits averages both tokens)
+        ref = model.forward_features((rgb - mean) / std)[:, 0]
+    assert torch.allclose(ours, ref, atol=2e-5), (ours - ref).abs().max()
+    record = json.loads((run / "train_config.json").read_text())
+    assert any(
+        "new zero-initialised heads (class and distillation) for 10 classes" in a for a in record["init"]["adapted"]
+    )
+    tuned = vitkit.load(run / "last")
+    assert tuned.config.distill_token
+    for head in (tuned.head, tuned.head_dist):
+        assert head.weight.shape == (10, 128) and head.weight.abs().sum() == 0 and head.bias.abs().sum() == 0
+
+
+def test_freeze_and_head_rate_treat_the_distillation_token_and_head_like_the_class_ones():
+    for spec in ("1", "backbone"):
+        model = vitkit.create_model("vit_tiny_32", depth=2, distill_token=True)
+        FT.freeze(model, spec)
+        assert not model.dist_token.requires_grad and not model.cls_token.requires_grad, spec
+        assert model.head.weight.requires_grad and model.head_dist.weight.requires_grad, spec
+    assert FT.layer_id("dist_token", 2) == 0 and FT.layer_id("head_dist.weight", 2) == 3
+    assert FT.lr_scales(2, 0.5, head_lr_mult=10.0)("head_dist.bias") == 10.0
+
+
 def test_the_run_records_the_source_model_as_its_file_describes_it(tmp_path):
     """``init.source_model`` in train_config.json is the source's own config, not the adapted one:
     fine-tuned at another --image-size it once recorded the fine-tuning resolution, because the

@@ -6,6 +6,7 @@ import functools
 import pytest
 import torch
 from conftest import perturbed as perturbed_model
+from safetensors.torch import load_file, save_file
 
 from vitkit import CheckpointError
 from vitkit.interop import InteropError, from_timm, timm_name, to_timm, to_timm_state_dict
@@ -21,6 +22,8 @@ CASES = [
     ("vit_tiny_patch16_224", dict(depth=1, class_token=False, global_pool="avg")),
     # class token without a position (no_embed_class)
     ("flexivit_small", dict(depth=1, img_size=96)),
+    # DeiT's distillation token: two prefix rows, two heads averaged in eval
+    ("deit_tiny_distilled_patch16_224", dict(depth=2)),
 ]
 
 
@@ -112,3 +115,74 @@ def test_errors_name_the_problem():
         from_timm(state, name="resnet18")
     with pytest.raises(InteropError, match="expected timm's VisionTransformer"):
         from_timm(torch.nn.Linear(2, 2))
+
+
+# ---------------------------------------------------------------------------- DeiT, distilled
+def test_distilled_deit_files_both_ways(tmp_path):
+    """timm's deit_*_distilled_* weights written to disk load into vitkit with timm's eval logits
+    (the mean of the two heads); vitkit's file loads into timm's VisionTransformerDistilled."""
+    import vitkit
+    from vitkit.cli import main
+    from vitkit.interop import load_any
+
+    name = "deit_small_distilled_patch16_224"
+    reference = perturbed(name, depth=2, img_size=64)
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, tmp_path / "deit.safetensors")
+    x = images(64, n=3)
+    with torch.no_grad():
+        expected = reference(x)
+        model, fmt = load_any(tmp_path / "deit.safetensors")  # heads and family from the inferred name
+        c = model.config
+        assert fmt == "timm" and c.distill_token and c.num_heads == 6 and c.num_prefix_tokens == 2
+        assert model.pos_embed.weight.shape == (1, 2 + 16, 384)
+        assert (model(x) - expected).abs().max().item() < 1e-5
+        assert timm_name(c) == name
+        # the pair in training, as timm gives it (dropout is 0, so train mode is deterministic)
+        reference.train().set_distilled_training(True)
+        model.train().set_distilled_training(True)
+        for ours, theirs in zip(model(x), reference(x), strict=True):
+            assert (ours - theirs).abs().max().item() < 1e-5
+        reference.eval().set_distilled_training(False)  # the reference is cached for other tests
+        model.eval()
+        # and back: vitkit's state dict, written to disk, loads into timm's distilled model
+        save_file(to_timm_state_dict(model), tmp_path / "back.safetensors")
+        again = timm.create_model(name, pretrained=False, depth=2, img_size=64).eval()
+        again.load_state_dict(load_file(tmp_path / "back.safetensors"))
+        assert (again(x) - expected).abs().max().item() < 1e-5
+    # vitkit convert takes the file, and a timm folder naming the architecture
+    assert main(["convert", str(tmp_path / "deit.safetensors"), str(tmp_path / "converted")]) == 0
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "config.json").write_text(f'{{"architecture": "{name}.fb_in1k"}}')
+    (tmp_path / "deit.safetensors").rename(tmp_path / "folder" / "model.safetensors")
+    with torch.no_grad():
+        assert (vitkit.load(tmp_path / "converted")(x) - expected).abs().max().item() < 1e-5
+        assert (load_any(tmp_path / "folder")[0](x) - expected).abs().max().item() < 1e-5
+
+
+def test_distilled_intermediates_agree_with_timm():
+    """timm's forward_intermediates drops its two prefix tokens: so must vitkit's."""
+    reference = perturbed("deit_tiny_distilled_patch16_224", depth=2, img_size=64)
+    model = from_timm(reference)
+    x = images(64)
+    with torch.no_grad():
+        for kw in (dict(indices=2), dict(indices=[0], norm=True, output_fmt="NLC")):
+            theirs = reference.forward_intermediates(x, intermediates_only=True, **kw)
+            ours = model.forward_intermediates(x, intermediates_only=True, **kw)
+            for a, b in zip(ours, theirs, strict=True):
+                assert a.shape == b.shape and (a - b).abs().max().item() < 1e-5
+        _, theirs = reference.forward_intermediates(x, indices=1, return_prefix_tokens=True, output_fmt="NLC")
+        _, ours = model.forward_intermediates(x, indices=1, return_prefix_tokens=True, output_fmt="NLC")
+        assert ours[0][1].shape == theirs[0][1].shape == (2, 2, 192)
+        assert (ours[0][1] - theirs[0][1]).abs().max().item() < 1e-5
+
+
+def test_distilled_vitkit_model_without_timm_equivalent_is_refused():
+    from vitkit import create_model
+
+    with pytest.raises(InteropError, match="VisionTransformerDistilled reads the class token"):
+        to_timm_state_dict(create_model("vit_tiny_32", depth=1, distill_token=True, pool="gap"))
+    # vitkit's other position options are written out as the table with two prefix rows
+    model = perturbed_model(create_model("vit_tiny_32", depth=1, patch_size=8, distill_token=True, posemb="sincos2d"))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (to_timm(model)(x) - model(x)).abs().max().item() < 1e-5

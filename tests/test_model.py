@@ -156,3 +156,110 @@ def test_conv_stem_stride1_convs_keep_the_token_grid():
     assert first_stage.stride()[1] == 1 and first_stage.is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(ValueError, match="stem_convs"):
         create_model("vit_tiny_28", stem_convs=0, **kw)
+
+
+# ---------------------------------------------------------------------------- DeiT's distillation token
+# timm's counts for its deit_*_distilled_patch16_224 models (224x224, 1000 classes, both heads).
+TIMM_PARAMS_DISTILLED = {
+    "deit_tiny_distilled_patch16_224": ("deit_ti16_distilled", 5_910_800),
+    "deit_small_distilled_patch16_224": ("deit_s16_distilled", 22_436_432),
+    "deit_base_distilled_patch16_224": ("deit_b16_distilled", 87_338_192),
+}
+
+
+@pytest.mark.parametrize("timm_name", list(TIMM_PARAMS_DISTILLED))
+def test_distilled_parameter_counts_equal_timm(timm_name):
+    name, params = TIMM_PARAMS_DISTILLED[timm_name]
+    assert canonical_name(timm_name) == name
+    config = get_config(name)
+    assert config.distill_token and config.num_prefix_tokens == 2
+    assert count_params(config) == params
+    timm = pytest.importorskip("timm")
+    with torch.device("meta"):
+        reference = timm.create_model(timm_name, pretrained=False)
+    assert count_params(config) == sum(p.numel() for p in reference.parameters())
+
+
+def _distilled(**kw):
+    torch.manual_seed(0)
+    return _trained_like(
+        create_model("vit_tiny_32", depth=2, width=32, num_heads=2, mlp_dim=64, distill_token=True, **kw)
+    )
+
+
+def test_distilled_model_averages_its_two_heads_at_inference():
+    x = torch.randn(3, 3, 32, 32)
+    for pool in ("cls", "gap"):
+        model = _distilled(pool=pool)
+        with torch.no_grad():
+            tokens, _ = model.forward_features(x)  # (B, 2 + 64, D), final LayerNorm applied
+            cls, dist = model.forward_heads(tokens)
+            class_input = tokens[:, 0] if pool == "cls" else tokens[:, 2:].mean(1)  # the patches, not the prefix
+            by_hand_cls = class_input @ model.head.weight.T + model.head.bias
+            by_hand_dist = tokens[:, 1] @ model.head_dist.weight.T + model.head_dist.bias
+            assert torch.allclose(cls, by_hand_cls, atol=1e-5) and torch.allclose(dist, by_hand_dist, atol=1e-5)
+            assert not torch.allclose(cls, dist, atol=1e-3)  # two different heads on two different tokens
+            assert torch.allclose(model(x), (by_hand_cls + by_hand_dist) / 2, atol=1e-5)
+            assert torch.equal(model.forward_head(tokens), model(x))
+            assert torch.equal(model.forward_head(tokens, pre_logits=True), class_input)
+
+
+def test_distilled_training_returns_both_heads_and_eval_their_mean():
+    model = _distilled()
+    x = torch.randn(2, 3, 32, 32)
+    model.train()
+    assert isinstance(model(x), torch.Tensor)  # not switched on: the mean, even in training
+    model.set_distilled_training()
+    cls, dist = model(x)
+    with torch.no_grad():
+        expected = model.forward_heads(model.forward_features(x)[0])
+    assert torch.allclose(cls, expected[0], atol=1e-6) and torch.allclose(dist, expected[1], atol=1e-6)
+    (cls.sum() + dist.sum()).backward()
+    assert model.head_dist.weight.grad.abs().sum() > 0 and model.dist_token.grad.abs().sum() > 0
+    (pair, attn) = model(x, return_attention=True)
+    assert len(pair) == 2 and len(attn) == 2
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(x), (expected[0] + expected[1]) / 2, atol=1e-6)
+    plain = create_model("vit_tiny_32", depth=1)
+    with pytest.raises(ValueError, match="distill_token=True"):
+        plain.set_distilled_training()
+    with pytest.raises(ValueError, match="use forward_head"):
+        plain.forward_heads(torch.zeros(1, 65, 192))
+
+
+def test_distillation_token_has_its_own_position_row_and_init():
+    model = create_model("vit_tiny_32", depth=1, distill_token=True)
+    assert model.pos_embed.weight.shape == (1, 2 + 64, 192)
+    assert torch.equal(model.cls_token, torch.zeros(1, 1, 192))  # the JAX rule for the class token
+    assert 0.01 < model.dist_token.std().item() < 0.03 and model.dist_token.abs().max() <= 2  # trunc-normal .02
+    assert torch.equal(model.head_dist.weight, torch.zeros(10, 192))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        z0 = model.embed(x)
+        rows = model.pos_embed.weight
+        assert torch.equal(z0[:, 0], (model.cls_token + rows[:, 0:1])[:, 0].expand(2, -1))
+        assert torch.equal(z0[:, 1], (model.dist_token + rows[:, 1:2])[:, 0].expand(2, -1))
+        patches = model.patch_embed(x) + rows[:, 2:]
+        assert torch.allclose(z0[:, 2:], patches, atol=1e-6)
+    assert model.no_weight_decay() == {"cls_token", "dist_token", "pos_embed.weight"}
+    # without the token nothing changes: the same tensors as before it existed
+    plain = create_model("vit_tiny_32", depth=1).state_dict()
+    assert set(model.state_dict()) - set(plain) == {"dist_token", "head_dist.weight", "head_dist.bias"}
+    assert plain["pos_embed.weight"].shape == (1, 1 + 64, 192)
+    with pytest.raises(ValueError, match="distill_token=True needs class_token=True"):
+        ViTConfig(pool="gap", class_token=False, distill_token=True)
+    headless = create_model("vit_tiny_32", depth=1, distill_token=True, num_classes=0).eval()
+    assert headless.head_dist is None and headless(x).shape == (2, 192)  # the class representation
+
+
+def test_distilled_flops_match_torch_flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    # many classes, so that the two heads (and the pre-logits layer each reads through) dominate
+    kw = dict(depth=1, width=32, num_heads=2, mlp_dim=64, patch_size=16, num_classes=2000, representation_size=100)
+    cfg = get_config("vit_tiny_32", distill_token=True, fused_attention=False, **kw)
+    model = VisionTransformer(cfg).eval()
+    with FlopCounterMode(display=False) as counter:
+        model(torch.randn(1, 3, 32, 32))
+    assert abs(cfg.flops() - counter.get_total_flops()) / counter.get_total_flops() < 0.02

@@ -176,6 +176,25 @@ def test_features_pool_by_layer_and_refuse_cls_without_a_class_token():
         features(model, x, layer=3)
 
 
+def test_distilled_model_keeps_both_prefix_tokens_out_of_the_patch_grid():
+    model = _model(distill_token=True)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        final, states = model.forward_intermediates(x, norm=True, output_fmt="NLC", return_prefix_tokens=True)
+        tokens, _ = model.forward_features(x)
+        patches, prefix = states[-1]
+        assert prefix.shape == (2, 2, 32) and patches.shape == (2, 49, 32)  # class and distillation tokens
+        assert torch.allclose(torch.cat([prefix, patches], dim=1), tokens, atol=1e-6)
+        (grid,) = model.forward_intermediates(x, indices=1, intermediates_only=True)
+        assert grid.shape == (2, 32, 7, 7)
+        whole = features(model, x, layer=-1, pool="tokens")
+        (raw,) = model.forward_intermediates(x, indices=1, output_fmt="NLC", intermediates_only=True)
+        assert whole.shape == (2, 51, 32) and torch.equal(whole[:, 2:], raw)
+        assert torch.equal(features(model, x, layer=-1, pool="cls"), whole[:, 0])
+        assert torch.allclose(features(model, x, layer=-1, pool="gap"), raw.mean(1), atol=1e-6)
+        assert torch.equal(features(model, x), tokens[:, 0])  # the class representation, not the mean
+
+
 # ============================================================================ embed
 @pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
 def test_embed_reads_back_what_it_wrote(digits_run, tmp_path, suffix):

@@ -153,7 +153,8 @@ def adapt(model: VisionTransformer, fresh_head: bool = False, **overrides: Any) 
     (position embeddings resampled to a new image size, head replaced for a new class count).
 
     ``fresh_head`` replaces the head (and a pre-logits layer that goes away) even when the class
-    count stays: new classes of the same number need a new head too.
+    count stays: new classes of the same number need a new head too. A distillation head is
+    replaced with the class head, both zero-initialised.
 
     ``model`` itself is left as it was: callers keep using it as the source (its config is what a
     fine-tuning run records as the source's). The new model is built at the old image size, takes
@@ -166,10 +167,11 @@ def adapt(model: VisionTransformer, fresh_head: bool = False, **overrides: Any) 
     new_config = old.replace(**overrides)
     state = model.state_dict()
     new_model = VisionTransformer(new_config.replace(image_size=old.image_size))
-    renewed = ["head."]
-    if new_config.representation_size != old.representation_size:
+    renewed = ["head.", "head_dist."]  # DeiT's distillation head is replaced with the class head
+    new_pre_logits = new_config.representation_size != old.representation_size
+    if new_pre_logits:
         renewed.append("pre_logits.")
-    if fresh_head or new_config.num_classes != old.num_classes or len(renewed) > 1:
+    if fresh_head or new_config.num_classes != old.num_classes or new_pre_logits:
         state = {k: v for k, v in state.items() if not k.startswith(tuple(renewed))}
         state.update({k: v for k, v in new_model.state_dict().items() if k.startswith(tuple(renewed))})
     check_state_dict(new_model, state, source=f"weights with overrides {sorted(overrides)}")

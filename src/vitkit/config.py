@@ -1,9 +1,9 @@
 """ViTConfig and the preset table.
 
 The presets are the rows of the paper's Table 1 (Base, Large, Huge), DeiT's Tiny and Small
-(Touvron et al. 2021, Table 1), and small-image presets for 28x28 and 32x32 inputs that fit
-a laptop CPU. The config is a plain dataclass so that it can be saved next to every checkpoint
-as JSON and read back without guessing.
+(Touvron et al. 2021, Table 1), DeiT's distilled Tiny, Small and Base (with a distillation token),
+and small-image presets for 28x28 and 32x32 inputs that fit a laptop CPU. The config is a plain
+dataclass so that it can be saved next to every checkpoint as JSON and read back without guessing.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ class ViTConfig:
     mlp_dim: int = 3072
     pool: str = "cls"  # "cls": the class token's final state; "gap": mean of the patch tokens
     class_token: bool = True  # prepend a learned class token (required by pool="cls")
+    distill_token: bool = False  # DeiT's distillation token, after the class token, with a second head
     posemb: str = "learned"  # "learned" (1-D), "learned2d" (row/column, App. D.4), "sincos2d", "none"
     fc_norm: bool = False  # timm's GAP layout: final LayerNorm after pooling instead of before
     representation_size: int | None = None  # pre-logits Linear + tanh (paper sec. 3.1); None: none
@@ -98,6 +99,11 @@ class ViTConfig:
             raise ConfigError(f"stem={self.stem!r} is not one of {STEMS}")
         if self.pool == "cls" and not self.class_token:
             raise ConfigError("pool='cls' needs class_token=True; use pool='gap' to average the patch tokens")
+        if self.distill_token and not self.class_token:
+            raise ConfigError(
+                "distill_token=True needs class_token=True (DeiT puts the distillation token right after the "
+                "class token); set class_token=True, or distill_token=False"
+            )
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.type == "bool" and not isinstance(value, bool):
@@ -143,8 +149,18 @@ class ViTConfig:
         return gh * gw
 
     @property
+    def prefix_tokens(self) -> tuple[str, ...]:
+        """The tokens before the patches, in their fixed order: the class token, then DeiT's
+        distillation token. Each has a row of a learned 1-D position table (the rows come first,
+        in the same order). Register tokens (Darcet et al. 2024) would go last, without a row."""
+        cls = ("cls_token",) if self.class_token else ()
+        return cls + (("dist_token",) if self.distill_token else ())
+
+    @property
     def num_prefix_tokens(self) -> int:
-        return 1 if self.class_token else 0
+        """Class and distillation tokens: what attention maps, features and rollout leave out of
+        the patch grid."""
+        return len(self.prefix_tokens)
 
     @property
     def head_dim(self) -> int:
@@ -154,7 +170,7 @@ class ViTConfig:
         """Forward FLOPs of one image (2 per multiply-add), counted from the architecture.
 
         Counts the matrix products (patch projection, q/k/v, q.k^T, attention-weighted v,
-        output projection, MLP, pre-logits, head); norms, softmax and GELU are left out, as
+        output projection, MLP, pre-logits, heads); norms, softmax and GELU are left out, as
         is usual. ViT-B/16 at 224 is 35.1 GFLOPs by this count (17.6 G multiply-adds).
         """
         h, w = _pair(image_size) if image_size is not None else self.image_size
@@ -166,10 +182,11 @@ class ViTConfig:
         per_block = 2 * t * d * 3 * d + 2 * 2 * t * t * d + 2 * t * d * d + 2 * 2 * t * d * m
         head_in = d
         total = stem + self.depth * per_block
+        heads = 2 if self.distill_token and self.num_classes else 1  # the distillation head reads its own token
         if self.representation_size:
-            total += 2 * d * self.representation_size
+            total += heads * 2 * d * self.representation_size
             head_in = self.representation_size
-        total += 2 * head_in * self.num_classes
+        total += heads * 2 * head_in * self.num_classes
         return total
 
     def _conv_stem_flops(self, h: int, w: int) -> int:
@@ -237,6 +254,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "vit_l16": _row(*_L, 16),
     "vit_l32": _row(*_L, 32),
     "vit_h14": _row(*_H, 14),
+    # DeiT's distilled models (Touvron et al. 2021, sec. 5): a distillation token and a second head.
+    "deit_ti16_distilled": _row(*_TI, 16, distill_token=True),
+    "deit_s16_distilled": _row(*_S, 16, distill_token=True),
+    "deit_b16_distilled": _row(*_B, 16, distill_token=True),
     # Small images (Fashion-MNIST, MNIST: 28x28x1; CIFAR: 32x32x3). Patch 4 gives a 7x7 / 8x8 grid.
     "vit_tiny_28": _row(192, 6, 384, 3, 4, image_size=28, in_channels=1, **_SMALL_IMAGE),
     "vit_small_28": _row(256, 8, 512, 4, 4, image_size=28, in_channels=1, **_SMALL_IMAGE),
@@ -253,6 +274,9 @@ _DESCRIPTIONS = {
     "vit_l16": "ViT-L/16 (paper Table 1)",
     "vit_l32": "ViT-L/32 (paper Table 1)",
     "vit_h14": "ViT-H/14 (paper Table 1)",
+    "deit_ti16_distilled": "DeiT-Ti/16 with distillation token (DeiT sec. 5)",
+    "deit_s16_distilled": "DeiT-S/16 with distillation token (DeiT sec. 5)",
+    "deit_b16_distilled": "DeiT-B/16 with distillation token (DeiT sec. 5)",
     "vit_tiny_28": "28x28 grayscale, 7x7 grid",
     "vit_small_28": "28x28 grayscale, 7x7 grid",
     "vit_tiny_32": "32x32 RGB, 8x8 grid",
@@ -275,13 +299,19 @@ _SIZE_LETTERS = {
 
 def canonical_name(name: str) -> str:
     """Map a preset spelling to its key: ``"ViT-B/16"``, ``"vit-b16"``, ``"vit_base_patch16_224"``
-    and ``"vit_b16"`` all name the same row."""
+    and ``"vit_b16"`` all name the same row; so do timm's ``"deit_base_distilled_patch16_224"``
+    and ``"deit_b16_distilled"``."""
     key = name.strip().lower()
     if key in PRESETS:
         return key
     m = re.fullmatch(r"vit[-_ ]?(ti|tiny|s|small|b|base|l|large|h|huge)[/_-]?(?:patch)?(\d+)(?:_224)?", key)
     if m:
         candidate = f"vit_{_SIZE_LETTERS[m.group(1)]}{m.group(2)}"
+        if candidate in PRESETS:
+            return candidate
+    m = re.fullmatch(r"deit[-_ ]?(ti|tiny|s|small|b|base)[_-]distilled[/_-](?:patch)?(\d+)(?:_224)?", key)
+    if m:
+        candidate = f"deit_{_SIZE_LETTERS[m.group(1)]}{m.group(2)}_distilled"
         if candidate in PRESETS:
             return candidate
     raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)} (see `vitkit presets`)")

@@ -3,8 +3,9 @@
     z_0 = [x_class; x_p^1 E; x_p^2 E; ...; x_p^N E] + E_pos
 
 ``PatchEmbed`` is ``x_p E``; the position-embedding modules give ``E_pos``. The model adds the
-patch rows of ``E_pos`` to the patches first and then prepends the class token (plus the class
-row of ``E_pos`` where the option has one), which is the same sum written in one fixed order.
+patch rows of ``E_pos`` to the patches first and then prepends the prefix tokens (the class token
+and DeiT's distillation token, each plus its row of ``E_pos`` where the option has rows), which is
+the same sum written in one fixed order.
 """
 
 from __future__ import annotations
@@ -123,12 +124,13 @@ class PositionEmbedding(nn.Module):
     """E_pos for one of the paper's options (appendix D.4), with a fixed calling convention.
 
     ``forward(grid)`` returns the patch rows, shape (1, gh*gw, D), for a grid that may differ from
-    the one it was built for (then learned tables are resampled); ``prefix`` holds the class-token
-    row (1, 1, D) for the option that has one, else ``None``.
+    the one it was built for (then learned tables are resampled); ``prefix`` holds the rows of the
+    ``num_prefix_tokens`` prefix tokens (1, prefix, D) for the option that has them, else ``None``.
 
     - ``learned``: one learned vector per position, 1-D, the paper's default. With a class token
       the table has N+1 rows, row 0 for the class token, exactly the paper's E_pos (and timm's
-      ``pos_embed`` layout).
+      ``pos_embed`` layout); with DeiT's distillation token too, N+2 rows, row 1 for it. Only
+      the prefix rows stay put when the grid is resampled.
     - ``learned2d``: an X table and a Y table of D/2 each, concatenated per patch.
     - ``sincos2d``: fixed, not trained; a non-persistent buffer recomputed for any grid.
     - ``none``: no position information at all: the encoder then sees a bag of patches.

@@ -105,11 +105,9 @@ class _AnySize(nn.Module):
             table = table.reshape(1, gh0, gw0, c.width).permute(0, 3, 1, 2)
             table = F.interpolate(table, size=(gh, gw), mode="bicubic", antialias=True, align_corners=False)
             x = x + table.flatten(2).transpose(1, 2)
-        if m.cls_token is not None:
-            cls = m.cls_token
-            if m.pos_embed.prefix is not None:
-                cls = cls + m.pos_embed.prefix
-            x = torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)
+        prefix = m.prefix_tokens()  # class (and distillation) token, with their position rows
+        if prefix is not None:
+            x = torch.cat([prefix.expand(x.shape[0], -1, -1), x], dim=1)
         for block in m.blocks:
             x, _ = block(x)
         return m.forward_head(m.norm(x))

@@ -9,6 +9,12 @@
 ``forward_head`` pools them (class token or mean of the patches) and classifies, so features,
 logits and attention all come from one forward pass. ``forward_intermediates`` returns the
 token states after chosen blocks, as timm's method of that name does.
+
+DeiT (Touvron et al. 2021, sec. 5) adds a distillation token after the class token, with a row
+of its own in E_pos and a head of its own that learns from a teacher's predictions; at test time
+the model averages the two heads. The prefix tokens (class, then distillation) are one mechanism:
+``ViTConfig.prefix_tokens`` names them in order and everything that separates them from the
+patches counts them with ``num_prefix_tokens``.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from torch import nn
 from .attention import MultiHeadAttention
 from .config import ViTConfig
 from .embed import ConvStem, PatchEmbed, PositionEmbedding, lecun_normal_
-from .errors import InputError
+from .errors import ConfigError, InputError
 
 
 class MLP(nn.Module):
@@ -96,6 +102,7 @@ class VisionTransformer(nn.Module):
         else:
             self.patch_embed = ConvStem(c.patch_size, c.in_channels, c.width, c.stem_channels, c.stem_convs)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.width)) if c.class_token else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, c.width)) if c.distill_token else None
         self.pos_embed = PositionEmbedding(c.posemb, c.grid_size, c.width, c.num_prefix_tokens)
         self.pos_drop = nn.Dropout(c.dropout)
         rates = [c.drop_path * i / max(c.depth - 1, 1) for i in range(c.depth)]  # linear decay rule
@@ -109,13 +116,23 @@ class VisionTransformer(nn.Module):
             self.pre_logits = nn.Identity()
             head_in = c.width
         self.head = nn.Linear(head_in, c.num_classes) if c.num_classes else nn.Identity()
+        # DeiT's second head, on the distillation token; without classes there is nothing to distil
+        self.head_dist = nn.Linear(head_in, c.num_classes) if c.distill_token and c.num_classes else None
+        self.distilled_training = False  # see set_distilled_training
         self.reset_parameters()
 
     # ------------------------------------------------------------------ init
     def reset_parameters(self) -> None:
         """Initialise as the JAX reference code does: Xavier-uniform Linear layers (q, k, v each on
         its own), tiny MLP biases, LeCun-normal patch projection, zero class token and a
-        zero-initialised head, so that a fresh model predicts the uniform distribution."""
+        zero-initialised head, so that a fresh model predicts the uniform distribution.
+
+        The distillation head is zero-initialised too, but the distillation token is drawn from a
+        normal of std 0.02 (``trunc_normal_(std=.02)`` as in timm and DeiT's code, whose cut at the
+        absolute +-2 never bites): were it zero like the class token, the two tokens would differ
+        only by their position rows, and with ``posemb`` "sincos2d" or "none" (no prefix rows) not
+        at all, so both heads would read the same state and the distillation token could not
+        become a separate representation."""
         if self.config.stem == "patch" and not self.patch_embed.proj.weight.is_meta:
             lecun_normal_(self.patch_embed.proj.weight)
             nn.init.zeros_(self.patch_embed.proj.bias)
@@ -132,9 +149,12 @@ class VisionTransformer(nn.Module):
                     nn.init.normal_(m.bias, std=1e-6)
                 else:
                     nn.init.zeros_(m.bias)
-        if isinstance(self.head, nn.Linear) and not self.head.weight.is_meta:
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+        for head in (self.head, self.head_dist):
+            if isinstance(head, nn.Linear) and not head.weight.is_meta:
+                nn.init.zeros_(head.weight)
+                nn.init.zeros_(head.bias)
+        if self.dist_token is not None and not self.dist_token.is_meta:
+            nn.init.trunc_normal_(self.dist_token, std=0.02)
 
     # ------------------------------------------------------------------ input checks
     def _grid_for(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -194,13 +214,21 @@ class VisionTransformer(nn.Module):
             if keep is not None:  # (1, N, D) -> (B, K, D): the rows of the kept patches
                 pos = pos.expand(x.shape[0], -1, -1).gather(1, keep[..., None].expand(-1, -1, pos.shape[-1]))
             x = x + pos.to(x.dtype)
-        if self.cls_token is not None:
-            cls = self.cls_token
-            prefix = self.pos_embed.prefix
-            if prefix is not None:
-                cls = cls + prefix
-            x = torch.cat([cls.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)  # (B, 1 + N, D)
+        prefix = self.prefix_tokens()
+        if prefix is not None:
+            x = torch.cat([prefix.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)  # (B, prefix + N, D)
         return self.pos_drop(x)
+
+    def prefix_tokens(self) -> torch.Tensor | None:
+        """The tokens prepended to the patches, (1, prefix, D), in ``config.prefix_tokens`` order
+        (class, distillation), each plus its row of E_pos where the option has rows; None when the
+        model has none. Register tokens would be concatenated after the sum: they have no row."""
+        tokens = [getattr(self, name) for name in self.config.prefix_tokens]
+        if not tokens:
+            return None
+        prefix = torch.cat(tokens, dim=1)  # (1, prefix, D)
+        rows = self.pos_embed.prefix
+        return prefix if rows is None else prefix + rows
 
     def forward_features(
         self, x: torch.Tensor, return_attention: bool = False
@@ -227,9 +255,9 @@ class VisionTransformer(nn.Module):
         """The token states after chosen blocks, for features and dense heads (timm's semantics).
 
         ``indices``: an int n takes the last n blocks, a sequence takes those blocks (negative
-        counts from the end), None takes all. Each state has its prefix tokens (class token)
-        removed and, for ``output_fmt="NCHW"``, is laid out as a (B, D, H, W) map of the patch
-        grid; ``"NLC"`` keeps (B, N, D). ``norm`` applies the final LayerNorm to each;
+        counts from the end), None takes all. Each state has its prefix tokens (class and
+        distillation tokens) removed and, for ``output_fmt="NCHW"``, is laid out as a
+        (B, D, H, W) map of the patch grid; ``"NLC"`` keeps (B, N, D). ``norm`` applies the final LayerNorm to each;
         ``return_prefix_tokens`` pairs each with its (B, prefix, D) prefix tokens. Returns
         (``forward_features``' tokens, intermediates), or only the intermediates. ``stop_early``
         skips the blocks after the last one asked for (only with ``intermediates_only``).
@@ -260,18 +288,68 @@ class VisionTransformer(nn.Module):
             return tokens[:, 0]
         return tokens[:, self.config.num_prefix_tokens :].mean(dim=1)
 
+    def _represent(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(B, D) -> what a head reads: the pooled state after ``fc_norm`` and the pre-logits layer."""
+        return self.pre_logits(self.fc_norm(pooled))
+
+    def forward_heads(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token states -> (class logits, distillation logits), each (B, classes).
+
+        The class head reads the model's pooling (class token, or mean of the patches); the
+        distillation head reads the distillation token. DeiT trains the first on the labels and
+        the second on the teacher's predictions (sec. 5, "distillation token").
+        """
+        if self.head_dist is None:
+            raise InputError(
+                f"forward_heads needs a distillation head; this model has distill_token={self.config.distill_token}, "
+                f"num_classes={self.config.num_classes}: use forward_head"
+            )
+        dist = tokens[:, self.config.prefix_tokens.index("dist_token")]
+        return self.head(self._represent(self.pool(tokens))), self.head_dist(self._represent(dist))
+
     def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Token states -> logits (B, classes), or the pooled representation with ``pre_logits``."""
-        x = self.pre_logits(self.fc_norm(self.pool(tokens)))
-        return x if pre_logits else self.head(x)
+        """Token states -> logits (B, classes), or the pooled representation with ``pre_logits``.
+
+        With a distillation head the logits are the mean of the two heads, as DeiT predicts at test
+        time; ``pre_logits`` then still gives the class representation only (the vector the class
+        head reads, what probes and ``vitkit embed`` use), where timm averages the two tokens.
+        """
+        if pre_logits:
+            return self._represent(self.pool(tokens))
+        if self.head_dist is None:
+            return self.head(self._represent(self.pool(tokens)))
+        cls, dist = self.forward_heads(tokens)
+        return (cls + dist) / 2
 
     def forward(
         self, x: torch.Tensor, return_attention: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """Logits (B, classes); with ``return_attention=True``, (logits, per-layer attention)."""
+    ) -> torch.Tensor | tuple[torch.Tensor, ...] | tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """Logits (B, classes); with ``return_attention=True``, (logits, per-layer attention).
+
+        In distilled training (:meth:`set_distilled_training` and ``train()`` mode) the logits are
+        the pair (class logits, distillation logits) of :meth:`forward_heads` instead of their mean.
+        """
         tokens, attentions = self.forward_features(x, return_attention)
-        logits = self.forward_head(tokens)
+        if self.distilled_training and self.training:
+            logits: torch.Tensor | tuple[torch.Tensor, torch.Tensor] = self.forward_heads(tokens)
+        else:
+            logits = self.forward_head(tokens)
         return (logits, attentions) if return_attention else logits
+
+    def set_distilled_training(self, enable: bool = True) -> None:
+        """Make ``forward`` return (class logits, distillation logits) in training mode, for a
+        distillation loss on each (timm's ``VisionTransformerDistilled`` switch of the same name).
+
+        A switch rather than a separate method, because DDP and ``torch.compile`` wrappers only
+        call ``forward``. In ``eval()`` mode the model still averages the heads.
+        """
+        if enable and self.head_dist is None:
+            raise ConfigError(
+                "set_distilled_training needs a distillation head: build the model with distill_token=True "
+                f"and num_classes > 0 (it has distill_token={self.config.distill_token}, "
+                f"num_classes={self.config.num_classes})"
+            )
+        self.distilled_training = enable
 
     # ------------------------------------------------------------------ utilities
     def resample_image_size(self, image_size: int | tuple[int, int]) -> None:
@@ -281,9 +359,10 @@ class VisionTransformer(nn.Module):
         self.config = new
 
     def no_weight_decay(self) -> set[str]:
-        """Parameter names that weight decay should skip: class token and position tables
-        (norms and biases are recognised by their 1-D shape)."""
-        return {n for n, _ in self.named_parameters() if n.startswith(("cls_token", "pos_embed."))}
+        """Parameter names that weight decay should skip: class and distillation tokens and position
+        tables (norms and biases are recognised by their 1-D shape)."""
+        skip = ("cls_token", "dist_token", "pos_embed.")
+        return {n for n, _ in self.named_parameters() if n.startswith(skip)}
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -263,7 +263,8 @@ def adapt_head(
     model: VisionTransformer, class_names: list[str], keep_head: bool, notes: list[str]
 ) -> VisionTransformer:
     """The source's head when asked and its classes are the data's; else a new zero-initialised
-    linear head (the pre-logits layer goes with the old head, as in the paper's fine-tuning)."""
+    linear head (the pre-logits layer goes with the old head, as in the paper's fine-tuning).
+    A DeiT source's distillation head is replaced too: both new heads start at zero."""
     c = model.config
     same = c.num_classes == len(class_names) and list(c.class_names or []) == list(class_names)
     if keep_head:
@@ -275,8 +276,9 @@ def adapt_head(
             )
         notes.append("head kept: the classes match")
         return model
+    heads = "heads (class and distillation)" if c.distill_token else "head"
     notes.append(
-        f"new zero-initialised head for {len(class_names)} classes"
+        f"new zero-initialised {heads} for {len(class_names)} classes"
         + (" (pre-logits layer dropped)" if c.representation_size else "")
     )
     return adapt(

@@ -65,13 +65,14 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    header = f"{'name':<13} {'image':>10} {'patch':>5} {'width':>9} {'depth':>5} {'heads':>5} {'MLP':>5} {'params':>12} {'GFLOPs':>8}  note"
+    w = max(len(r["name"]) for r in rows)
+    header = f"{'name':<{w}} {'image':>10} {'patch':>5} {'width':>9} {'depth':>5} {'heads':>5} {'MLP':>5} {'params':>12} {'GFLOPs':>8}  note"
     print(header)
     print("-" * len(header))
     for r in rows:
         r = {k: "-" if v is None else v for k, v in r.items()}
         print(
-            f"{r['name']:<13} {r['image']:>10} {r['patch']:>5} {r['width']:>9} {r['depth']:>5} {r['heads']:>5} "
+            f"{r['name']:<{w}} {r['image']:>10} {r['patch']:>5} {r['width']:>9} {r['depth']:>5} {r['heads']:>5} "
             f"{r['mlp']:>5} {r['params']:>12,} {r['gflops']:>8.2f}  {r['note']}"
         )
     print("GFLOPs: forward, one image, 2 FLOPs per multiply-add; params with the default head.")

@@ -45,7 +45,8 @@ __all__ = [
 
 _EXPECTED = {
     "vitkit": "a vitkit checkpoint folder (config.json with ViTConfig fields + model.safetensors)",
-    "hf": 'a Hugging Face folder (config.json with "model_type": "vit" + model.safetensors or pytorch_model.bin)',
+    "hf": 'a Hugging Face folder (config.json with "model_type": "vit" or "deit" + model.safetensors or '
+    "pytorch_model.bin)",
     "jax": "a Google/big_vision .npz file",
     "timm": "a timm state dict file (.safetensors, .pth, .pt or .bin) or timm folder",
 }

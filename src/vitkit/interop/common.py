@@ -91,26 +91,28 @@ def square_side(n: int) -> int | None:
 
 
 def split_position_rows(
-    rows: int, has_class_token: bool, patch_size: int, image_size: tuple[int, int] | None, source: str
+    rows: int, num_prefix_tokens: int, patch_size: int, image_size: tuple[int, int] | None, source: str
 ) -> tuple[tuple[int, int], int]:
-    """(token grid, class-slot rows 0 or 1) from the length of a 1-D position table.
+    """(token grid, prefix rows: 0 or ``num_prefix_tokens``) from the length of a 1-D position table.
 
-    Foreign tables have N rows (no class slot: GAP models, big_vision, timm ``no_embed_class``)
-    or N + 1 (row 0 for the class token). A square grid is assumed unless ``image_size`` says
-    otherwise; N and N + 1 can both be squares only for N = 0, so the two cases never collide.
+    Foreign tables have N rows (no prefix rows: GAP models, big_vision, timm ``no_embed_class``)
+    or N + prefix (row 0 for the class token, row 1 for DeiT's distillation token). A square grid
+    is assumed unless ``image_size`` says otherwise; N and N + 1 (or N + 2) are both squares only
+    for N = 0, so the cases never collide.
     """
     if image_size is not None:
         grid = (image_size[0] // patch_size, image_size[1] // patch_size)
         slot = rows - grid[0] * grid[1]
-        if slot not in (0, 1) or (slot == 1 and not has_class_token):
+        if slot not in (0, num_prefix_tokens):
             raise InteropError(
                 f"{source}: a position table of {rows} rows does not fit image size {image_size} with "
-                f"patch size {patch_size} ({grid[0]}x{grid[1]} patches); pass the image size it was trained at"
+                f"patch size {patch_size} ({grid[0]}x{grid[1]} patches and {num_prefix_tokens} prefix "
+                "token(s)); pass the image size it was trained at"
             )
         return grid, slot
-    if has_class_token and square_side(rows - 1):
-        side = square_side(rows - 1)
-        return (side, side), 1
+    if num_prefix_tokens and square_side(rows - num_prefix_tokens):
+        side = square_side(rows - num_prefix_tokens)
+        return (side, side), num_prefix_tokens
     side = square_side(rows)
     if side:
         return (side, side), 0
@@ -121,12 +123,12 @@ def split_position_rows(
 
 
 def position_rows(model: VisionTransformer) -> tuple[torch.Tensor, torch.Tensor]:
-    """(class-slot row (1, 1, D), patch rows (1, N, D)) of the model's E_pos at its native grid.
+    """(prefix rows (1, prefix, D), patch rows (1, N, D)) of the model's E_pos at its native grid.
 
     Formats with a single learned 1-D table (timm, Hugging Face) get any vitkit option written
     out as one: ``learned2d`` and ``sincos2d`` as the table they evaluate to, ``none`` as zeros,
-    and a zero class row where vitkit adds nothing to the class token. The logits are unchanged
-    at the native image size.
+    and zero prefix rows (class, distillation) where vitkit adds nothing to those tokens. The
+    logits are unchanged at the native image size.
     """
     c = model.config
     with torch.no_grad():
@@ -135,7 +137,7 @@ def position_rows(model: VisionTransformer) -> tuple[torch.Tensor, torch.Tensor]
             patches = torch.zeros(1, c.num_patches, c.width)
         prefix = model.pos_embed.prefix
         if prefix is None:
-            prefix = torch.zeros(1, 1, c.width)
+            prefix = torch.zeros(1, c.num_prefix_tokens, c.width)
     return prefix.detach().clone(), patches.detach().clone()
 
 

@@ -1,4 +1,5 @@
-"""Hugging Face transformers <-> vitkit: ``ViTModel`` / ``ViTForImageClassification``.
+"""Hugging Face transformers <-> vitkit: ``ViTModel`` / ``ViTForImageClassification``, and DeiT's
+``DeiTModel`` / ``DeiTForImageClassificationWithTeacher``.
 
 The mapping, per layer N (HF name under ``vit.encoder.layer.N.`` -> vitkit ``blocks.N.``):
 
@@ -16,6 +17,13 @@ pooler (it is built with ``add_pooling_layer=False``), so it is vitkit's ``pool=
 pre-logits layer. A bare ``ViTModel`` has the pooler (Linear + tanh on the class token) and no
 classifier: that is exactly vitkit's pre-logits layer (``representation_size``) with
 ``num_classes=0``, so the vitkit model's output is HF's ``pooler_output``.
+
+DeiT (``"model_type": "deit"``) is the same encoder under ``deit.`` instead of ``vit.``, plus
+``deit.embeddings.distillation_token`` (vitkit's ``dist_token``, row 1 of the position table) and
+two classifiers, ``cls_classifier`` and ``distillation_classifier`` (``head``, ``head_dist``), whose
+logits ``DeiTForImageClassificationWithTeacher`` averages as vitkit does. HF's plain
+``DeiTForImageClassification`` keeps the distillation token but classifies the class token alone,
+a model vitkit does not have: it is refused.
 
 HF's default ``layer_norm_eps`` is 1e-12 (vitkit and timm: 1e-6); it is carried over, since it
 changes the last digits of the logits.
@@ -47,6 +55,10 @@ _BLOCK_MAP = {
     "output.dense": "mlp.fc2",
 }
 _GENERIC_LABEL = "LABEL_"
+# model_type -> the prefix of the encoder's names in the files
+_PREFIXES = {"vit": "vit.", "deit": "deit."}
+# HF classifier names -> vitkit's heads: ViT's (and DeiT without teacher's) one, DeiT with teacher's two
+_HEADS = {"classifier": "head", "cls_classifier": "head", "distillation_classifier": "head_dist"}
 # transformers >= 5 names its modules differently in memory (``layers.N.attention.q_proj``,
 # ``mlp.fc1``) while its files keep the names above; both are read, files are written the old way.
 _MEMORY_NAMES = {
@@ -60,10 +72,11 @@ _MEMORY_NAMES = {
 
 
 def _file_names(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Strip the ``vit.`` prefix and map in-memory names to the on-disk ones."""
+    """Strip the ``vit.`` (``deit.``) prefix and map in-memory names to the on-disk ones."""
     out = {}
     for k, v in state.items():
-        k = k[len("vit.") :] if k.startswith("vit.") else k
+        prefix = next((p for p in _PREFIXES.values() if k.startswith(p)), "")
+        k = k[len(prefix) :]
         if k.startswith("layers."):
             _, i, rest = k.split(".", 2)
             for new, old in _MEMORY_NAMES.items():
@@ -84,9 +97,11 @@ def _read_folder(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]
         hf_config = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InteropError(f"{config_path} is not valid JSON ({e})") from None
-    if not isinstance(hf_config, dict) or hf_config.get("model_type") != "vit":
+    if not isinstance(hf_config, dict) or hf_config.get("model_type") not in _PREFIXES:
         found = hf_config.get("model_type") if isinstance(hf_config, dict) else type(hf_config).__name__
-        raise InteropError(f'{config_path}: expected a Hugging Face ViT ("model_type": "vit"), found {found!r}')
+        raise InteropError(
+            f'{config_path}: expected a Hugging Face ViT or DeiT ("model_type": "vit" or "deit"), found {found!r}'
+        )
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = folder / index_name
         if index.is_file():
@@ -116,7 +131,15 @@ def _config_from_hf(hf: Mapping[str, Any], state: Mapping[str, torch.Tensor], so
     patch = _pair(hf.get("patch_size", 16))
     if patch[0] != patch[1]:
         raise InteropError(f"{source}: non-square patches {patch} are not supported")
-    num_classes = state["classifier.weight"].shape[0] if "classifier.weight" in state else 0
+    distill_token = "embeddings.distillation_token" in state
+    if distill_token and "classifier.weight" in state:
+        raise InteropError(
+            f"{source} is a DeiTForImageClassification: it classifies the class token alone while its "
+            "distillation token still takes part in attention, which vitkit's distilled model (the mean of a "
+            "class head and a distillation head) cannot express; use DeiTForImageClassificationWithTeacher"
+        )
+    head = next((f"{n}.weight" for n in ("classifier", "cls_classifier") if f"{n}.weight" in state), None)
+    num_classes = state[head].shape[0] if head else 0
     representation = None
     if "pooler.dense.weight" in state and num_classes == 0:
         if hf.get("pooler_act", "tanh") != "tanh":
@@ -139,6 +162,7 @@ def _config_from_hf(hf: Mapping[str, Any], state: Mapping[str, torch.Tensor], so
         mlp_dim=int(hf.get("intermediate_size", 3072)),
         pool="cls",
         class_token=True,
+        distill_token=distill_token,
         posemb="learned",
         representation_size=representation,
         qkv_bias=bool(hf.get("qkv_bias", True)),
@@ -169,6 +193,8 @@ def _state_from_hf(state: Mapping[str, torch.Tensor], depth: int, source: str) -
         "norm.weight": take("layernorm.weight"),
         "norm.bias": take("layernorm.bias"),
     }
+    if "embeddings.distillation_token" in state:
+        out["dist_token"] = take("embeddings.distillation_token")
     state.pop("embeddings.mask_token", None)  # masked-image-modelling only; unused when classifying
     for i in range(depth):
         pre = f"{_LAYER}{i}."
@@ -180,8 +206,9 @@ def _state_from_hf(state: Mapping[str, torch.Tensor], depth: int, source: str) -
                 if f"{pre}{hf_name}.{kind}" in state:
                     out[f"blocks.{i}.{name}.{kind}"] = state.pop(f"{pre}{hf_name}.{kind}")
     for kind in ("weight", "bias"):
-        if f"classifier.{kind}" in state:
-            out[f"head.{kind}"] = state.pop(f"classifier.{kind}")
+        for hf_name, name in _HEADS.items():
+            if f"{hf_name}.{kind}" in state:
+                out[f"{name}.{kind}"] = state.pop(f"{hf_name}.{kind}")
     if "pooler.dense.weight" in state:
         if "head.weight" in out:  # ViTForImageClassification ignores a pooler: so does vitkit
             state.pop("pooler.dense.weight"), state.pop("pooler.dense.bias", None)
@@ -193,7 +220,8 @@ def _state_from_hf(state: Mapping[str, torch.Tensor], depth: int, source: str) -
 
 
 def from_hf(model_or_folder: nn.Module | str | os.PathLike) -> VisionTransformer:
-    """A vitkit model with the weights of a Hugging Face ``ViTForImageClassification`` or ``ViTModel``.
+    """A vitkit model with the weights of a Hugging Face ``ViTForImageClassification`` or ``ViTModel``
+    (or DeiT's ``DeiTForImageClassificationWithTeacher`` or ``DeiTModel``).
 
     ``model_or_folder``: the transformers model object, or a ``save_pretrained`` folder (config.json
     + model.safetensors or pytorch_model.bin); reading a folder does not need transformers.
@@ -203,8 +231,8 @@ def from_hf(model_or_folder: nn.Module | str | os.PathLike) -> VisionTransformer
         if not hasattr(getattr(model_or_folder, "config", None), "to_dict"):
             raise InteropError(f"{source} has no transformers config; expected ViTModel or ViTForImageClassification")
         hf_config = model_or_folder.config.to_dict()
-        if hf_config.get("model_type") != "vit":
-            raise InteropError(f"{source}: expected model_type 'vit', found {hf_config.get('model_type')!r}")
+        if hf_config.get("model_type") not in _PREFIXES:
+            raise InteropError(f"{source}: expected model_type 'vit' or 'deit', found {hf_config.get('model_type')!r}")
         state = dict(model_or_folder.state_dict())
     else:
         folder = Path(model_or_folder)
@@ -218,36 +246,50 @@ def from_hf(model_or_folder: nn.Module | str | os.PathLike) -> VisionTransformer
     return build(config, _state_from_hf(state, config.depth, source), source)
 
 
+def _architecture(config: ViTConfig) -> tuple[str, str]:
+    """(model_type, architecture) of the Hugging Face class that matches ``config``."""
+    if config.distill_token:
+        return "deit", "DeiTForImageClassificationWithTeacher"
+    return "vit", "ViTForImageClassification"
+
+
 def to_hf_state_dict(model: VisionTransformer) -> dict[str, torch.Tensor]:
-    """The weights under ``ViTForImageClassification``'s names (``vit.`` prefix, ``classifier``)."""
+    """The weights under ``ViTForImageClassification``'s names (``vit.`` prefix, ``classifier``), or
+    with a distillation token ``DeiTForImageClassificationWithTeacher``'s (``deit.``, two classifiers)."""
     require_plain(model, "Hugging Face's ViT")
     c = model.config
+    model_type, architecture = _architecture(c)
     if not c.class_token or c.pool != "cls" or c.fc_norm:
         raise InteropError(
-            "Hugging Face's ViTForImageClassification classifies the class token after the final LayerNorm; "
+            f"Hugging Face's {architecture} classifies the class token after the final LayerNorm; "
             f"this model has pool={c.pool!r}, class_token={c.class_token}, fc_norm={c.fc_norm}"
         )
     if c.representation_size:
         raise InteropError(
-            "ViTForImageClassification has no pre-logits layer before its classifier (its pooler is unused); "
+            f"{architecture} has no pre-logits layer before its classifier (its pooler is unused); "
             "convert a model with representation_size=None"
         )
     if not c.num_classes:
-        raise InteropError("ViTForImageClassification needs a classifier; this model has num_classes=0")
+        raise InteropError(f"{architecture} needs a classifier; this model has num_classes=0")
     sd = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     prefix, patches = position_rows(model)
+    enc = _PREFIXES[model_type]
     out = {
-        "vit.embeddings.cls_token": sd["cls_token"],
-        "vit.embeddings.position_embeddings": torch.cat([prefix, patches], dim=1).contiguous(),
-        "vit.embeddings.patch_embeddings.projection.weight": sd["patch_embed.proj.weight"],
-        "vit.embeddings.patch_embeddings.projection.bias": sd["patch_embed.proj.bias"],
-        "vit.layernorm.weight": sd["norm.weight"],
-        "vit.layernorm.bias": sd["norm.bias"],
-        "classifier.weight": sd["head.weight"],
-        "classifier.bias": sd["head.bias"],
+        f"{enc}embeddings.cls_token": sd["cls_token"],
+        f"{enc}embeddings.position_embeddings": torch.cat([prefix, patches], dim=1).contiguous(),
+        f"{enc}embeddings.patch_embeddings.projection.weight": sd["patch_embed.proj.weight"],
+        f"{enc}embeddings.patch_embeddings.projection.bias": sd["patch_embed.proj.bias"],
+        f"{enc}layernorm.weight": sd["norm.weight"],
+        f"{enc}layernorm.bias": sd["norm.bias"],
     }
+    if c.distill_token:
+        out[f"{enc}embeddings.distillation_token"] = sd["dist_token"]
+    heads = ("cls_classifier", "distillation_classifier") if c.distill_token else ("classifier",)
+    for hf_name in heads:
+        for kind in ("weight", "bias"):
+            out[f"{hf_name}.{kind}"] = sd[f"{_HEADS[hf_name]}.{kind}"]
     for i in range(c.depth):
-        pre = f"vit.{_LAYER}{i}."
+        pre = f"{enc}{_LAYER}{i}."
         for kind in ("weight", "bias"):
             qkv = sd.get(f"blocks.{i}.attn.qkv.{kind}")
             if qkv is not None:
@@ -259,12 +301,14 @@ def to_hf_state_dict(model: VisionTransformer) -> dict[str, torch.Tensor]:
 
 
 def hf_config_dict(config: ViTConfig) -> dict[str, Any]:
-    """config.json for ``transformers.ViTConfig`` / ``ViTForImageClassification`` matching ``config``."""
+    """config.json for ``transformers.ViTConfig`` / ``ViTForImageClassification`` matching ``config``
+    (``DeiTConfig`` / ``DeiTForImageClassificationWithTeacher`` with a distillation token)."""
     h, w = config.image_size
     labels = config.class_names or [f"{_GENERIC_LABEL}{i}" for i in range(config.num_classes)]
+    model_type, architecture = _architecture(config)
     return {
-        "architectures": ["ViTForImageClassification"],
-        "model_type": "vit",
+        "architectures": [architecture],
+        "model_type": model_type,
         "hidden_size": config.width,
         "num_hidden_layers": config.depth,
         "num_attention_heads": config.num_heads,
@@ -287,7 +331,9 @@ def hf_config_dict(config: ViTConfig) -> dict[str, Any]:
 
 def to_hf(model: VisionTransformer, folder: str | os.PathLike) -> Path:
     """Write a folder (config.json + model.safetensors) that
-    ``transformers.ViTForImageClassification.from_pretrained(folder)`` loads with the same logits.
+    ``transformers.ViTForImageClassification.from_pretrained(folder)`` loads with the same logits
+    (``DeiTForImageClassificationWithTeacher`` for a model with a distillation token; transformers'
+    ``AutoModelForImageClassification`` would build ``DeiTForImageClassification`` instead).
 
     Written without importing transformers; each file is written atomically.
     """

@@ -227,7 +227,7 @@ def _tokens_and_positions(
     table = _t(stored).reshape(1, -1, width)  # (1, [1 +] N, D); big_vision may store (1, gh, gw, D)
     if size is None and stored.ndim == 4:
         size = (stored.shape[1] * p, stored.shape[2] * p)
-    grid, slot = split_position_rows(table.shape[1], arch.class_token, p, size, params.source)
+    grid, slot = split_position_rows(table.shape[1], int(arch.class_token), p, size, params.source)
     if arch.class_token and slot == 0:  # big_vision: the class token gets no position
         table = torch.cat([table.new_zeros(1, 1, width), table], dim=1)
     state["pos_embed.weight"] = table

@@ -6,6 +6,9 @@ class-token row 0 unless the model has no class token or was built with ``no_emb
 (FlexiViT and others), where the class token gets no position: vitkit then holds a zero row 0,
 which adds the same nothing. timm's GAP models come in two layouts, both in vitkit: the final
 LayerNorm before pooling (``fc_norm=False``, the ``*_gap_*`` names) or after it (``fc_norm``).
+DeiT's distilled models (``VisionTransformerDistilled``, ``deit_*_distilled_*``) use vitkit's names
+too: ``dist_token``, a ``pos_embed`` with two prefix rows (class, distillation) and ``head_dist``;
+like vitkit's, their eval forward averages the two heads.
 
 A state dict does not say how many heads the model has nor, with a class token, how it pools;
 those come from the timm architecture name, which is inferred from the shapes when not given.
@@ -54,12 +57,15 @@ def _timm():
 
 
 def timm_name(config: ViTConfig) -> str:
-    """The timm architecture name closest to ``config``: ``vit_{size}_patch{P}[_gap]_{image}``.
+    """The timm architecture name closest to ``config``: ``vit_{size}_patch{P}[_gap]_{image}``, or
+    ``deit_{size}_distilled_patch{P}_{image}`` with a distillation token.
 
     The name fixes the family (width, heads, pooling layout); depth and image size may still be
     overridden when timm builds it. When timm is installed a registered name is preferred.
     """
     size = _SIZE_BY_WIDTH.get(config.width, f"w{config.width}")
+    if config.distill_token:
+        return _distilled_name(config, size)
     gap = "_gap" if config.pool == "gap" and not config.class_token and not config.fc_norm else ""
     h, w = config.image_size
     img = h if h == w else f"{h}x{w}"
@@ -75,6 +81,18 @@ def timm_name(config: ViTConfig) -> str:
     if name in registered:
         return name
     for candidate in (f"vit_{size}_patch{config.patch_size}{gap}_224", *sorted(registered)):
+        if candidate in registered:
+            return candidate
+    return name
+
+
+def _distilled_name(config: ViTConfig, size: str) -> str:
+    h, w = config.image_size
+    family = f"deit_{size}_distilled_patch{config.patch_size}"
+    name = f"{family}_{h if h == w else f'{h}x{w}'}"
+    timm = _timm()
+    registered = timm.list_models(f"{family}_*") if timm is not None else []
+    for candidate in (name, f"{family}_224", *sorted(registered)):
         if candidate in registered:
             return candidate
     return name
@@ -153,6 +171,8 @@ def _config_from_state(
     depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
     mlp_dim = state["blocks.0.mlp.fc1.weight"].shape[0]
     class_token = "cls_token" in state
+    distill_token = "dist_token" in state
+    num_prefix_tokens = int(class_token) + int(distill_token)
     fc_norm = "fc_norm.weight" in state
     if "width" in settings and settings["width"] != width:
         raise InteropError(f"{source}: width {width} does not match the named architecture's {settings['width']}")
@@ -166,9 +186,9 @@ def _config_from_state(
         grid = settings.get("grid")
         if image_size is None and grid is not None:
             image_size = (grid[0] * p, grid[1] * p)
-        grid, slot = split_position_rows(table.shape[1], class_token, p, image_size, source)
-        if class_token and slot == 0:  # no_embed_class: the class token gets no position
-            table = torch.cat([table.new_zeros(1, 1, table.shape[-1]), table], dim=1)
+        grid, slot = split_position_rows(table.shape[1], num_prefix_tokens, p, image_size, source)
+        if num_prefix_tokens and slot == 0:  # no_embed_class: the prefix tokens get no position
+            table = torch.cat([table.new_zeros(1, num_prefix_tokens, table.shape[-1]), table], dim=1)
         out["pos_embed.weight"] = table
         posemb = "learned"
     else:
@@ -189,6 +209,7 @@ def _config_from_state(
         mlp_dim=mlp_dim,
         pool=pool,
         class_token=class_token,
+        distill_token=distill_token,
         posemb=posemb,
         fc_norm=fc_norm,
         qkv_bias="blocks.0.attn.qkv.bias" in state,
@@ -245,7 +266,8 @@ def to_timm_state_dict(model: VisionTransformer, no_embed_class: bool = False) -
     vitkit's other position options are written out as timm's one learned table (see
     ``common.position_rows``); a pre-logits layer has no place in timm's ViT and is refused.
     ``no_embed_class=True`` writes the layout of timm models built that way (FlexiViT): the table
-    has no class row, and the class row is folded into the class token, which is the same sum.
+    has no class row, and the class row is folded into the class token, which is the same sum
+    (and the distillation row into the distillation token).
     """
     require_plain(model, "timm's VisionTransformer")
     c = model.config
@@ -254,12 +276,18 @@ def to_timm_state_dict(model: VisionTransformer, no_embed_class: bool = False) -
             "timm's VisionTransformer has no pre-logits (representation) layer; "
             "convert a model with representation_size=None, or keep it in vitkit"
         )
+    if c.distill_token and (c.pool != "cls" or c.fc_norm):
+        raise InteropError(
+            "timm's VisionTransformerDistilled reads the class token for its class head, after the final "
+            f"LayerNorm; this model has pool={c.pool!r}, fc_norm={c.fc_norm}: keep it in vitkit"
+        )
     state = {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith("pos_embed.")}
     prefix, patches = position_rows(model)
     if not c.class_token:
         state["pos_embed"] = patches
     elif no_embed_class:
-        state["cls_token"] = state["cls_token"] + prefix
+        for i, name in enumerate(c.prefix_tokens):  # the same names in timm: cls_token, dist_token
+            state[name] = state[name] + prefix[:, i : i + 1]
         state["pos_embed"] = patches
     else:
         state["pos_embed"] = torch.cat([prefix, patches], dim=1)
@@ -267,7 +295,8 @@ def to_timm_state_dict(model: VisionTransformer, no_embed_class: bool = False) -
 
 
 def timm_kwargs(config: ViTConfig, no_embed_class: bool = False) -> dict[str, Any]:
-    """Keyword arguments for ``timm.models.vision_transformer.VisionTransformer`` matching ``config``."""
+    """Keyword arguments for ``timm.models.vision_transformer.VisionTransformer`` matching ``config``
+    (for ``timm.models.deit.VisionTransformerDistilled`` when it has a distillation token)."""
     from functools import partial
 
     mlp_ratio = config.mlp_dim / config.width
@@ -296,12 +325,15 @@ def timm_kwargs(config: ViTConfig, no_embed_class: bool = False) -> dict[str, An
 
 
 def to_timm(model: VisionTransformer, no_embed_class: bool = False) -> nn.Module:
-    """A timm ``VisionTransformer`` (timm must be installed) holding the model's weights, in eval mode."""
+    """A timm ``VisionTransformer`` (timm must be installed) holding the model's weights, in eval
+    mode: a ``VisionTransformerDistilled`` for a model with a distillation token."""
     if _timm() is None:
         raise ImportError("to_timm needs timm: pip install timm (or use to_timm_state_dict)")
+    from timm.models.deit import VisionTransformerDistilled
     from timm.models.vision_transformer import VisionTransformer as TimmViT
 
     state = to_timm_state_dict(model, no_embed_class)
-    out = TimmViT(**timm_kwargs(model.config, no_embed_class))
+    cls = VisionTransformerDistilled if model.config.distill_token else TimmViT
+    out = cls(**timm_kwargs(model.config, no_embed_class))
     out.load_state_dict(state)
     return out.eval()

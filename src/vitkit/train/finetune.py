@@ -25,21 +25,21 @@ from ..checkpoint import Model
 from ..cnn import ResNet
 from ..errors import ConfigError
 
-_EMBED = ("patch_embed.", "cls_token", "pos_embed.")
-_HEAD = ("head.", "pre_logits.")
+_EMBED = ("patch_embed.", "cls_token", "dist_token", "pos_embed.")
+_HEAD = ("head.", "head_dist.", "pre_logits.")
 
 
 def freeze(model: Model, spec: str | None) -> list[nn.Module]:
     """Freeze what ``spec`` names (``requires_grad=False``); returns the frozen modules, which the
     training loop keeps in eval mode. ``embed`` is the first layer only (the patch projection or
-    conv stem); ``N`` and ``backbone`` include the whole embedding of eq. 1 (position embedding and
-    class token too)."""
+    conv stem); ``N`` and ``backbone`` include the whole embedding of eq. 1 (position embedding,
+    class and distillation tokens too)."""
     if spec is None:
         return []
     if isinstance(model, ResNet):
         raise ConfigError(f"--freeze {spec} names a ViT's parts (patch embedding, blocks); the ResNet trains whole")
     if spec == "backbone":
-        modules = [m for name, m in model.named_children() if name not in ("head", "pre_logits")]
+        modules = [m for name, m in model.named_children() if name not in ("head", "head_dist", "pre_logits")]
     elif spec == "embed":
         modules = [model.patch_embed]
     else:
@@ -49,8 +49,10 @@ def freeze(model: Model, spec: str | None) -> list[nn.Module]:
         modules = [model.patch_embed, model.pos_embed, *list(model.blocks)[:n]]
     for m in modules:
         m.requires_grad_(False)
-    if spec != "embed" and model.cls_token is not None:
-        model.cls_token.requires_grad_(False)
+    if spec != "embed":
+        for token in (model.cls_token, model.dist_token):
+            if token is not None:
+                token.requires_grad_(False)
     return modules
 
 

@@ -226,7 +226,7 @@ def _objective(
         return Classification(cfg.label_smoothing), None
     teacher = load_teacher(cfg.teacher, list(data.preprocess.class_names), device)
     if cfg.distill_token:
-        if not getattr(model.config, "distill_token", False):
+        if not model.config.distill_token:
             raise ConfigError(
                 f"--distill-token: the --init model {cfg.init} has no distillation token; fine-tune a distilled model, "
                 "or drop --distill-token to distil into its class head"
