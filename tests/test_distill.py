@@ -169,7 +169,7 @@ def test_the_cnn_reference_teaches_a_vit(tmp_path):
     assert record["teacher"]["params"] == sum(p.numel() for p in vitkit.load(cnn / "last").parameters())
 
 
-def test_a_distillation_token_trains_its_own_head_and_inference_averages_both(teacher_run, tmp_path):
+def test_a_distillation_token_trains_its_own_head_and_inference_averages_both(teacher_run, tmp_path, capsys):
     out = tmp_path / "student"
     argv = ["train", "--data", "digits", "--steps", "3", "--out", str(out), *TINY_ARGS, *FAST]
     assert main([*argv, "--teacher", str(teacher_run), "--distill-token"]) == 0
@@ -180,3 +180,7 @@ def test_a_distillation_token_trains_its_own_head_and_inference_averages_both(te
     cls, dist = model.forward_heads(model.forward_features(x)[0])
     assert torch.allclose(model(x), (cls + dist) / 2, atol=1e-6)
     assert main([*argv, "--out", str(tmp_path / "alone"), "--distill-token"]) == 1  # a token needs a teacher
+    no_cls = [*argv, "--out", str(tmp_path / "no-cls"), "--teacher", str(teacher_run), "--distill-token"]
+    capsys.readouterr()
+    assert main([*no_cls, "--set", "class_token=False"]) == 1
+    assert "add --set class_token=True" in capsys.readouterr().err

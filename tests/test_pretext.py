@@ -327,3 +327,14 @@ def test_settings_that_cannot_work_are_refused_with_the_fix():
     w = MaskedAutoencoder(encoder(dynamic_image_size=True))
     with pytest.raises(InputError, match="not divisible by patch size 4"):
         w(torch.zeros(1, 3, 18, 16))
+
+
+@pytest.mark.parametrize("objective", ["mpp", "mae"])
+def test_weight_decay_skips_the_tokens_and_position_tables_as_in_classification(objective):
+    from vitkit.train.optim import param_groups
+
+    wrapper = build_pretext(objective, encoder(), MEAN, STD)
+    names = {id(p): n for n, p in wrapper.named_parameters()}
+    undecayed = {names[id(p)] for g in param_groups(wrapper, 0.05) if g["weight_decay"] == 0 for p in g["params"]}
+    assert {"mask_token", "encoder.cls_token", "encoder.pos_embed.weight"} <= undecayed
+    assert "encoder.blocks.0.attn.qkv.weight" not in undecayed

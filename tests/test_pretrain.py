@@ -37,6 +37,8 @@ def test_pretraining_writes_headless_checkpoints_that_fine_tune(objective, tmp_p
         assert model.config.num_classes == 0 and isinstance(model.head, torch.nn.Identity)
     rows = read_metrics(run)
     assert len(rows) == 2 and rows[-1]["val_loss"] is not None
+    assert main(["pretrain", "--resume", str(run), "--epochs", "3", "--no-progress"]) == 0  # its own objective
+    assert len(read_metrics(run)) == 3
 
     out = tmp_path / "fine"
     assert main(["train", "--init", str(run), "--data", "digits", "--steps", "3", "--out", str(out), *FAST]) == 0
@@ -45,6 +47,8 @@ def test_pretraining_writes_headless_checkpoints_that_fine_tune(objective, tmp_p
 
 
 def test_pretraining_options_that_need_labels_are_refused(tmp_path, capsys):
+    assert main(["pretrain", "--data", "digits", "--out", str(tmp_path / "r"), *FAST]) == 1
+    assert "--objective" in capsys.readouterr().err
     for extra in (["--mixup", "0.8"], ["--init", str(tmp_path)], ["--val-fraction", "0"]):
         argv = ["pretrain", "--objective", "mpp", "--data", "digits", "--out", str(tmp_path / "r"), *extra, *FAST]
         assert main(argv) == 1

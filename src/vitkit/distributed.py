@@ -22,7 +22,7 @@ import contextlib
 import datetime
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +30,7 @@ import torch.distributed as dist
 
 from .data import ImageDataset
 from .errors import ConfigError, DistributedError
-from .evaluate import Evaluation, evaluate_model, evaluate_pretext
+from .evaluate import Evaluation, evaluate_model
 from .preprocess import Preprocess
 
 log = logging.getLogger(__name__)
@@ -162,28 +162,14 @@ class World:
         batch_size: int = 512,
         device: str | torch.device = "cpu",
         bf16: bool = False,
+        score: Callable[..., Evaluation] = evaluate_model,
     ) -> Evaluation:
-        """:func:`vitkit.evaluate.evaluate_model` on a strided 1/world of ``dataset`` per rank, its
-        counts (loss, top-5 hits, confusion matrix) added up: the same result as one process."""
+        """``score`` (:func:`vitkit.evaluate.evaluate_model`, or ``evaluate_pretext``) on a strided
+        1/world of ``dataset`` per rank, its counts added up: the same result as one process."""
         if not self.active:
-            return evaluate_model(model, dataset, preprocess, batch_size, device, bf16)
+            return score(model, dataset, preprocess, batch_size, device, bf16)
         part = dataset.subset(torch.arange(self.rank, len(dataset), self.world_size))
-        return evaluate_model(model, part, preprocess, batch_size, device, bf16, reduce=self.sum_all)
-
-    def evaluate_pretext(
-        self,
-        wrapper: torch.nn.Module,
-        dataset: ImageDataset,
-        preprocess: Preprocess,
-        batch_size: int = 512,
-        device: str | torch.device = "cpu",
-        bf16: bool = False,
-    ) -> Evaluation:
-        """:func:`vitkit.evaluate.evaluate_pretext`, each rank on its strided part, the sums added up."""
-        if not self.active:
-            return evaluate_pretext(wrapper, dataset, preprocess, batch_size, device, bf16)
-        part = dataset.subset(torch.arange(self.rank, len(dataset), self.world_size))
-        return evaluate_pretext(wrapper, part, preprocess, batch_size, device, bf16, reduce=self.sum_all)
+        return score(model, part, preprocess, batch_size, device, bf16, reduce=self.sum_all)
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

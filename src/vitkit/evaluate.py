@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -196,6 +196,14 @@ class Evaluation:
         return asdict(self)
 
 
+def _batches(
+    dataset: ImageDataset, preprocess: Preprocess, batch_size: int, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(normalised images, their indices) of ``dataset``, batch by batch, on ``device``."""
+    for index in iterate_batches(len(dataset), inference_batch(batch_size, dataset.images)):
+        yield preprocess.normalize(dataset.images[index].to(device, non_blocking=True)), index
+
+
 @torch.no_grad()
 def evaluate_model(
     model: torch.nn.Module,
@@ -217,8 +225,7 @@ def evaluate_model(
     k = dataset.num_classes
     confusion = torch.zeros(k, k, dtype=torch.long)
     loss_sum, top5 = 0.0, 0
-    for index in iterate_batches(len(dataset), inference_batch(batch_size, dataset.images)):
-        x = preprocess.normalize(dataset.images[index].to(device, non_blocking=True))
+    for x, index in _batches(dataset, preprocess, batch_size, device):
         y = dataset.labels[index].to(device)
         with autocast(device, bf16):
             logits = model(x)
@@ -257,8 +264,7 @@ def evaluate_pretext(
     loss_sum, correct, count, n = 0.0, 0, 0, 0
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(PRETEXT_SEED)
-        for index in iterate_batches(len(dataset), inference_batch(batch_size, dataset.images)):
-            x = preprocess.normalize(dataset.images[index].to(device, non_blocking=True))
+        for x, _ in _batches(dataset, preprocess, batch_size, device):
             with autocast(device, bf16):
                 out = wrapper(x)
             loss_sum += out.loss.item() * len(x)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import ConfigError
+from ..train import load_run_config
 from ..train.config import OBJECTIVES
 from . import train
 
@@ -26,5 +28,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "pretext loss on a held-out share of the images) as ordinary headless checkpoints; the test images are never "
         "read. Options are those of `vitkit train`.",
     )
-    p.add_argument("--objective", required=True, choices=OBJECTIVES[1:], help="the self-supervised task")
+    p.add_argument("--objective", choices=OBJECTIVES[1:], help="the self-supervised task (a --resume: the run's own)")
     train.add_options(p, skip=("distillation",))
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.resume is None and args.objective is None:
+        raise ConfigError("--objective: choose mpp (masked patch prediction, the paper's) or mae")
+    if args.resume is not None and load_run_config(args.resume).objective == "classify":
+        raise ConfigError(f"--resume {args.resume} is a classifier's run; continue it with `vitkit train --resume`")
+    return train.run(args)

@@ -111,3 +111,9 @@ def encode(encoder: VisionTransformer, tokens: torch.Tensor) -> torch.Tensor:
 def scalar(value: int | torch.Tensor, device: torch.device) -> torch.Tensor:
     """A long scalar on ``device``."""
     return torch.as_tensor(value, dtype=torch.long, device=device).reshape(())
+
+
+def no_weight_decay(wrapper: nn.Module) -> set[str]:
+    """A pretext wrapper's parameters that weight decay skips: the encoder's own (class token,
+    position tables) under ``encoder.``, and the [mask] embedding, a token like the class token."""
+    return {f"encoder.{n}" for n in wrapper.encoder.no_weight_decay()} | {"mask_token"}

@@ -32,7 +32,17 @@ from ..config import ViTConfig
 from ..embed import PositionEmbedding
 from ..errors import ConfigError
 from ..model import Block, VisionTransformer
-from .common import Pixels, PretextOutput, check_encoder, check_image, encode, patchify, scalar, uniform
+from .common import (
+    Pixels,
+    PretextOutput,
+    check_encoder,
+    check_image,
+    encode,
+    no_weight_decay,
+    patchify,
+    scalar,
+    uniform,
+)
 
 
 class Masking(NamedTuple):
@@ -177,6 +187,9 @@ class MaskedAutoencoder(nn.Module):
         weight = masking.mask.float()
         loss = (error * weight).sum() / weight.sum()
         return PretextOutput(loss, scalar(0, images.device), scalar(masking.mask.sum(), images.device))
+
+    def no_weight_decay(self) -> set[str]:
+        return no_weight_decay(self)
 
     def extra_repr(self) -> str:
         return f"mask_ratio={self.mask_ratio}, norm_pix_loss={self.norm_pix_loss}"

@@ -34,7 +34,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..model import VisionTransformer
-from .common import Pixels, PretextOutput, check_encoder, check_image, encode, scalar, uniform
+from .common import Pixels, PretextOutput, check_encoder, check_image, encode, no_weight_decay, scalar, uniform
 
 
 def mpp_targets(pixels: torch.Tensor, patch_size: int, bits: int = 3) -> torch.Tensor:
@@ -172,6 +172,9 @@ class MaskedPatchPrediction(nn.Module):
         loss = (ce * weight).sum() / weight.sum()
         correct = ((logits.argmax(dim=-1) == targets) & corrupted).sum()
         return PretextOutput(loss, correct, scalar(corrupted.sum(), images.device))
+
+    def no_weight_decay(self) -> set[str]:
+        return no_weight_decay(self)
 
     def extra_repr(self) -> str:
         return f"mask_ratio={self.mask_ratio}, replace={self.replace}, bits={self.bits}"

@@ -25,7 +25,7 @@ from ..checkpoint import WEIGHTS_NAME, Model, check_state_dict, read_weights, re
 from ..config import ViTConfig
 from ..data import ImageDataset, Stream, derive_seed, resolve_source
 from ..errors import CheckpointError, ConfigError, DivergedError
-from ..evaluate import Evaluation
+from ..evaluate import Evaluation, evaluate_model, evaluate_pretext
 from ..factory import create_model, preset_config
 from ..model import VisionTransformer
 from ..preprocess import Preprocess
@@ -91,8 +91,9 @@ class Run:
 
     def evaluate(self, dataset: ImageDataset) -> Evaluation:
         """The evaluated weights on ``dataset``: classified, or pre-training, the pretext loss."""
+        score = evaluate_pretext if self.cfg.pretext else evaluate_model
         args = (self.eval_model, dataset, self.data.preprocess, self.cfg.eval_batch_size, self.device, self.bf16)
-        return self.world.evaluate_pretext(*args) if self.cfg.pretext else self.world.evaluate(*args)
+        return self.world.evaluate(*args, score=score)
 
     def score(self, val: Evaluation) -> float:
         """What best/ maximises: validation accuracy; pre-training, minus its loss."""
@@ -145,7 +146,8 @@ class EpochStats:
     loss_sum: float = 0.0
     steps: int = 0
     correct: int = 0
-    seen: int = 0
+    seen: int = 0  # what `correct` counts among: images, or a pretext task's masked patches
+    images: int = 0  # all processes' images
     lr: float = 0.0
     seconds: float = 0.0
 
@@ -162,6 +164,11 @@ def build_model(cfg: TrainConfig, data: RunData) -> Model:
     if cfg.drop_path is not None:
         overrides["drop_path"] = cfg.drop_path
     if cfg.distill_token:
+        if not overrides.get("class_token", getattr(preset_config(cfg.model), "class_token", True)):
+            raise ConfigError(
+                "--distill-token puts DeiT's distillation token after the class token, and this model has none "
+                "(class_token=False): add --set class_token=True"
+            )
         overrides["distill_token"] = True
     return create_model(cfg.model, **overrides)
 
@@ -419,6 +426,7 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> EpochStats:
         dt = _step_seconds(run, t0, c0)
         run.steps, run.train_time, run.compute_time = run.steps + 1, run.train_time + dt, run.compute_time + dt
         run.images_seen += cfg.batch_size * cfg.accum_steps
+        stats.images += cfg.batch_size * cfg.accum_steps
         stats.loss_sum, stats.steps = stats.loss_sum + result.loss, stats.steps + 1
         stats.correct, stats.seen = stats.correct + result.correct, stats.seen + result.seen
         _show_progress(bar, stats, start, progress and (s % 10 == 0 or s == run.steps_per_epoch - 1))
@@ -452,7 +460,7 @@ def _show_progress(bar, stats: EpochStats, start: float, postfix: bool) -> None:
             loss=f"{stats.loss_sum / stats.steps:.4f}",
             acc=f"{stats.correct / max(stats.seen, 1):.3f}",
             lr=f"{stats.lr:.2e}",
-            img_s=f"{stats.seen / max(time.perf_counter() - start, 1e-9):.0f}",
+            img_s=f"{stats.images / max(time.perf_counter() - start, 1e-9):.0f}",
         )
 
 
@@ -478,7 +486,7 @@ def record_epoch(run: Run, epoch: int, stats: EpochStats, val: Evaluation | None
         val_acc=val.top1 if val else None,
         val_top5=val.top5 if val else None,
         lr=stats.lr,
-        images_per_s=stats.seen / max(stats.seconds, 1e-9),
+        images_per_s=stats.images / max(stats.seconds, 1e-9),
         epoch_time=stats.seconds,
         train_time=run.train_time,
         partial_epoch=stats.steps < run.steps_per_epoch,
