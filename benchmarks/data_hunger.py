@@ -3,13 +3,15 @@ CNN, and pre-trained without labels; each row a ``vitkit`` command, run back to 
 
     python benchmarks/data_hunger.py distill [--seconds 600] [--threads 2] [--seed 0]
     python benchmarks/data_hunger.py few [--labels 1000] [--pretrain-seconds 900] [--seconds 300] [--objective mpp]
+    python benchmarks/data_hunger.py step [--batch 256] [--steps 10] [--rounds 5]
 
 ``distill`` (60,000 labels, the main job's 10 minutes): the CNN teacher (``--recipe
 fmnist-10m-cnn``), then the plain ViT of ``--recipe fmnist-10m-plain`` without the teacher and with
 it. ``few`` (``--labels`` labelled images, ``--per-class`` of each class, drawn with the seed): the
 plain ViT from scratch, the CNN on the same images, and the ViT fine-tuned from a ``vitkit
 pretrain`` run on all the training images without their labels (their validation share held out;
-the test images are never read).
+the test images are never read). ``step`` times a distilled training step against the student's
+step plus the teacher's forward, interleaved (records to ``data_hunger_step.jsonl``).
 
 Every choice inside a run (``best/``) is made on its validation share; each run is scored once
 on the test split, and ``last/`` is what the row reports, as for the main job. Each row appends a
@@ -30,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import record
+
+from vitkit.train import RECIPES
 
 NAME = "data_hunger"
 
@@ -99,7 +103,8 @@ def distill(args: argparse.Namespace, env: dict[str, Any]) -> None:
         row(
             "distill",
             "plain ViT, hard distillation, distillation token",
-            [*plain, "--teacher", str(teacher), "--distill-token", "--out", str(out / "plain-hard-token")],
+            [*plain, "--teacher", str(teacher), "--distill-token", "--set", "class_token=True"]
+            + ["--out", str(out / "plain-hard-token")],
             env,
             extra=taught,
             **base,
@@ -115,7 +120,8 @@ def few(args: argparse.Namespace, env: dict[str, Any]) -> None:
     cnn = ["--recipe", "fmnist-10m-cnn", "--epochs", "500"]
     row("few", "CNN (resnet_fmnist)", ["train", *cnn, *labelled, "--out", str(out / "cnn")], env, **base)
     pre = out / f"pretrain-{args.objective}"
-    overrides = [a for k, v in PLAIN_SET.items() for a in ("--set", f"{k}={v}")]
+    plain_set = RECIPES["fmnist-10m-plain"]["model_overrides"]  # its Transformer: pretrain takes no recipe
+    overrides = [a for k, v in plain_set.items() for a in ("--set", f"{k}={v}")]
     p = row(
         "few",
         f"{args.objective} pre-training (no labels)",
@@ -161,23 +167,82 @@ def few(args: argparse.Namespace, env: dict[str, Any]) -> None:
     )
 
 
-# The Transformer of --recipe fmnist-10m-plain, for `vitkit pretrain` (which takes no recipe).
-PLAIN_SET = dict(
-    stem="patch",
-    patch_size=4,
-    width=128,
-    depth=4,
-    num_heads=2,
-    mlp_dim=256,
-    pool="gap",
-    class_token=False,
-    fused_attention=False,
-)
+def step_cost(args: argparse.Namespace, env: dict[str, Any]) -> None:
+    """What distillation costs a training step, against what it must cost: the student's step
+    (forward, backward, update) plus the teacher's forward and no more. Interleaved rounds of
+    ``--steps`` steps each, on one batch of real images, median of ``--rounds``."""
+    import statistics
+
+    import torch
+
+    from vitkit import create_model
+    from vitkit.data import load_dataset
+    from vitkit.preprocess import Preprocess
+    from vitkit.runtime import keep_freed_memory, use_bf16
+    from vitkit.train.distill import Distillation, Teacher
+    from vitkit.train.optim import build_optimizer, param_groups
+    from vitkit.train.step import TrainStep
+
+    torch.set_num_threads(args.threads)
+    keep_freed_memory()
+    device = torch.device("cpu")
+    bf16 = use_bf16("auto", device)
+    images = load_dataset("fashion-mnist", "train").images[: args.batch]
+    labels = torch.arange(args.batch) % 10
+    plain = dict(RECIPES["fmnist-10m-plain"]["model_overrides"])
+    student = create_model("vit_tiny_28", num_classes=10, **plain)
+    teacher_model = create_model("resnet_fmnist", num_classes=10).eval().requires_grad_(False)
+    pre = Preprocess((28, 28), 1, mean=(0.286,), std=(0.353,))
+    x = pre.normalize(images)
+    teacher = Teacher(teacher_model, pre, "resnet_fmnist")
+
+    def step(objective=None) -> TrainStep:  # noqa: ANN001
+        opt = build_optimizer("adamw", param_groups(student, 0.05), 1e-3, device)
+        return TrainStep(student, opt, device, bf16, label_smoothing=0.1, clip_grad=1.0, objective=objective)
+
+    alone = step()
+    distilled = step(Distillation(teacher, pre, "hard", 0.5, 1.0, 0.1))
+
+    def forward() -> None:
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            teacher(x, pre)
+
+    cases = {"student step": lambda: alone([(x, labels)]), "teacher forward": forward}
+    cases["distilled step"] = lambda: distilled([(x, labels)])
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    for fn in cases.values():  # warm-up
+        fn()
+    for _ in range(args.rounds):
+        for name, fn in cases.items():
+            t = time.perf_counter()
+            for _ in range(args.steps):
+                fn()
+            times[name].append((time.perf_counter() - t) / args.steps)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    predicted = med["student step"] + med["teacher forward"]
+    metrics = {
+        "student_step_s": med["student step"],
+        "teacher_forward_s": med["teacher forward"],
+        "distilled_step_s": med["distilled step"],
+        "distilled_over_student_plus_teacher": med["distilled step"] / predicted,
+        "student_images_per_s": args.batch / med["student step"],
+        "distilled_images_per_s": args.batch / med["distilled step"],
+        "bf16": bf16,
+    }
+    config = {"part": "step", "batch": args.batch, "steps": args.steps, "rounds": args.rounds, "threads": args.threads}
+    config |= {"student": "fmnist-10m-plain's ViT", "teacher": "resnet_fmnist", "distill": "hard"}
+    record.append(NAME + "_step", config, metrics, env=env)
+    for k, v in med.items():
+        print(f"{k}: {v * 1000:.1f} ms ({args.batch / v:.0f} images/s)")
+    print(f"distilled step / (student step + teacher forward) = {metrics['distilled_over_student_plus_teacher']:.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=["distill", "few"])
+    p.add_argument("part", choices=["distill", "few", "step"])
+    p.add_argument("--batch", type=int, default=256, help="step: the batch")
+    p.add_argument("--steps", type=int, default=10, help="step: steps a round")
+    p.add_argument("--rounds", type=int, default=5, help="step: interleaved rounds (the median is kept)")
     p.add_argument("--seconds", type=float, default=None, help="each labelled run's budget (distill 600, few 300)")
     p.add_argument("--pretrain-seconds", type=float, default=900.0)
     p.add_argument("--labels", type=int, default=1000)
@@ -191,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     args.seconds = args.seconds or (600.0 if args.part == "distill" else 300.0)
     env = record.environment()
     print(f"load average at start {env['load']}; CPU {env['cpu']}; runs in {args.out}", flush=True)
-    (distill if args.part == "distill" else few)(args, env)
+    {"distill": distill, "few": few, "step": step_cost}[args.part](args, env)
     return 0
 
 

@@ -232,6 +232,25 @@ def data_hunger(src: Sources) -> str:
     return count(records, "run") + "\n\n" + markdown(header, rows, "lrlrrrrrrr") + notes.render()
 
 
+def data_hunger_step(src: Sources) -> str:
+    """What distillation costs a step: the distilled step against the student's step plus the
+    teacher's forward, measured interleaved in one process."""
+    records, notes = src.records("data_hunger_step"), Notes()
+    rows = []
+    for r in records:
+        m, c = r["metrics"], r["config"]
+        ms = [f"{m[k] * 1000:.1f}" for k in ("student_step_s", "teacher_forward_s", "distilled_step_s")]
+        rows.append(
+            [when(r), str(c["batch"]), *ms, f"{m['distilled_over_student_plus_teacher']:.3f}"]
+            + [num(m["student_images_per_s"]), num(m["distilled_images_per_s"]), "bf16" if m["bf16"] else "fp32"]
+            + [load(r), machine(r), ref(r), notes.command(r)]
+        )
+    header = ["date (UTC)", "batch", "student step ms", "teacher forward ms", "distilled step ms"]
+    header += ["distilled / (student + teacher)", "student images/s", "distilled images/s", "precision"]
+    header += ["load at start", "machine", "record", "command"]
+    return count(records) + "\n\n" + markdown(header, rows, "lrrrrrrr") + notes.render()
+
+
 def recipe_search(src: Sources) -> str:
     """Every candidate of the recipe searches: the first scored on the test split (which chose its
     winner), the later ones on the validation share held out of the training images."""
@@ -1249,6 +1268,7 @@ TABLES: dict[str, Callable[[Sources], str]] = {
     "pipeline": pipeline,
     "cnn-reference": cnn_reference,
     "data-hunger": data_hunger,
+    "data-hunger-step": data_hunger_step,
     "recipe-search": recipe_search,
     "vs-timm": vs_timm,
     "vs-timm-fastest": vs_timm_fastest,
@@ -1278,8 +1298,32 @@ TABLES: dict[str, Callable[[Sources], str]] = {
 }
 
 
+DATA_HUNGER_ROWS = {  # value names of the study's rows: data-hunger.<labels>.<key>
+    "cnn": ("CNN teacher (resnet_fmnist)", "CNN (resnet_fmnist)"),
+    "plain": ("plain ViT",),
+    "hard": ("plain ViT, hard distillation",),
+    "token": ("plain ViT, hard distillation, distillation token",),
+    "mpp": ("plain ViT, mpp pre-trained",),
+    "mae": ("plain ViT, mae pre-trained",),
+}
+
+
+def values_data_hunger(src: Sources) -> dict[str, str]:
+    """The newest record of each row of the data-hunger study: ``data-hunger.60000.hard`` is the
+    hard-distilled plain ViT's test accuracy on all the labels, ``....images-per-s`` its speed."""
+    out: dict[str, str] = {}
+    for r in reversed(src.records("data_hunger")):  # oldest first: the newest overwrites
+        c, m = r["config"], r["metrics"]
+        for key, names in DATA_HUNGER_ROWS.items():
+            if c["row"] in names:
+                out[f"data-hunger.{c['labels']}.{key}"] = pct(m["test_top1"])
+                out[f"data-hunger.{c['labels']}.{key}.images-per-s"] = num(m["images_per_s"])
+    return out
+
+
 VALUE_GROUPS: tuple[Callable[[Sources], dict[str, str]], ...] = (
     values_records,
+    values_data_hunger,
     values_posemb,
     values_pooling,
     values_patch,
