@@ -1,13 +1,13 @@
 """The data-hunger study (docs/data-hunger.md): a plain ViT on little data, alone, distilled from a
 CNN, and pre-trained without labels; each row a ``vitkit`` command, run back to back on one machine.
 
-    python benchmarks/data_hunger.py distill [--seconds 600] [--threads 2] [--seed 0]
+    python benchmarks/data_hunger.py distill [--seconds 600] [--rows plain,hard,token] [--teacher RUN] [--seed 0]
     python benchmarks/data_hunger.py few [--labels 1000] [--pretrain-seconds 900] [--seconds 300] [--objective mpp]
     python benchmarks/data_hunger.py step [--batch 256] [--steps 10] [--rounds 5]
 
 ``distill`` (60,000 labels, the main job's 10 minutes): the CNN teacher (``--recipe
-fmnist-10m-cnn``), then the plain ViT of ``--recipe fmnist-10m-plain`` without the teacher and with
-it. ``few`` (``--labels`` labelled images, ``--per-class`` of each class, drawn with the seed): the
+fmnist-10m-cnn``, or ``--teacher`` a run it trained before), then the plain ViT of ``--recipe
+fmnist-10m-plain`` without the teacher and with it (``--rows``). ``few`` (``--labels`` labelled images, ``--per-class`` of each class, drawn with the seed): the
 plain ViT from scratch, the CNN on the same images, and the ViT fine-tuned from a ``vitkit
 pretrain`` run on all the training images without their labels (their validation share held out;
 the test images are never read). ``step`` times a distilled training step against the student's
@@ -80,35 +80,31 @@ def common(args: argparse.Namespace) -> list[str]:
 def distill(args: argparse.Namespace, env: dict[str, Any]) -> None:
     out, budget = args.out, f"{args.seconds:g}"
     base = {"labels": 60000, "seed": args.seed, "budget_s": args.seconds}
-    teacher = out / "cnn"
-    t = row(
-        "distill",
-        "CNN teacher (resnet_fmnist)",
-        ["train", "--recipe", "fmnist-10m-cnn", "--time-budget", budget, "--out", str(teacher), *common(args)],
-        env,
-        **base,
-    )
-    taught = {"teacher_train_s": t["train_time_s"], "teacher": str(teacher)}
-    plain = ["train", "--recipe", "fmnist-10m-plain", "--time-budget", budget, *common(args)]
-    row("distill", "plain ViT", [*plain, "--teacher", "none", "--out", str(out / "plain")], env, **base)
-    row(
-        "distill",
-        "plain ViT, hard distillation",
-        [*plain, "--teacher", str(teacher), "--out", str(out / "plain-hard")],
-        env,
-        extra=taught,
-        **base,
-    )
-    if args.token:
-        row(
+    rows = set(args.rows.split(","))
+    teacher = args.teacher or out / "cnn"
+    if args.teacher is None:
+        t = row(
             "distill",
-            "plain ViT, hard distillation, distillation token",
-            [*plain, "--teacher", str(teacher), "--distill-token", "--set", "class_token=True"]
-            + ["--out", str(out / "plain-hard-token")],
+            "CNN teacher (resnet_fmnist)",
+            ["train", "--recipe", "fmnist-10m-cnn", "--time-budget", budget, "--out", str(teacher), *common(args)],
             env,
-            extra=taught,
             **base,
         )
+    else:  # a teacher trained before, by this script: its own time stands beside the rows it teaches
+        t = json.loads((teacher / "summary.json").read_text())
+    taught = {"teacher_train_s": t["train_time_s"], "teacher": str(teacher)}
+    plain = ["train", "--recipe", "fmnist-10m-plain", "--time-budget", budget, *common(args)]
+    if "plain" in rows:
+        row("distill", "plain ViT", [*plain, "--teacher", "none", "--out", str(out / "plain")], env, **base)
+    variants = {
+        "hard": ("plain ViT, hard distillation", []),
+        "token": ("plain ViT, hard distillation, distillation token", ["--distill-token", "--set", "class_token=True"]),
+        "soft": ("plain ViT, soft distillation", ["--distill", "soft", "--distill-tau", "3"]),
+    }
+    for key, (name, flags) in variants.items():
+        if key in rows:
+            argv = [*plain, "--teacher", str(teacher), *flags, "--out", str(out / f"plain-{key}")]
+            row("distill", name, argv, env, extra=taught, **base)
 
 
 def few(args: argparse.Namespace, env: dict[str, Any]) -> None:
@@ -247,7 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pretrain-seconds", type=float, default=900.0)
     p.add_argument("--labels", type=int, default=1000)
     p.add_argument("--objective", choices=["mpp", "mae"], default="mpp")
-    p.add_argument("--token", action="store_true", help="distill: also the row with DeiT's distillation token")
+    p.add_argument(
+        "--rows",
+        default="plain,hard,token",
+        help="distill: the student rows, of plain, hard, token (DeiT's distillation token), soft (tau 3)",
+    )
+    p.add_argument("--teacher", type=Path, default=None, help="distill: a teacher this script trained before")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--seed", type=int, default=0)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
