@@ -1303,6 +1303,7 @@ DATA_HUNGER_ROWS = {  # value names of the study's rows: data-hunger.<labels>.<k
     "plain": ("plain ViT",),
     "hard": ("plain ViT, hard distillation",),
     "token": ("plain ViT, hard distillation, distillation token",),
+    "soft": ("plain ViT, soft distillation",),
     "mpp": ("plain ViT, mpp pre-trained",),
     "mae": ("plain ViT, mae pre-trained",),
 }
