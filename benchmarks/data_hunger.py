@@ -2,7 +2,7 @@
 CNN, and pre-trained without labels; each row a ``vitkit`` command, run back to back on one machine.
 
     python benchmarks/data_hunger.py distill [--seconds 600] [--rows plain,hard,token] [--teacher RUN] [--seed 0]
-    python benchmarks/data_hunger.py few [--labels 1000] [--pretrain-seconds 900] [--seconds 300] [--objective mpp]
+    python benchmarks/data_hunger.py few [--labels 1000] [--pretrain-seconds 900] [--seconds 300] [--objective mpp|mae] [--no-baselines]
     python benchmarks/data_hunger.py step [--batch 256] [--steps 10] [--rounds 5]
 
 ``distill`` (60,000 labels, the main job's 10 minutes): the CNN teacher (``--recipe
@@ -111,10 +111,11 @@ def few(args: argparse.Namespace, env: dict[str, Any]) -> None:
     out, budget, per_class = args.out, f"{args.seconds:g}", args.labels // 10
     base = {"labels": args.labels, "seed": args.seed, "budget_s": args.seconds}
     labelled = ["--data", "fashion-mnist", "--per-class", str(per_class), "--time-budget", budget, *common(args)]
-    plain = ["--recipe", "fmnist-10m-plain", "--teacher", "none", "--epochs", "500"]
-    row("few", "plain ViT", ["train", *plain, *labelled, "--out", str(out / "plain")], env, **base)
-    cnn = ["--recipe", "fmnist-10m-cnn", "--epochs", "500"]
-    row("few", "CNN (resnet_fmnist)", ["train", *cnn, *labelled, "--out", str(out / "cnn")], env, **base)
+    if args.baselines:
+        plain = ["--recipe", "fmnist-10m-plain", "--teacher", "none", "--epochs", "500"]
+        row("few", "plain ViT", ["train", *plain, *labelled, "--out", str(out / "plain")], env, **base)
+        cnn = ["--recipe", "fmnist-10m-cnn", "--epochs", "500"]
+        row("few", "CNN (resnet_fmnist)", ["train", *cnn, *labelled, "--out", str(out / "cnn")], env, **base)
     pre = out / f"pretrain-{args.objective}"
     plain_set = RECIPES["fmnist-10m-plain"]["model_overrides"]  # its Transformer: pretrain takes no recipe
     overrides = [a for k, v in plain_set.items() for a in ("--set", f"{k}={v}")]
@@ -249,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
         help="distill: the student rows, of plain, hard, token (DeiT's distillation token), soft (tau 3)",
     )
     p.add_argument("--teacher", type=Path, default=None, help="distill: a teacher this script trained before")
+    p.add_argument(
+        "--no-baselines",
+        dest="baselines",
+        action="store_false",
+        help="few: only the pre-training and its fine-tuning (the plain ViT and the CNN measured before)",
+    )
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--seed", type=int, default=0)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
