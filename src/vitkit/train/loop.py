@@ -499,10 +499,15 @@ def record_epoch(run: Run, epoch: int, stats: EpochStats, val: Evaluation | None
                 run.tensorboard.add_scalar(k, getattr(metrics, k), epoch + 1)
     if not run.round_end(epoch):
         return metrics
-    val_text = "-" if metrics.val_acc is None else f"{metrics.val_acc:.4f}"
+    if run.cfg.objective == "mae":  # a regression: its loss is all there is to show
+        val_loss = "-" if metrics.val_loss is None else f"{metrics.val_loss:.4f}"
+        scores = f"val loss {val_loss}"
+    else:
+        val_text = "-" if metrics.val_acc is None else f"{metrics.val_acc:.4f}"
+        scores = f"train acc {metrics.train_acc:.4f}  val acc {val_text}"
     log.info(
-        f"epoch {epoch + 1}/{run.epochs}  loss {metrics.train_loss:.4f}  train acc {metrics.train_acc:.4f}  "
-        f"val acc {val_text}  lr {stats.lr:.2e}  {metrics.images_per_s:.0f} img/s  ({stats.seconds:.0f}s)"
+        f"epoch {epoch + 1}/{run.epochs}  loss {metrics.train_loss:.4f}  {scores}  lr {stats.lr:.2e}  "
+        f"{metrics.images_per_s:.0f} img/s  ({stats.seconds:.0f}s)"
     )
     return metrics
 
