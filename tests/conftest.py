@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,26 @@ def write_digits(folder: Path, per_class: int, classes: int = 3, offset: int = 0
             img = Image.fromarray(pixels, mode="L").resize(sizes[i % len(sizes)], Image.BILINEAR)
             img.save(folder / str(c) / f"{c}_{i:02d}{'.png' if i % 2 == 0 else '.jpg'}")
     return folder
+
+
+# A run that SIGKILLs itself half-way through writing the training state of epoch 2: its last/
+# must stay the complete checkpoint of epoch 1 (the fine-tuning and pre-training resume tests).
+KILLED_IN_EPOCH_2_CHECKPOINT = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    import vitkit.train as T
+    from vitkit.train import run_folder
+
+    cfg = T.TrainConfig(**json.loads(sys.argv[1]))
+    write = run_folder._write_training_state
+
+    def dying(path, state):
+        if state.epoch == 2:  # half a file, then SIGKILL in the middle of the checkpoint
+            path.write_bytes(b"partial")
+            os.kill(os.getpid(), signal.SIGKILL)
+        write(path, state)
+
+    run_folder._write_training_state = dying
+    T.train(cfg, progress=False)
+    """
+)

@@ -8,12 +8,11 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, perturbed
+from conftest import KILLED_IN_EPOCH_2_CHECKPOINT, TINY, perturbed
 from safetensors.torch import save_file
 
 import vitkit
@@ -348,27 +347,6 @@ def test_the_hub_path_loads_offline_from_a_cache_the_test_fills(tmp_path, monkey
 
 
 # ---------------------------------------------------------------------------- resume, bad input
-KILLER = textwrap.dedent(
-    """
-    import json, os, signal, sys
-    import vitkit.train as T
-    from vitkit.train import run_folder
-
-    cfg = T.TrainConfig(**json.loads(sys.argv[1]))
-    write = run_folder._write_training_state
-
-    def dying(path, state):
-        if state.epoch == 2:  # half a file, then SIGKILL in the middle of the checkpoint
-            path.write_bytes(b"partial")
-            os.kill(os.getpid(), signal.SIGKILL)
-        write(path, state)
-
-    run_folder._write_training_state = dying
-    T.train(cfg, progress=False)
-    """
-)
-
-
 def test_a_fine_tuning_run_resumes_after_sigkill_with_the_same_losses(tmp_path):
     up = vitkit_source(tmp_path)
     kw = dict(data="digits", init=str(up), optimizer="sgd", lr=0.02, steps=88, warmup_steps=10, batch_size=32)
@@ -378,7 +356,10 @@ def test_a_fine_tuning_run_resumes_after_sigkill_with_the_same_losses(tmp_path):
     killed = tmp_path / "killed"
     cfg = TrainConfig(**kw, out=str(killed))
     proc = subprocess.run(
-        [sys.executable, "-c", KILLER, json.dumps(cfg.to_dict())], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", KILLED_IN_EPOCH_2_CHECKPOINT, json.dumps(cfg.to_dict())],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == -9, proc.stderr
     os.rename(up, tmp_path / "gone")  # resuming needs the run's own records, not the source

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import TINY, TINY_ARGS
+from conftest import KILLED_IN_EPOCH_2_CHECKPOINT, TINY, TINY_ARGS
 
 import vitkit
 from vitkit.cli import main
@@ -63,25 +63,6 @@ def test_mae_refuses_a_conv_stem_in_one_line(tmp_path, capsys):
     assert "stem" in capsys.readouterr().err
 
 
-KILLER = """
-import json, os, signal, sys
-import vitkit.train as T
-from vitkit.train import run_folder
-
-cfg = T.TrainConfig(**json.loads(sys.argv[1]))
-write = run_folder._write_training_state
-
-def dying(path, state):
-    if state.epoch == 2:  # half a file, then SIGKILL in the middle of the checkpoint
-        path.write_bytes(b"partial")
-        os.kill(os.getpid(), signal.SIGKILL)
-    write(path, state)
-
-run_folder._write_training_state = dying
-T.train(cfg, progress=False)
-"""
-
-
 @pytest.mark.parametrize("objective", ["mpp", "mae"])
 def test_pretraining_resumes_after_sigkill_with_the_same_losses(objective, tmp_path):
     kw = dict(data="digits", objective=objective, epochs=3, batch_size=64, threads=1, precision="fp32")
@@ -91,7 +72,7 @@ def test_pretraining_resumes_after_sigkill_with_the_same_losses(objective, tmp_p
     killed = tmp_path / "killed"
     cfg = TrainConfig(**kw, out=str(killed))
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-c", KILLER, json.dumps(cfg.to_dict())]
+    cmd = [sys.executable, "-c", KILLED_IN_EPOCH_2_CHECKPOINT, json.dumps(cfg.to_dict())]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == -9, proc.stderr
     assert RunFolder.read_state(RunFolder(killed).find_checkpoint("last")).epoch == 1
