@@ -188,6 +188,8 @@ def test_a_run_converts_to_a_complete_vitkit_folder_that_answers_as_the_run(tmp_
     assert answers(tmp_path / "copy", digit_pngs) == answers(digits_run, digit_pngs)
     # the copy converts again: convert reads what convert wrote
     assert main(["convert", str(tmp_path / "copy"), str(tmp_path / "again"), "--image-size", "16"]) == 0
+    assert main(["convert", str(tmp_path / "copy"), str(tmp_path / "five"), "--num-classes", "5"]) == 0
+    assert json.loads((tmp_path / "five" / "preprocess.json").read_text())["class_names"] == list("01234")
     pre = json.loads((tmp_path / "again" / "preprocess.json").read_text())
     assert (
         pre["image_size"] == [16, 16]
@@ -259,6 +261,26 @@ def test_what_a_format_cannot_express_is_refused(tmp_path, capsys, digits_run):
         "timm's pretrained_cfg cannot add the 2-pixel zero border",
         "--to vitkit keeps it",
     )
+    cropped = tmp_path / "cropped"
+    shutil.copytree(digits_run / "best", cropped)
+    (cropped / "preprocess.json").write_text(json.dumps(pre | {"fit": "crop", "crop_fraction": 0.875}))
+    err = one_line_error(capsys, ["convert", str(cropped), str(tmp_path / "hf"), "--to", "hf"])
+    assert err == (
+        "vitkit convert: error: Hugging Face's ViTImageProcessor cannot scale the shorter side and cut the centre "
+        "(preprocess.json fit='crop'); --to vitkit or --to timm keeps that resize rule"
+    )
+    assert main(["convert", str(cropped), str(tmp_path / "timm"), "--to", "timm"]) == 0  # timm's own eval rule
+    cfg = json.loads((tmp_path / "timm" / "config.json").read_text())["pretrained_cfg"]
+    assert cfg["crop_mode"] == "center" and cfg["crop_pct"] == 0.875
+    shutil.rmtree(tmp_path / "timm")
+    gap = tmp_path / "gap"
+    vitkit.save(vitkit.create_model("vit_tiny_28", depth=1, pool="gap", class_token=False), gap)
+    one_line_error(
+        capsys,
+        ["convert", str(gap), str(tmp_path / "hf"), "--to", "hf"],
+        "classifies the class token",
+        "(convert --to timm or --to vitkit keeps it)",
+    )
     stem = tmp_path / "stem"
     vitkit.save(vitkit.create_model("vit_tiny_28", depth=1, stem="conv", image_size=32), stem)
     one_line_error(
@@ -267,7 +289,7 @@ def test_what_a_format_cannot_express_is_refused(tmp_path, capsys, digits_run):
         "timm's VisionTransformer has no convolutional stem",
         "(convert --to vitkit keeps it)",
     )
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["padded", "stem"]  # nothing half-written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cropped", "gap", "padded", "stem"]  # nothing half-written
 
 
 def test_timm_folder_loads_in_timm_with_the_printed_call(tmp_path, capsys, digits_run, digit_pngs):

@@ -275,12 +275,13 @@ def to_hf_state_dict(model: VisionTransformer) -> dict[str, torch.Tensor]:
     if not c.class_token or c.pool != "cls" or c.fc_norm:
         raise InteropError(
             f"Hugging Face's {architecture} classifies the class token after the final LayerNorm; "
-            f"this model has pool={c.pool!r}, class_token={c.class_token}, fc_norm={c.fc_norm}"
+            f"this model has pool={c.pool!r}, class_token={c.class_token}, fc_norm={c.fc_norm} "
+            "(convert --to timm or --to vitkit keeps it)"
         )
     if c.representation_size:
         raise InteropError(
             f"{architecture} has no pre-logits layer before its classifier (its pooler is unused); "
-            "convert a model with representation_size=None"
+            "convert a model with representation_size=None, or keep it with convert --to vitkit"
         )
     if not c.num_classes:
         raise InteropError(f"{architecture} needs a classifier; this model has num_classes=0")

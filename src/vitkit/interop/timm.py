@@ -19,6 +19,7 @@ read its settings.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +79,8 @@ def _family_name(config: ViTConfig) -> str:
 
 def timm_name(config: ViTConfig) -> str:
     """A timm architecture name for ``config`` that timm registers: the family's own name when timm
-    has it, else the nearest registered one (same size and patch, then the base model at 224).
+    has it, else the nearest registered one (same size and patch, then same size at patch 16 and
+    224 pixels, then the base model at 224).
 
     The name only picks timm's class and its defaults; :func:`timm_model_args` gives the keyword
     arguments that make the exact model (``timm.create_model(timm_name(c), **timm_model_args(c))``).
@@ -94,8 +96,9 @@ def timm_name(config: ViTConfig) -> str:
     if not config.distill_token:
         gap = "_gap_" in name
         registered = [n for n in registered if ("_gap_" in n) == gap and n.count("_") == 3 + gap]
-    for candidate in (name, f"{family}_224", *sorted(registered)):
-        if candidate in registered:
+    same_size = re.sub(r"_patch\d+", "_patch16", family) + "_224"
+    for candidate in (name, f"{family}_224", *sorted(registered), same_size):
+        if candidate in registered or (candidate == same_size and timm.is_model(candidate)):
             return candidate
     return base
 
