@@ -208,6 +208,11 @@ def test_an_output_name_that_looks_like_a_file_is_refused(tmp_path, capsys, digi
     for name in ("m.pth", "m.bin", "m.onnx", "m.npz"):
         one_line_error(capsys, ["convert", str(digits_run), str(tmp_path / name), "--to", "timm"], "looks like a file")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+    # a folder convert did not write is never replaced (a run folder, above all)
+    one_line_error(
+        capsys, ["convert", str(digits_run / "best"), str(digits_run)], "already holds files convert did not write"
+    )
+    assert (digits_run / "train_config.json").is_file()
 
 
 def test_hf_folder_works_in_transformers_pipeline_on_real_grey_images(tmp_path, capsys, digits_run, digit_pngs):

@@ -25,10 +25,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import adapt, require_vit, save
+from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, adapt, require_vit, save
 from ..errors import ConfigError
 from ..files import write_folder
-from ..interop import FORMATS, TimmFolder, load_artifact, save_timm, to_hf
+from ..interop import FORMATS, PREPROCESSOR_NAME, TimmFolder, load_artifact, save_timm, to_hf
 from ..interop.common import TORCH_SUFFIXES
 from ..model import VisionTransformer
 from ..preprocess import PREPROCESS_NAME, Preprocess
@@ -36,6 +36,8 @@ from ..preprocess import PREPROCESS_NAME, Preprocess
 TARGETS = ("vitkit", "timm", "hf")
 # Names that look like a single file; convert always writes a folder.
 FILE_SUFFIXES = (".safetensors", ".npz", ".onnx", ".json", *TORCH_SUFFIXES)
+# What convert writes in any format: a folder holding only these may be replaced by a new convert.
+WRITTEN = {CONFIG_NAME, WEIGHTS_NAME, PREPROCESS_NAME, PREPROCESSOR_NAME}
 
 
 def image_size_arg(text: str) -> int | tuple[int, int]:
@@ -90,6 +92,13 @@ def check_destination(dst: str) -> Path:
             "(e.g. " + str(path.with_suffix("")) + "); for a timm state dict file use --to timm, whose folder "
             "holds model.safetensors"
         )
+    if path.is_dir():
+        other = sorted(p.name for p in path.iterdir() if p.name not in WRITTEN)
+        if other:
+            raise ConfigError(
+                f"{dst} already holds files convert did not write ({', '.join(other[:3])}); convert replaces its "
+                "folder whole, so give a new folder name"
+            )
     return path
 
 
