@@ -24,6 +24,7 @@ from vitkit.explain import (
     uniform_attention_distance,
     write_report,
 )
+from vitkit.preprocess import Preprocess
 
 
 def _layer(*heads):
@@ -246,6 +247,7 @@ def _saved_tiny(folder: Path) -> Path:
     torch.manual_seed(0)
     model = vitkit.create_model("vit_tiny_28", depth=1, width=16, num_heads=2, mlp_dim=32, num_classes=3)
     vitkit.save(perturbed(model), folder)
+    Preprocess.for_model(model.config).save(folder)  # inference refuses a model without its preprocessing
     return folder
 
 

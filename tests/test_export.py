@@ -70,3 +70,33 @@ def test_int8_export_of_a_dynamic_image_size_graph(tmp_path):
     reference.config = model.config.replace(dynamic_image_size=True)
     a = agreement_on(reference, OnnxModel(path), images)
     assert 1e-4 < a.max_abs_diff and a.relative_diff < 0.25, a
+
+
+def test_export_takes_a_run_folder(tmp_path, capsys):
+    """`vitkit export RUN model.onnx`, as the README writes it: the run's best/ is exported."""
+    import vitkit
+    from vitkit.export import OnnxModel
+
+    model = model_for_export()
+    vitkit.save(model, tmp_path / "run" / "best")
+    vitkit.save(model_for_export(pool="gap"), tmp_path / "run" / "last")  # not the one to export
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "m.onnx"), "--check"]) == 0
+    assert "(ok)" in capsys.readouterr().out
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (OnnxModel(tmp_path / "m.onnx")(x) - model(x)).abs().max().item() < 1e-4
+    assert main(["export", str(tmp_path / "nothing"), str(tmp_path / "n.onnx")]) == 1
+    assert "nothing does not exist; give a run folder" in capsys.readouterr().err
+
+
+def test_export_and_convert_help_is_plain_text(capsys):
+    """No reST markup shows through, and every option says what it does."""
+    import re
+
+    from vitkit.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices
+    for name in ("export", "convert"):
+        text = sub[name].format_help()
+        assert "``" not in text and not re.search(r":(mod|func|class):", text), text
+        assert all(a.help for a in sub[name]._actions), name

@@ -73,7 +73,17 @@ def test_a_preprocess_that_does_not_fit_the_model_is_a_clear_error(tmp_path):
     Preprocess((28, 28), channels=1, pad=2).save(tmp_path)
     with pytest.raises(CheckpointError, match=r"makes \(32, 32\) images, but the model takes \(28, 28\)"):
         Preprocess.load(tmp_path, model.config)
+    (tmp_path / PREPROCESS_NAME).unlink()
+    with pytest.raises(CheckpointError, match="has no preprocess.json: it does not say how its images were prepared"):
+        Preprocess.load(tmp_path, model.config)  # no guess at the normalisation
     with pytest.raises(ConfigError, match="fit='squash'"):
         Preprocess((28, 28), channels=1, fit="squash")
     with pytest.raises(ConfigError, match="mean/std have 2/1 entries for 1 channel"):
         Preprocess((28, 28), channels=1, mean=[0.1, 0.2])
+
+
+def test_a_resized_model_keeps_its_border_in_proportion():
+    pre = Preprocess((28, 28), channels=1, pad=2, mean=[0.3], std=[0.35])
+    assert pre.at_input_size((64, 64)).image_size == (56, 56) and pre.at_input_size((64, 64)).pad == 4
+    assert pre.at_input_size((32, 32)) is pre
+    assert Preprocess((8, 8), channels=1).at_input_size((16, 24)).input_size == (16, 24)

@@ -17,12 +17,13 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CONFIG_NAME, Model, load
+from .checkpoint import Model
 from .data import DataSource, ImageDataset, ShardSet, SplitRule, iterate_batches, resolve_source, shard_tail, split
 from .data.dataset import inference_batch
 from .errors import CheckpointError, ConfigError, DataError
-from .files import atomic_write, atomic_write_json, find_complete, read_json_object
-from .preprocess import Preprocess
+from .files import atomic_write, atomic_write_json, read_json_object
+from .interop import load_artifact
+from .preprocess import PREPROCESS_NAME, Preprocess
 from .runtime import autocast, resolve_device
 
 log = logging.getLogger(__name__)
@@ -33,21 +34,7 @@ SPLITS = ("test", "val", "train", "all")
 
 
 # ============================================================================ locating checkpoints
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint folder from a run folder (its ``best``, else ``last``) or a checkpoint folder."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; give a run folder (runs/NAME) or a checkpoint folder")
-    if (path / CONFIG_NAME).is_file():
-        return path
-    for name in ("best", "last"):
-        found = find_complete(path / name, CONFIG_NAME)
-        if found is not None:
-            return found
-    raise CheckpointError(
-        f"{path} is neither a checkpoint folder (config.json + model.safetensors) nor a run folder holding "
-        "best/ or last/; train one with `vitkit train --out RUN`"
-    )
+ASSUME_PREPROCESS_FLAG = "--assume-preprocess"
 
 
 @dataclass
@@ -62,13 +49,28 @@ class Classifier:
     run: dict[str, Any] | None = None
 
 
-def load_for_inference(path: str | os.PathLike, device: str | torch.device = "cpu") -> Classifier:
-    """The model and its preprocessing from a run folder or a checkpoint folder."""
-    checkpoint = resolve_checkpoint(path)
-    model = load(checkpoint, map_location=resolve_device(device))
+def load_for_inference(
+    path: str | os.PathLike, device: str | torch.device = "cpu", assume_preprocess: str | os.PathLike | None = None
+) -> Classifier:
+    """The model and its preprocessing from anything :func:`vitkit.interop.load_artifact` reads (a
+    run folder, a checkpoint folder, what ``vitkit convert`` wrote).
+
+    A model whose files record no preprocessing is refused unless ``assume_preprocess`` names a
+    preprocess.json to use: guessing the normalisation gives confident wrong answers."""
+    artifact = load_artifact(path)
+    model, checkpoint = artifact.model, artifact.path
+    if assume_preprocess is not None:
+        preprocess = Preprocess.read(assume_preprocess, model.config)
+    elif artifact.preprocess is not None:
+        preprocess = artifact.preprocess
+    else:
+        raise CheckpointError(
+            f"{checkpoint} records no preprocessing (no {PREPROCESS_NAME}, preprocessor_config.json or timm "
+            f"pretrained_cfg); pass {ASSUME_PREPROCESS_FLAG} FILE naming a {PREPROCESS_NAME} to use"
+        )
     record = checkpoint.parent / RUN_CONFIG_NAME
-    run = read_json_object(record, "run settings") if record.is_file() else None
-    return Classifier(model, Preprocess.load(checkpoint, model.config), checkpoint, run)
+    run = read_json_object(record, "run settings") if artifact.fmt == "vitkit" and record.is_file() else None
+    return Classifier(model.to(resolve_device(device)).eval(), preprocess, checkpoint, run)
 
 
 # ============================================================================ which images to score

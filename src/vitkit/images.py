@@ -29,8 +29,8 @@ INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 _HIGH_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "F"}
-# ITU-R 601-2 luma, the weights of PIL's convert("L")
-_LUMA = (0.299, 0.587, 0.114)
+# ITU-R 601-2 luma, the weights of PIL's convert("L"); also how a grey model is written for RGB input
+LUMA = (0.299, 0.587, 0.114)
 _FIRST_IMPORT = threading.Lock()
 
 
@@ -153,7 +153,7 @@ def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     if channels == 3 and have == 1:
         return images.expand(*images.shape[:-3], 3, *images.shape[-2:]).contiguous()
     if channels == 1 and have == 3:
-        w = torch.tensor(_LUMA, device=images.device).view(3, 1, 1)
+        w = torch.tensor(LUMA, device=images.device).view(3, 1, 1)
         luma = (images.float() * w).sum(-3, keepdim=True)
         return luma if images.is_floating_point() else luma.round_().clamp_(0, 255).to(torch.uint8)
     raise DataError(f"cannot convert {have}-channel images to {channels} channels; use 1 (grayscale) or 3 (RGB)")

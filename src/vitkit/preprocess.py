@@ -14,7 +14,6 @@ normalise by the training set's per-channel mean and standard deviation.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,8 +27,6 @@ from .config import ViTConfig
 from .errors import CheckpointError, ConfigError
 from .files import atomic_write_json, read_json_object
 from .images import INTERPOLATIONS, convert_channels, decode_image, resize, resize_shorter_and_crop
-
-log = logging.getLogger(__name__)
 
 PREPROCESS_NAME = "preprocess.json"
 FITS = ("stretch", "crop")
@@ -160,6 +157,15 @@ class Preprocess:
     def replace(self, **changes: Any) -> Preprocess:
         return dataclasses.replace(self, **changes)
 
+    def at_input_size(self, size: Sequence[int]) -> Preprocess:
+        """The same preparation for a model resized to input ``size`` (height, width): the zero
+        border kept in proportion (28 + 2 + 2 at 32 becomes 56 + 4 + 4 at 64)."""
+        size = (int(size[0]), int(size[1]))
+        if size == self.input_size:
+            return self
+        pad = round(self.pad * size[0] / self.input_size[0])
+        return self.replace(image_size=(size[0] - 2 * pad, size[1] - 2 * pad), pad=pad)
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.update(image_size=list(self.image_size), mean=list(self.mean), std=list(self.std))
@@ -194,12 +200,20 @@ class Preprocess:
 
     @classmethod
     def load(cls, folder: str | os.PathLike, config: ViTConfig) -> Preprocess:
-        """The checkpoint's ``preprocess.json``, checked against its model's ``config``; without
-        the file, :meth:`for_model` (with a warning: the normalisation is a guess)."""
+        """The checkpoint's ``preprocess.json``, checked against its model's ``config``. A folder
+        without one is a CheckpointError: a guess at the normalisation would answer differently."""
         path = Path(folder) / PREPROCESS_NAME
         if not path.is_file():
-            log.warning("%s has no %s; scaling pixels to [0, 1] without normalisation", folder, PREPROCESS_NAME)
-            return cls.for_model(config)
+            raise CheckpointError(f"{folder} has no {PREPROCESS_NAME}: it does not say how its images were prepared")
+        return cls.read(path, config)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike, config: ViTConfig) -> Preprocess:
+        """A ``preprocess.json`` file (any name: ``--assume-preprocess`` names one), checked
+        against the model's ``config``."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found; it should be a {PREPROCESS_NAME} file")
         data = read_json_object(path, "preprocessing settings")
         if "version" not in data:  # the first format: what a file left out came from the model
             model = cls.for_model(config)

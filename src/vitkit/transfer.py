@@ -20,7 +20,6 @@ does those steps for a model from any source vitkit reads, and two more that rea
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,17 +29,16 @@ import torch
 from .checkpoint import CONFIG_NAME, Model, adapt
 from .config import ViTConfig
 from .errors import ConfigError, InteropError
-from .evaluate import resolve_checkpoint
-from .interop import detect_format, load_any
+from .interop import load_artifact
+from .interop.hf import VIT_PROCESSOR_MEAN_STD
+from .interop.timm import IMAGENET_MEAN, IMAGENET_STD, TIMM_CROP_PCT
 from .model import VisionTransformer
 from .preprocess import Preprocess
 
 log = logging.getLogger(__name__)
 
 HUB_PREFIX = "hf-hub:"
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-HALF = (0.5, 0.5, 0.5)  # Google's ViT repositories, and Hugging Face's ViTImageProcessor: [-1, 1]
-_PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL's numbering, as HF stores it
+HALF = VIT_PROCESSOR_MEAN_STD  # Google's ViT repositories, as Hugging Face's ViTImageProcessor: [-1, 1]
 
 
 @dataclass
@@ -90,87 +88,35 @@ def load_source(
     spec: str, mean: list[float] | None = None, std: list[float] | None = None, flag: str = "--init"
 ) -> Source:
     """The model of ``spec`` and its Preprocess; ``mean``/``std`` replace the normalisation.
-    ``flag`` is the option that named the source (``--init``, ``--teacher``), for the messages."""
-    path = resolve_source(spec, flag)
-    fmt = detect_format(path) if not (path.is_dir() and _is_run_folder(path)) else "vitkit"
-    if fmt == "vitkit":
-        path = resolve_checkpoint(path)  # a run folder: its best/, else last/
-    model, fmt = load_any(path, fmt=fmt)
-    preprocess, rule = _source_preprocess(path, fmt, model.config)
+    ``flag`` is the option that named the source (``--init``, ``--teacher``), for the messages.
+
+    The preprocessing is what the files record (:func:`vitkit.interop.load_artifact`), else the
+    format's convention: fine-tuning learns on top of it, and ``--mean``/``--std`` correct it."""
+    artifact = load_artifact(resolve_source(spec, flag))
+    if artifact.preprocess is not None:
+        preprocess, rule = artifact.preprocess, f"recorded in its {artifact.recorded_in}"
+    else:
+        preprocess, rule = _convention(artifact.fmt, artifact.model.config)
     if mean is not None or std is not None:
         if mean is None or std is None or len(mean) != len(std):
             raise ConfigError("give --mean and --std together, one value per channel of the source")
         preprocess, rule = preprocess.replace(mean=mean, std=std), "--mean/--std"
-    return Source(model.eval(), preprocess, fmt, spec, rule)
+    return Source(artifact.model.eval(), preprocess, artifact.fmt, spec, rule)
 
 
-def _is_run_folder(path: Path) -> bool:
-    return not (path / CONFIG_NAME).is_file() and any((path / n / CONFIG_NAME).is_file() for n in ("best", "last"))
-
-
-def _source_preprocess(path: Path, fmt: str, config: ViTConfig) -> tuple[Preprocess, str]:
-    """How the source's model saw its images, and which rule says so."""
+def _convention(fmt: str, config: ViTConfig) -> tuple[Preprocess, str]:
+    """How a source whose files record no preprocessing most likely saw its images, and the rule."""
     size, channels = config.image_size, config.in_channels
-    if fmt == "vitkit":
-        found = (path / "preprocess.json").is_file()
-        rule = "the checkpoint's preprocess.json" if found else "none recorded: pixels scaled to [0, 1]"
-        return Preprocess.load(path, config), rule
     if fmt == "jax":
         return Preprocess(size, channels, mean=HALF[:channels], std=HALF[:channels]), "Google's convention (0.5, 0.5)"
     if fmt == "hf":
-        return _hf_preprocess(path, config)
-    pretrained = _timm_pretrained_cfg(path)
-    if pretrained is not None:
-        pre = Preprocess(
-            size,
-            channels,
-            interpolation=pretrained.get("interpolation", "bicubic"),
-            fit="crop",
-            crop_fraction=float(pretrained.get("crop_pct", 0.9)),
-            mean=pretrained.get("mean", IMAGENET_MEAN)[:channels],
-            std=pretrained.get("std", IMAGENET_STD)[:channels],
-        )
-        return pre, "timm's pretrained_cfg in config.json"
-    pre = Preprocess(size, channels, interpolation="bicubic", fit="crop", crop_fraction=0.9)
-    pre = pre.replace(mean=IMAGENET_MEAN[:channels], std=IMAGENET_STD[:channels])
-    return pre, "a bare timm file: ImageNet's mean/std (pass --mean/--std if the model was trained otherwise)"
-
-
-def _timm_pretrained_cfg(path: Path) -> dict | None:
-    """timm's ``pretrained_cfg`` from the config.json beside (or of) a timm checkpoint."""
-    config = (path if path.is_dir() else path.parent) / CONFIG_NAME
-    try:
-        data = json.loads(config.read_text())
-    except (OSError, ValueError):
-        return None
-    cfg = data.get("pretrained_cfg") if isinstance(data, dict) and "architecture" in data else None
-    return cfg if isinstance(cfg, dict) else None
-
-
-def _hf_preprocess(path: Path, config: ViTConfig) -> tuple[Preprocess, str]:
-    """A Hugging Face folder's ``preprocessor_config.json`` (ViTImageProcessor's fields), or that
-    processor's defaults: resize to the model's size, bilinear, mean and std 0.5."""
-    size, channels = config.image_size, config.in_channels
-    try:
-        data = json.loads((path / "preprocessor_config.json").read_text())
-    except OSError:
         pre = Preprocess(size, channels, mean=HALF[:channels], std=HALF[:channels])
         return pre, "no preprocessor_config.json: ViTImageProcessor's defaults (0.5, 0.5)"
-    except ValueError as e:
-        raise InteropError(f"{path / 'preprocessor_config.json'} is not valid JSON ({e})") from None
-    mean = data.get("image_mean", HALF) if data.get("do_normalize", True) else (0.0,) * 3
-    std = data.get("image_std", HALF) if data.get("do_normalize", True) else (1.0,) * 3
-    crop = data.get("crop_pct")
-    pre = Preprocess(
-        size,
-        channels,
-        interpolation=_PIL_RESAMPLE.get(data.get("resample", 2), "bilinear"),
-        fit="crop" if crop else "stretch",
-        crop_fraction=float(crop or 1.0),
-        mean=list(mean)[:channels],
-        std=list(std)[:channels],
-    )
-    return pre, "the folder's preprocessor_config.json"
+    if fmt == "timm":
+        pre = Preprocess(size, channels, interpolation="bicubic", fit="crop", crop_fraction=TIMM_CROP_PCT)
+        pre = pre.replace(mean=IMAGENET_MEAN[:channels], std=IMAGENET_STD[:channels])
+        return pre, "a bare timm file: ImageNet's mean/std (pass --mean/--std if the model was trained otherwise)"
+    return Preprocess.for_model(config), "none recorded: pixels scaled to [0, 1]"
 
 
 # ============================================================================ adapting it to the data
@@ -193,8 +139,7 @@ def _resize(
     old = pre.input_size
     if (size, size) == tuple(old):
         return model, pre
-    pad = round(pre.pad * size / old[0])
-    pre = pre.replace(image_size=(size - 2 * pad, size - 2 * pad), pad=pad)
+    pre = pre.at_input_size((size, size))
     notes.append(f"resolution {old[0]}x{old[1]} -> {size}x{size}: position embeddings resampled (bicubic)")
     return adapt(model, image_size=size), pre
 

@@ -9,7 +9,7 @@ import argparse
 
 from ..data import DataSource, ImageDataset, ShardSet, resolve_source
 from ..errors import DataError
-from ..evaluate import SPLITS, Classifier, held_out_images
+from ..evaluate import ASSUME_PREPROCESS_FLAG, SPLITS, Classifier, held_out_images
 
 
 def names(text: str) -> list[str]:
@@ -34,6 +34,17 @@ def integers(text: str) -> list[int]:
         return [int(t) for t in names(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, e.g. 1,5,10, got {text!r}") from None
+
+
+def add_assume_preprocess(p: argparse.ArgumentParser) -> None:
+    """``--assume-preprocess FILE``: the preprocess.json for a model whose files record none."""
+    p.add_argument(
+        ASSUME_PREPROCESS_FLAG,
+        dest="assume_preprocess",
+        metavar="FILE",
+        help="a preprocess.json saying how to prepare images, for a model whose files record none "
+        "(inference refuses to guess the normalisation)",
+    )
 
 
 def add_data_mode(p: argparse.ArgumentParser, cache_dir: bool = True) -> None:

@@ -13,7 +13,7 @@ from ..evaluate import Classifier, load_for_inference
 from ..features import POOLS, Embeddings, check_pool, dataset_features, features
 from ..images import collect_images
 from ..runtime import resolve_device
-from . import add_data_mode, add_split, checkpoint_images, names
+from . import add_assume_preprocess, add_data_mode, add_split, checkpoint_images, names
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,6 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run folder (its best/) or a checkpoint folder")
+    add_assume_preprocess(p)
     p.add_argument("images", nargs="*", metavar="IMAGE_OR_FOLDER", help="image files or folders (or give --data)")
     p.add_argument("--data", default=None, help="a dataset name or image folder instead of IMAGES")
     p.add_argument("--data-dir", default=None, help="folder holding the dataset files")
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.images) == bool(args.data):
         raise InputError("give image files or folders, or --data NAME, but not both")
     device = resolve_device(args.device)
-    classifier = load_for_inference(args.checkpoint, device)
+    classifier = load_for_inference(args.checkpoint, device, args.assume_preprocess)
     require_vit(classifier.model, "embed (a ViT's token features)", classifier.checkpoint)
     model = classifier.model
     if args.pool is not None and args.layer is not None:

@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from ..evaluate import evaluate_model, load_for_inference, write_report
 from ..quantize import inference_model
 from ..runtime import resolve_device, use_bf16
-from . import add_data_mode, add_split, checkpoint_images
+from . import add_assume_preprocess, add_data_mode, add_split, checkpoint_images
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,6 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run folder (its best/) or a checkpoint folder")
+    add_assume_preprocess(p)
     p.add_argument("--data", default=None, help="dataset name or image folder (default: the one it was trained on)")
     p.add_argument("--data-dir", default=None, help="folder holding the dataset files")
     add_split(p)
@@ -60,7 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     device = resolve_device("cpu" if args.onnx and args.device == "auto" else args.device)  # onnxruntime: CPU
     weights, runtime, bf16 = choose_arithmetic(args, device)
-    classifier = load_for_inference(args.checkpoint, device)
+    classifier = load_for_inference(args.checkpoint, device, args.assume_preprocess)
     if args.int8 or args.onnx:  # int8 Linear layers and the ONNX export are a ViT's
         flags = " ".join(["--int8"] * args.int8 + ["--onnx"] * args.onnx)
         require_vit(classifier.model, f"evaluate {flags}", classifier.checkpoint)

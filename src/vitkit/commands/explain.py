@@ -14,6 +14,7 @@ from ..errors import ConfigError
 from ..evaluate import load_for_inference
 from ..images import collect_images, decode_image
 from ..runtime import resolve_device
+from . import add_assume_preprocess
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("checkpoint", help="checkpoint folder (config.json + model.safetensors) or a training run folder")
+    add_assume_preprocess(p)
     p.add_argument(
         "images", nargs="*", help="image files or folders of images; converted to the model's channels and size"
     )
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--num-images {args.num_images} must be at least 1")
     # The same checkpoint lookup and image preparation as `vitkit predict`: run folder -> best/
     # (else last/), and the checkpoint's Preprocess (channels, size, border, normalisation).
-    classifier = load_for_inference(args.checkpoint, resolve_device(args.device))
+    classifier = load_for_inference(args.checkpoint, resolve_device(args.device), args.assume_preprocess)
     model = require_vit(classifier.model, "explain (attention maps, position embeddings)", classifier.checkpoint)
     pre = classifier.preprocess
     files = collect_images(args.images) if args.images else []

@@ -1,15 +1,16 @@
-"""``vitkit export CHECKPOINT model.onnx``: ONNX with a dynamic batch dimension, checked with onnxruntime.
+"""vitkit export RUN_OR_CHECKPOINT model.onnx: ONNX with a dynamic batch dimension, checked with onnxruntime.
 
-CHECKPOINT is anything ``vitkit convert`` reads (a vitkit folder, or timm / Hugging Face / Google
-weights). The image size is fixed unless ``--dynamic-image-size`` is given; ``--check`` runs the
-file with onnxruntime and PyTorch on the same images and prints the largest logit difference.
+RUN_OR_CHECKPOINT is a run folder (its best/, else last/), a checkpoint folder, or anything
+vitkit convert reads (timm / Hugging Face / Google weights). The image size is fixed unless
+--dynamic-image-size is given; --check runs the file with onnxruntime and PyTorch on the same
+images and prints the largest logit difference.
 
-``--int8`` writes the graph with int8 weights for its MatMul/Gemm products (onnxruntime's dynamic
-quantisation; :mod:`vitkit.quantize`). Its ``--check`` compares it with fp32 PyTorch on real images
-(the first ``--check-images`` test images of the checkpoint's dataset, or of ``--check-data``):
-int8 moves logits by far more than 1e-4, so it passes on top-1 agreement of at least 95 % and a
-largest logit difference of at most 0.25 of the logits' standard deviation, and reports both
-accuracies on those images.
+--int8 writes the graph with int8 weights for its MatMul/Gemm products (onnxruntime's dynamic
+quantisation). Its --check compares it with fp32 PyTorch on real images (the first
+--check-images test images of the checkpoint's dataset, or of --check-data): int8 moves logits by
+far more than 1e-4, so it passes on top-1 agreement of at least 95 % and a largest logit
+difference of at most 0.25 of the logits' standard deviation, and reports both accuracies on
+those images.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ import torch
 from ..checkpoint import require_vit
 from ..errors import ExportError
 from ..export import DEFAULT_OPSET, OnnxModel, check_onnx, export_onnx
-from ..interop import FORMATS, load_any
+from ..interop import FORMATS, load_artifact
 from ..model import VisionTransformer
-from ..preprocess import PREPROCESS_NAME, Preprocess
+from ..preprocess import Preprocess
 from ..quantize import MAX_RELATIVE_LOGIT_DIFF, MIN_TOP1_AGREEMENT, agreement_on, export_onnx_int8
 from .convert import image_size_arg
 
@@ -38,7 +39,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("checkpoint", help="vitkit folder, or timm / Hugging Face / Google weights")
+    p.add_argument(
+        "checkpoint",
+        metavar="RUN_OR_CHECKPOINT",
+        help="a run folder (its best/, else last/), a checkpoint folder, or timm / Hugging Face / Google weights",
+    )
     p.add_argument("output", help="the .onnx file to write")
     p.add_argument("--from", dest="fmt", choices=FORMATS, help="checkpoint format (default: detected)")
     p.add_argument("--image-size", type=image_size_arg, help="export at this input size (resamples the position grid)")
@@ -47,7 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="accept any image size (multiples of the patch size); the graph then resamples the position grid",
     )
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
     p.add_argument(
         "--int8", action="store_true", help="int8 weights for MatMul/Gemm (onnxruntime dynamic quantisation)"
     )
@@ -58,13 +63,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--check-data", help="with --int8 --check: dataset name or image folder (default: the checkpoint's)")
     p.add_argument("--data-dir", default=None, help="folder holding the --check-data files")
-    p.add_argument("--check-images", type=int, default=1000, help="with --int8 --check: how many test images")
+    p.add_argument(
+        "--check-images", type=int, default=1000, help="with --int8 --check: how many test images (default: 1000)"
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    model, _ = load_any(args.checkpoint, fmt=args.fmt)
-    model = require_vit(model, "export (ONNX)", args.checkpoint)
+    artifact = load_artifact(args.checkpoint, fmt=args.fmt)
+    model = require_vit(artifact.model, "export (ONNX)", args.checkpoint)
     if args.image_size is not None:
         from ..checkpoint import adapt
 
@@ -77,7 +84,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {kind}{path}: images (batch, {c.in_channels}, {hw}) -> logits (batch, {c.num_classes})")
     if not args.check:
         return 0
-    return check_int8(model, path, args) if args.int8 else check_fp32(model, path, args.dynamic_image_size)
+    if args.int8:
+        return check_int8(model, artifact.preprocess or Preprocess.for_model(model.config), path, args)
+    return check_fp32(model, path, args.dynamic_image_size)
 
 
 def check_fp32(model: VisionTransformer, path: Path, dynamic_image_size: bool) -> int:
@@ -92,9 +101,9 @@ def check_fp32(model: VisionTransformer, path: Path, dynamic_image_size: bool) -
     return 0 if worst <= CHECK_TOLERANCE else 1
 
 
-def check_int8(model: VisionTransformer, path: Path, args: argparse.Namespace) -> int:
+def check_int8(model: VisionTransformer, pre: Preprocess, path: Path, args: argparse.Namespace) -> int:
     """The int8 graph against fp32 PyTorch on real images: top-1 agreement and logit difference."""
-    images, labels = check_images(model, args)
+    images, labels = check_images(model, pre, args)
     a = agreement_on(model, OnnxModel(path), images, labels)
     need = f"needs agreement >= {MIN_TOP1_AGREEMENT:.0%} and a relative difference <= {MAX_RELATIVE_LOGIT_DIFF:g}"
     status = "ok" if a.ok() else f"FAILED: {need}"
@@ -106,14 +115,14 @@ def check_int8(model: VisionTransformer, path: Path, args: argparse.Namespace) -
     return 0 if a.ok() else 1
 
 
-def check_images(model: VisionTransformer, args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
+def check_images(
+    model: VisionTransformer, pre: Preprocess, args: argparse.Namespace
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``--check-images`` test images of ``--check-data`` (or of the dataset the checkpoint
-    records), prepared as the checkpoint's ``preprocess.json`` says (else scaled to [0, 1]), and their labels."""
+    records), prepared as ``pre`` says (the checkpoint's, else pixels scaled to [0, 1]: int8 is
+    compared with fp32 on the same pixels either way), and their labels."""
     from ..data import resolve_source
 
-    folder = Path(args.checkpoint)
-    has_preprocess = (folder / PREPROCESS_NAME).is_file()
-    pre = Preprocess.load(folder, model.config) if has_preprocess else Preprocess.for_model(model.config)
     if pre.input_size != tuple(model.config.image_size):  # --image-size: the same pixels, at the export's size
         pre = pre.replace(image_size=model.config.image_size, pad=0)
     name = args.check_data or pre.dataset

@@ -9,6 +9,7 @@ from ..errors import ConfigError
 from ..evaluate import load_for_inference, predict_files
 from ..images import collect_images
 from ..runtime import resolve_device
+from . import add_assume_preprocess
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run folder (its best/) or a checkpoint folder")
+    add_assume_preprocess(p)
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders searched for images")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=64)
@@ -30,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise ConfigError(f"--top-k {args.top_k} must be >= 1")
     device = resolve_device(args.device)
-    classifier = load_for_inference(args.checkpoint, device)
+    classifier = load_for_inference(args.checkpoint, device, args.assume_preprocess)
     results = predict_files(classifier, collect_images(args.images), args.top_k, args.batch_size, device)
     if args.json:
         print(json.dumps(results, indent=2))

@@ -14,7 +14,7 @@ from ..features import cached_representation
 from ..files import atomic_write_json
 from ..probe import KNN_K, KNN_TEMPERATURE, L2_GRID, check_shots, few_shot, summarize
 from ..runtime import resolve_device
-from . import add_data_mode, checkpoint_images, integers, names
+from . import add_assume_preprocess, add_data_mode, checkpoint_images, integers, names
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run folder (its best/) or a checkpoint folder")
+    add_assume_preprocess(p)
     p.add_argument("--data", default=None, help="dataset name or image folder (default: the one it was trained on)")
     p.add_argument("--data-dir", default=None, help="folder holding the dataset files")
     p.add_argument("--classes", type=names, default=None, help="probe on these classes only, e.g. 5,6,7,8,9")
@@ -58,7 +59,7 @@ def splits(args: argparse.Namespace, classifier: Classifier) -> tuple[str, Image
 
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
-    classifier = load_for_inference(args.checkpoint, device)
+    classifier = load_for_inference(args.checkpoint, device, args.assume_preprocess)
     require_vit(classifier.model, "probe (a ViT's pooled representation)", classifier.checkpoint)
     name, train, test, how = splits(args, classifier)
     check_shots(train.labels, train.num_classes, args.shots, train.class_names)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ConfigError
+from . import add_assume_preprocess
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -14,6 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run folder (uses best/) or a checkpoint folder")
+    add_assume_preprocess(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind; the default serves this machine only")
     p.add_argument("--port", type=int, default=7860, help="port to listen on")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload, in MB")
@@ -30,7 +32,9 @@ def run(args: argparse.Namespace) -> int:
     if args.max_upload_mb <= 0:
         raise ConfigError(f"--max-upload-mb {args.max_upload_mb} must be positive")
     # Load (and so validate) the checkpoint before any port is opened.
-    explorer = Explorer(args.checkpoint, max_upload_bytes=int(args.max_upload_mb * 2**20))
+    explorer = Explorer(
+        args.checkpoint, max_upload_bytes=int(args.max_upload_mb * 2**20), assume_preprocess=args.assume_preprocess
+    )
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"vitkit serve: {explorer.checkpoint} at http://{shown}:{args.port}/  (Ctrl-C to stop)", flush=True)
     run_server(create_app(explorer), args.host, args.port)

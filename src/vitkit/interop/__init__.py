@@ -3,7 +3,8 @@
 Each bridge renames and reshapes weights; none needs the other library installed to read its
 files (timm and transformers are only imported when their model objects are passed in, or to
 look up a timm architecture's settings). :func:`load_any` reads any supported source, detecting
-the format, and is what ``vitkit convert`` and ``vitkit export`` use.
+the format; :func:`load_artifact` adds run folders and the preprocessing the files record, and is
+what every command reads a model with.
 """
 
 from __future__ import annotations
@@ -18,24 +19,54 @@ from ..checkpoint import load as load_vitkit
 from ..cnn import is_resnet_config
 from ..model import VisionTransformer
 from .common import TORCH_SUFFIXES, InteropError, read_state_dict
-from .hf import from_hf, hf_config_dict, to_hf, to_hf_state_dict
+from .hf import (
+    PREPROCESSOR_NAME,
+    from_hf,
+    hf_config_dict,
+    preprocess_from_hf,
+    processor_config,
+    to_hf,
+    to_hf_state_dict,
+)
 from .jax import from_jax_npz, read_npz
-from .timm import from_timm, timm_kwargs, timm_name, to_timm, to_timm_state_dict
+from .timm import (
+    TimmFolder,
+    from_timm,
+    preprocess_from_timm,
+    pretrained_cfg_for,
+    save_timm,
+    timm_kwargs,
+    timm_model_args,
+    timm_name,
+    to_timm,
+    to_timm_state_dict,
+)
 
 FORMATS = ("vitkit", "timm", "hf", "jax")
 
 __all__ = [
     "FORMATS",
+    "PREPROCESSOR_NAME",
+    "Artifact",
     "InteropError",
+    "TimmFolder",
     "detect_format",
     "from_hf",
     "from_jax_npz",
     "from_timm",
     "hf_config_dict",
     "load_any",
+    "load_artifact",
+    "preprocess_from_hf",
+    "preprocess_from_timm",
+    "pretrained_cfg_for",
+    "processor_config",
     "read_npz",
     "read_state_dict",
+    "resolve_checkpoint",
+    "save_timm",
     "timm_kwargs",
+    "timm_model_args",
     "timm_name",
     "to_hf",
     "to_hf_state_dict",
@@ -126,11 +157,15 @@ def load_any(
         return from_jax_npz(path, image_size=image_size), fmt
     if image_size is not None:
         kwargs["image_size"] = image_size
-    if path.is_dir():  # timm folder: config.json names the architecture, beside the weights
-        architecture = json.loads((path / CONFIG_NAME).read_text())["architecture"]
-        name = name or str(architecture).split(".")[0]  # drop the pretrained tag (".augreg_in21k")
+    if path.is_dir():  # timm folder: config.json names the architecture and its arguments, beside the weights
+        timm_config = json.loads((path / CONFIG_NAME).read_text())
+        name = name or str(timm_config["architecture"]).split(".")[0]  # drop the pretrained tag (".augreg_in21k")
+        kwargs["model_args"] = timm_config.get("model_args") or {}
         weights = next((path / n for n in (WEIGHTS_NAME, "pytorch_model.bin") if (path / n).is_file()), None)
         if weights is None:
             raise InteropError(f"{path} has a timm config.json but no model.safetensors or pytorch_model.bin")
         path = weights
     return from_timm(path, name=name, **kwargs), fmt
+
+
+from .artifact import Artifact, load_artifact, resolve_checkpoint  # noqa: E402 - it reads through load_any

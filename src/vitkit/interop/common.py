@@ -144,4 +144,7 @@ def position_rows(model: VisionTransformer) -> tuple[torch.Tensor, torch.Tensor]
 def require_plain(model: VisionTransformer, target: str) -> None:
     """Refuse options that ``target`` has no equivalent for (the hybrid convolutional stem)."""
     if model.config.stem != "patch":
-        raise InteropError(f"{target} has no convolutional stem; only stem='patch' models can be written in its format")
+        raise InteropError(
+            f"{target} has no convolutional stem; only stem='patch' models can be written in its format "
+            "(convert --to vitkit keeps it)"
+        )

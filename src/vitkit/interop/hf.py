@@ -27,6 +27,14 @@ a model vitkit does not have: it is refused.
 
 HF's default ``layer_norm_eps`` is 1e-12 (vitkit and timm: 1e-6); it is carried over, since it
 changes the last digits of the logits.
+
+Preprocessing travels as ``preprocessor_config.json``, a stock ``ViTImageProcessor`` (resize,
+rescale, normalise), read into a :class:`~vitkit.preprocess.Preprocess` and written from one.
+``transformers.pipeline`` turns every image into RGB first, so a grayscale model is written with
+a three-channel patch embedding: the grey kernel times Pillow's ``L`` luma weights, which computes
+on an RGB image what the grey model computes on its luma, and on a grey image turned RGB exactly
+what it computes on the grey image. What the processor cannot do (a zero border, a shorter-side
+resize and centre crop) is refused rather than written as a model that answers differently.
 """
 
 from __future__ import annotations
@@ -42,8 +50,10 @@ from torch import nn
 
 from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from ..config import ViTConfig
-from ..files import atomic_write_bytes, atomic_write_json
+from ..files import atomic_write_bytes, atomic_write_json, read_json_object
+from ..images import LUMA
 from ..model import VisionTransformer
+from ..preprocess import Preprocess
 from .common import InteropError, build, position_rows, read_state_dict, require_plain
 
 _LAYER = "encoder.layer."
@@ -55,6 +65,9 @@ _BLOCK_MAP = {
     "output.dense": "mlp.fc2",
 }
 _GENERIC_LABEL = "LABEL_"
+PREPROCESSOR_NAME = "preprocessor_config.json"
+VIT_PROCESSOR_MEAN_STD = (0.5, 0.5, 0.5)  # ViTImageProcessor's defaults: pixels to [-1, 1]
+_PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL's numbering, as HF stores it
 # model_type -> the prefix of the encoder's names in the files
 _PREFIXES = {"vit": "vit.", "deit": "deit."}
 # HF classifier names -> vitkit's heads: ViT's (and DeiT without teacher's) one, DeiT with teacher's two
@@ -262,12 +275,13 @@ def to_hf_state_dict(model: VisionTransformer) -> dict[str, torch.Tensor]:
     if not c.class_token or c.pool != "cls" or c.fc_norm:
         raise InteropError(
             f"Hugging Face's {architecture} classifies the class token after the final LayerNorm; "
-            f"this model has pool={c.pool!r}, class_token={c.class_token}, fc_norm={c.fc_norm}"
+            f"this model has pool={c.pool!r}, class_token={c.class_token}, fc_norm={c.fc_norm} "
+            "(convert --to timm or --to vitkit keeps it)"
         )
     if c.representation_size:
         raise InteropError(
             f"{architecture} has no pre-logits layer before its classifier (its pooler is unused); "
-            "convert a model with representation_size=None"
+            "convert a model with representation_size=None, or keep it with convert --to vitkit"
         )
     if not c.num_classes:
         raise InteropError(f"{architecture} needs a classifier; this model has num_classes=0")
@@ -329,19 +343,94 @@ def hf_config_dict(config: ViTConfig) -> dict[str, Any]:
     }
 
 
-def to_hf(model: VisionTransformer, folder: str | os.PathLike) -> Path:
+def to_hf(model: VisionTransformer, folder: str | os.PathLike, preprocess: Preprocess | None = None) -> Path:
     """Write a folder (config.json + model.safetensors) that
     ``transformers.ViTForImageClassification.from_pretrained(folder)`` loads with the same logits
     (``DeiTForImageClassificationWithTeacher`` for a model with a distillation token; transformers'
     ``AutoModelForImageClassification`` would build ``DeiTForImageClassification`` instead).
 
-    Written without importing transformers; each file is written atomically.
+    With ``preprocess``, the folder is ready for ``transformers.pipeline("image-classification")``:
+    it gets ``preprocessor_config.json``, class names from the Preprocess when the model has none,
+    and a grey model takes RGB (the kernel spread by the luma weights). Written without
+    importing transformers; each file is written atomically.
     """
     from safetensors.torch import save as st_save
 
     state = to_hf_state_dict(model)
+    config = hf_config_dict(model.config)
+    processor = processor_config(preprocess) if preprocess is not None else None
+    if preprocess is not None:
+        if not model.config.class_names and preprocess.class_names:
+            names = list(preprocess.class_names)
+            config["id2label"] = {str(i): name for i, name in enumerate(names)}
+            config["label2id"] = {name: i for i, name in enumerate(names)}
+        if model.config.in_channels == 1:
+            state, config["num_channels"] = _rgb_state(state, config["model_type"]), 3
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(folder / WEIGHTS_NAME, st_save(state, metadata={"format": "pt"}))
-    atomic_write_json(folder / CONFIG_NAME, hf_config_dict(model.config))
+    if processor is not None:
+        atomic_write_json(folder / PREPROCESSOR_NAME, processor)
+    atomic_write_json(folder / CONFIG_NAME, config)
     return folder
+
+
+# ============================================================================ preprocessing
+def preprocess_from_hf(folder: str | os.PathLike, config: ViTConfig) -> Preprocess | None:
+    """The folder's ``preprocessor_config.json`` (``ViTImageProcessor``'s fields) as a Preprocess
+    for the model's size and channels, or None when the folder has none."""
+    path = Path(folder) / PREPROCESSOR_NAME
+    if not path.is_file():
+        return None
+    data = read_json_object(path, "image processor settings")
+    size, channels = config.image_size, config.in_channels
+    normalise = data.get("do_normalize", True)
+    mean = data.get("image_mean", VIT_PROCESSOR_MEAN_STD) if normalise else (0.0,) * 3
+    std = data.get("image_std", VIT_PROCESSOR_MEAN_STD) if normalise else (1.0,) * 3
+    crop = data.get("crop_pct")
+    return Preprocess(
+        size,
+        channels,
+        interpolation=_PIL_RESAMPLE.get(data.get("resample", 2), "bilinear"),
+        fit="crop" if crop else "stretch",
+        crop_fraction=float(crop or 1.0),
+        mean=list(mean)[:channels],
+        std=list(std)[:channels],
+    )
+
+
+def processor_config(pre: Preprocess) -> dict[str, Any]:
+    """``preprocessor_config.json`` for a stock ``ViTImageProcessor`` that prepares images as
+    ``pre`` does (for RGB input: a grey Preprocess's statistics on each channel), or a one-line
+    InteropError naming what the processor cannot express."""
+    if pre.pad:
+        raise InteropError(
+            f"Hugging Face's ViTImageProcessor cannot add the {pre.pad}-pixel zero border this model's "
+            "preprocess.json asks for (pad); --to vitkit keeps it"
+        )
+    if pre.fit != "stretch":
+        raise InteropError(
+            "Hugging Face's ViTImageProcessor cannot scale the shorter side and cut the centre (preprocess.json "
+            f"fit={pre.fit!r}); --to vitkit or --to timm keeps that resize rule"
+        )
+    resample = {name: number for number, name in _PIL_RESAMPLE.items()}[pre.interpolation]
+    per_rgb = 3 if pre.channels == 1 else 1  # a grey model's statistics on each RGB channel
+    return {
+        "image_processor_type": "ViTImageProcessor",
+        "do_convert_rgb": True,
+        "do_resize": True,
+        "size": {"height": pre.image_size[0], "width": pre.image_size[1]},
+        "resample": resample,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(pre.mean) * per_rgb,
+        "image_std": list(pre.std) * per_rgb,
+    }
+
+
+def _rgb_state(state: dict[str, torch.Tensor], model_type: str) -> dict[str, torch.Tensor]:
+    """A grey model's weights for RGB input: the patch kernel spread by the luma weights."""
+    key = f"{_PREFIXES[model_type]}embeddings.patch_embeddings.projection.weight"
+    luma = torch.tensor(LUMA, dtype=state[key].dtype).view(1, 3, 1, 1)
+    return state | {key: (state[key] * luma).contiguous()}  # (D, 1, P, P) -> (D, 3, P, P)

@@ -19,15 +19,20 @@ read its settings.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from ..config import ViTConfig
+from ..files import atomic_write_bytes, atomic_write_json
 from ..model import VisionTransformer
+from ..preprocess import Preprocess
 from .common import InteropError, build, position_rows, read_state_dict, require_plain, split_position_rows
 
 # timm's size names by width, and their head counts (ViT paper Table 1, DeiT, timm's medium/betwixt/giant).
@@ -56,46 +61,46 @@ def _timm():
     return timm
 
 
-def timm_name(config: ViTConfig) -> str:
-    """The timm architecture name closest to ``config``: ``vit_{size}_patch{P}[_gap]_{image}``, or
-    ``deit_{size}_distilled_patch{P}_{image}`` with a distillation token.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # timm's defaults
+TIMM_CROP_PCT = 0.9  # what timm's ViT configurations give crop_pct
 
-    The name fixes the family (width, heads, pooling layout); depth and image size may still be
-    overridden when timm builds it. When timm is installed a registered name is preferred.
-    """
+
+def _family_name(config: ViTConfig) -> str:
+    """``vit_{size}_patch{P}[_gap]_{image}`` (``deit_{size}_distilled_patch{P}_{image}``): the name
+    timm would give this shape, which timm may not register (``vit_tiny_patch4_28``)."""
     size = _SIZE_BY_WIDTH.get(config.width, f"w{config.width}")
-    if config.distill_token:
-        return _distilled_name(config, size)
-    gap = "_gap" if config.pool == "gap" and not config.class_token and not config.fc_norm else ""
     h, w = config.image_size
     img = h if h == w else f"{h}x{w}"
-    name = f"vit_{size}_patch{config.patch_size}{gap}_{img}"
+    if config.distill_token:
+        return f"deit_{size}_distilled_patch{config.patch_size}_{img}"
+    gap = "_gap" if config.pool == "gap" and not config.class_token and not config.fc_norm else ""
+    return f"vit_{size}_patch{config.patch_size}{gap}_{img}"
+
+
+def timm_name(config: ViTConfig) -> str:
+    """A timm architecture name for ``config`` that timm registers: the family's own name when timm
+    has it, else the nearest registered one (same size and patch, then same size at patch 16 and
+    224 pixels, then the base model at 224).
+
+    The name only picks timm's class and its defaults; :func:`timm_model_args` gives the keyword
+    arguments that make the exact model (``timm.create_model(timm_name(c), **timm_model_args(c))``).
+    Without timm installed it cannot look: the base model's name, which every timm has.
+    """
+    name = _family_name(config)
+    base = "deit_base_distilled_patch16_224" if config.distill_token else "vit_base_patch16_224"
     timm = _timm()
     if timm is None:
-        return name
-    registered = timm.list_models(f"vit_{size}_patch{config.patch_size}{gap}_*")
-    if gap:
-        registered = [n for n in registered if "_gap_" in n]
-    else:
-        registered = [n for n in registered if n.count("_") == 3]  # the plain family, no suffixes
-    if name in registered:
-        return name
-    for candidate in (f"vit_{size}_patch{config.patch_size}{gap}_224", *sorted(registered)):
-        if candidate in registered:
+        return base
+    family = name.rsplit("_", 1)[0]
+    registered = timm.list_models(f"{family}_*")
+    if not config.distill_token:
+        gap = "_gap_" in name
+        registered = [n for n in registered if ("_gap_" in n) == gap and n.count("_") == 3 + gap]
+    same_size = re.sub(r"_patch\d+", "_patch16", family) + "_224"
+    for candidate in (name, f"{family}_224", *sorted(registered), same_size):
+        if candidate in registered or (candidate == same_size and timm.is_model(candidate)):
             return candidate
-    return name
-
-
-def _distilled_name(config: ViTConfig, size: str) -> str:
-    h, w = config.image_size
-    family = f"deit_{size}_distilled_patch{config.patch_size}"
-    name = f"{family}_{h if h == w else f'{h}x{w}'}"
-    timm = _timm()
-    registered = timm.list_models(f"{family}_*") if timm is not None else []
-    for candidate in (name, f"{family}_224", *sorted(registered)):
-        if candidate in registered:
-            return candidate
-    return name
+    return base
 
 
 def _check_supported(state: Mapping[str, torch.Tensor], source: str) -> None:
@@ -139,15 +144,16 @@ def _module_settings(model: nn.Module, source: str) -> dict[str, Any]:
     )
 
 
-def _name_settings(name: str, source: str) -> dict[str, Any]:
-    """Settings of a timm architecture name: built on the meta device when timm is installed,
-    else from the usual width -> heads table (``*_gap_*`` names pool the patches)."""
+def _name_settings(name: str, source: str, model_args: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings of a timm architecture name with its ``model_args``: built on the meta device when
+    timm is installed, else from the arguments and the usual width -> heads table (``*_gap_*``
+    names pool the patches)."""
     name = name.split(".")[0]  # "vit_base_patch16_224.augreg_in21k" names the architecture before the dot
     timm = _timm()
     if timm is not None and timm.is_model(name):
         try:
             with torch.device("meta"):
-                model = timm.create_model(name, pretrained=False, depth=1)
+                model = timm.create_model(name, pretrained=False, **{**model_args, "depth": 1})
         except (TypeError, ValueError) as e:
             raise InteropError(f"{source}: {name!r} is not a timm ViT architecture ({e})") from None
         _require_timm_vit(model, f"timm architecture {name!r}")
@@ -155,7 +161,8 @@ def _name_settings(name: str, source: str) -> dict[str, Any]:
         settings.pop("grid")  # the state dict's own table decides the grid
         settings["width"] = model.embed_dim
         return settings
-    return dict(global_pool="avg" if "_gap_" in name else "token")
+    settings = dict(global_pool=model_args.get("global_pool", "avg" if "_gap_" in name else "token"))
+    return settings | ({"num_heads": model_args["num_heads"]} if "num_heads" in model_args else {})
 
 
 def _config_from_state(
@@ -223,6 +230,7 @@ def from_timm(
     model_or_state_dict: nn.Module | Mapping[str, torch.Tensor] | str | os.PathLike,
     name: str | None = None,
     image_size: int | tuple[int, int] | None = None,
+    model_args: Mapping[str, Any] | None = None,
     **overrides: Any,
 ) -> VisionTransformer:
     """A vitkit model with the weights of a timm ViT, giving the same logits.
@@ -231,7 +239,9 @@ def from_timm(
     one (.safetensors / .pth / .bin). ``name``: the timm architecture (``"vit_base_patch16_224"``)
     for what shapes cannot say (heads; token vs average pooling when there is a class token);
     inferred from the shapes when omitted. ``image_size``: the training size, needed only for
-    non-square grids. ``overrides``: any ViTConfig field, e.g. ``num_heads`` for a custom model.
+    non-square grids. ``model_args``: the keyword arguments ``timm.create_model`` takes with
+    ``name`` (the ``model_args`` of a timm folder's config.json). ``overrides``: any ViTConfig
+    field, e.g. ``num_heads`` for a custom model.
     """
     if isinstance(model_or_state_dict, (str, os.PathLike)):
         source = str(model_or_state_dict)
@@ -252,8 +262,10 @@ def from_timm(
     if settings is None:
         if name is None:  # a first reading of the shapes names the family
             guess, _ = _config_from_state(state, {}, source, size)
-            name = timm_name(guess)
-        settings = _name_settings(name, source)
+            family, name = _family_name(guess), timm_name(guess)
+            if not name.startswith(family.rsplit("_", 1)[0] + "_"):
+                name = family  # timm has no such shape: the settings come from the shapes and widths
+        settings = _name_settings(name, source, model_args or {})
     config, vitkit_state = _config_from_state(state, settings, source, size)
     if overrides:
         config = config.replace(**overrides)
@@ -337,3 +349,114 @@ def to_timm(model: VisionTransformer, no_embed_class: bool = False) -> nn.Module
     out = cls(**timm_kwargs(model.config, no_embed_class))
     out.load_state_dict(state)
     return out.eval()
+
+
+# ============================================================================ timm's folders and pretrained_cfg
+def preprocess_from_timm(pretrained_cfg: Mapping[str, Any], config: ViTConfig) -> Preprocess:
+    """timm's ``pretrained_cfg`` (mean, std, interpolation, crop_pct, crop_mode) as a Preprocess for
+    the model's size and channels. ``crop_mode="squash"`` at ``crop_pct`` 1 stretches the image to
+    the input size; anything else is timm's evaluation rule, the shorter side then the centre."""
+    size, channels = config.image_size, config.in_channels
+    crop_pct = float(pretrained_cfg.get("crop_pct") or TIMM_CROP_PCT)
+    stretch = pretrained_cfg.get("crop_mode") == "squash" and crop_pct == 1.0
+    return Preprocess(
+        size,
+        channels,
+        interpolation=pretrained_cfg.get("interpolation", "bicubic"),
+        fit="stretch" if stretch else "crop",
+        crop_fraction=crop_pct,
+        mean=list(pretrained_cfg.get("mean", IMAGENET_MEAN))[:channels],
+        std=list(pretrained_cfg.get("std", IMAGENET_STD))[:channels],
+    )
+
+
+def pretrained_cfg_for(pre: Preprocess) -> dict[str, Any]:
+    """timm's ``pretrained_cfg`` preprocessing fields for ``pre``, or a one-line InteropError
+    naming what timm's data config cannot express (a zero border)."""
+    if pre.pad:
+        raise InteropError(
+            f"timm's pretrained_cfg cannot add the {pre.pad}-pixel zero border this model's preprocess.json "
+            "asks for (pad); --to vitkit keeps it"
+        )
+    return {
+        "input_size": [pre.channels, *pre.input_size],
+        "interpolation": pre.interpolation,
+        "crop_pct": pre.crop_fraction if pre.fit == "crop" else 1.0,
+        "crop_mode": "center" if pre.fit == "crop" else "squash",  # squash at crop_pct 1: a plain resize
+        "mean": list(pre.mean),
+        "std": list(pre.std),
+    }
+
+
+def timm_model_args(config: ViTConfig) -> dict[str, Any]:
+    """:func:`timm_kwargs` as plain JSON values, for config.json and the printed create_model call;
+    a one-line InteropError for what has no JSON spelling that vitkit reads back."""
+    if config.layer_norm_eps != 1e-6:
+        raise InteropError(
+            f"timm's create_model cannot set a LayerNorm eps of {config.layer_norm_eps:g} from plain keyword "
+            "arguments (only 1e-6); --to vitkit or --to hf keeps it"
+        )
+    if config.gelu_approximate:
+        raise InteropError("the tanh-approximated GELU has no plain timm keyword argument; --to vitkit or --to hf")
+    args = timm_kwargs(config)
+    args["img_size"] = list(args["img_size"])
+    if not args["no_embed_class"]:
+        del args["no_embed_class"]  # timm's default
+    return args
+
+
+@dataclass(frozen=True)
+class TimmFolder:
+    """How timm builds what :func:`save_timm` wrote into a folder: ``timm.create_model(name,
+    pretrained=True, pretrained_cfg_overlay=overlay(folder), **model_args)``, or from the folder
+    itself with ``timm.create_model("local-dir:FOLDER", pretrained=True)``."""
+
+    name: str
+    model_args: dict[str, Any]
+    pretrained: dict[str, Any]  # the pretrained_cfg fields the overlay sets besides the file
+
+    def overlay(self, folder: str | os.PathLike) -> dict[str, Any]:
+        """``pretrained_cfg_overlay`` for the weights in ``folder``: the file, the class count (or
+        timm drops a head whose size differs from its default's) and the preprocessing."""
+        return {"file": str(Path(folder) / WEIGHTS_NAME), **self.pretrained}
+
+    def create_model_call(self, folder: str | os.PathLike) -> str:
+        """The Python call that builds this model in timm, to print and to copy."""
+        overlay = ", ".join(f"{k}={v!r}" for k, v in self.overlay(folder).items())
+        args = "".join(f", {k}={v!r}" for k, v in self.model_args.items())
+        return f"timm.create_model({self.name!r}, pretrained=True, pretrained_cfg_overlay=dict({overlay}){args})"
+
+
+def save_timm(model: VisionTransformer, folder: str | os.PathLike, preprocess: Preprocess | None = None) -> TimmFolder:
+    """Write timm's folder layout (as ``timm.models.save_for_hf`` does, without importing timm):
+    ``model.safetensors`` with timm's names and ``config.json`` with the architecture, its
+    ``model_args`` and a ``pretrained_cfg`` that carries the preprocessing and the class names."""
+    from safetensors.torch import save as st_save
+
+    c = model.config
+    name, args = timm_name(c), timm_model_args(c)
+    state = {k: v.contiguous() for k, v in to_timm_state_dict(model).items()}
+    folder = Path(folder)
+    data = pretrained_cfg_for(preprocess) if preprocess is not None else {"input_size": [c.in_channels, *c.image_size]}
+    labels = list(c.class_names or (preprocess.class_names if preprocess is not None else ()))
+    pretrained_cfg = {
+        "architecture": name,
+        "num_classes": c.num_classes,
+        "first_conv": "patch_embed.proj",
+        "classifier": "head",
+        "fixed_input_size": True,
+        **data,
+    }
+    config = {
+        "architecture": name,
+        "num_classes": c.num_classes,
+        "num_features": c.width,
+        "global_pool": args["global_pool"],
+        **({"label_names": labels} if len(labels) == c.num_classes and labels else {}),
+        "model_args": args,
+        "pretrained_cfg": pretrained_cfg,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(folder / WEIGHTS_NAME, st_save(state, metadata={"format": "pt"}))
+    atomic_write_json(folder / CONFIG_NAME, config)
+    return TimmFolder(name, args, {"num_classes": c.num_classes, **data})

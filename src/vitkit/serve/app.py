@@ -57,8 +57,14 @@ def _run_accuracy(checkpoint: Path) -> float | None:
 class Explorer:
     """The loaded model and everything the endpoints compute with it (no web code here)."""
 
-    def __init__(self, checkpoint: str | Path, max_upload_bytes: int = 20 * 1024 * 1024) -> None:
-        self.classifier = load_for_inference(checkpoint)  # the same model and preparation as `vitkit predict`
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        max_upload_bytes: int = 20 * 1024 * 1024,
+        assume_preprocess: str | Path | None = None,
+    ) -> None:
+        # the same model and preparation as `vitkit predict`
+        self.classifier = load_for_inference(checkpoint, assume_preprocess=assume_preprocess)
         self.model = require_vit(
             self.classifier.model, "serve (attention with every answer)", self.classifier.checkpoint
         )
