@@ -35,3 +35,118 @@ def test_every_relative_link_leads_to_a_file_and_heading_that_exist(page):
         elif anchor and file.suffix == ".md" and anchor not in _anchors(file):
             broken.append(target)
     assert not broken, f"{page.relative_to(ROOT)}: links to nothing: {broken}"
+
+
+# ---------------------------------------------------------------------------- the API reference
+API_PAGE = ROOT / "docs" / "api.md"
+
+
+def _api_objects() -> list[str]:
+    """Every dotted name the API page documents: ``::: vitkit.x.y`` lines, and the members a
+    ``members: [a, b]`` option under one of them lists."""
+    names, owner = [], None
+    for line in API_PAGE.read_text().splitlines():
+        if m := re.match(r"^::: ([\w.]+)\s*$", line):
+            owner = m.group(1)
+            names.append(owner)
+        elif (m := re.match(r"^\s+members: \[(.+)\]\s*$", line)) and owner:
+            names += [f"{owner}.{member.strip()}" for member in m.group(1).split(",")]
+    return names
+
+
+def _resolve(dotted: str):  # noqa: ANN202 - any documented object
+    """(object, its module, its attribute name) for ``vitkit.a.b.C.m``: the longest importable
+    module prefix, then attributes."""
+    import importlib
+
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = module = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for part in parts[i:]:
+            module = obj if isinstance(obj, type(importlib)) else module
+            obj = getattr(obj, part)
+        return obj, module, parts[-1]
+    raise ImportError(dotted)
+
+
+def _attribute_docstring(module, name: str) -> str | None:  # noqa: ANN001 - a module
+    """The string literal right after ``NAME = ...`` at a module's top level (how griffe, and so
+    the site, documents a constant such as ``RECIPES``)."""
+    import ast
+    import inspect
+
+    body = ast.parse(inspect.getsource(module)).body
+    for node, after in zip(body, body[1:], strict=False):
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+            if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+                return after.value.value
+    return None
+
+
+def test_the_api_page_documents_the_public_api_the_issue_names():
+    names = set(_api_objects())
+    for required in [
+        "vitkit.create_model",
+        "vitkit.load",
+        "vitkit.save",
+        "vitkit.VisionTransformer",
+        "vitkit.VisionTransformer.forward_features",
+        "vitkit.VisionTransformer.forward_head",
+        "vitkit.VisionTransformer.forward_intermediates",
+        "vitkit.interop.from_timm",
+        "vitkit.interop.from_hf",
+        "vitkit.preprocess.Preprocess",
+        "vitkit.train.TrainConfig",
+        "vitkit.train.config.RECIPES",
+        "vitkit.probe.few_shot",
+        "vitkit.features.features",
+        "vitkit.explain.explain_batch",
+    ]:
+        assert required in names, f"docs/api.md does not document {required}"
+
+
+@pytest.mark.parametrize("dotted", _api_objects())
+def test_every_object_on_the_api_page_has_a_docstring_that_says_something(dotted):
+    import inspect
+
+    obj, module, name = _resolve(dotted)
+    own = obj.__doc__ if callable(obj) or inspect.isclass(obj) else None
+    doc = own if own and own is not type(obj).__doc__ else _attribute_docstring(module, name)
+    words = re.findall(r"[A-Za-z]{2,}", doc or "")
+    assert len(words) >= 12, f"{dotted}: its docstring says too little to document it: {doc!r}"
+
+
+# ---------------------------------------------------------------------------- the site
+def test_the_site_builds_strict_and_offline(tmp_path):
+    """``mkdocs build --strict`` (what scripts/docs.sh and .ci/run do): a dead link, a page missing
+    from the nav, a missing image or tutorial output, or an unreadable docstring fails it. The
+    socket is closed to the build, so a plugin that wanted the network would fail too."""
+    pytest.importorskip("mkdocs", reason="the docs extra is not installed (pip install -e '.[docs]')")
+    import subprocess
+    import sys
+
+    offline = tmp_path / "offline"
+    offline.mkdir()
+    (offline / "sitecustomize.py").write_text(
+        "import socket\n"
+        "def _refuse(*a, **k):\n    raise OSError('the docs build must not use the network')\n"
+        "socket.socket.connect = _refuse\nsocket.create_connection = _refuse\n"
+    )
+    site = tmp_path / "site"
+    env = {"PYTHONPATH": str(offline), "PATH": "/usr/bin:/bin", "NO_MKDOCS_2_WARNING": "1", "HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    api = (site / "api.html").read_text()
+    missing = [name for name in _api_objects() if f'id="{name}"' not in api]
+    assert not missing, f"the built API page has no entry for {missing}"
+    assert (site / "changelog.html").is_file() and (site / "results.html").is_file()
