@@ -152,3 +152,19 @@ def test_the_site_builds_strict_and_offline(tmp_path):
     missing = [name for name in _api_objects() if f'id="{name}"' not in api]
     assert not missing, f"the built API page has no entry for {missing}"
     assert (site / "changelog.html").is_file() and (site / "results.html").is_file()
+
+
+# ---------------------------------------------------------------------------- versions
+def test_vitkit_version_prints_the_changelogs_top_released_version(capsys):
+    """The changelog's first ``## [X.Y.Z]`` heading (after "Unreleased") is the version the
+    package says it is, and ``vitkit --version`` prints it."""
+    import vitkit
+    from vitkit.cli import main
+
+    released = re.findall(r"^## \[(\d+\.\d+\.\d+)\]", (ROOT / "CHANGELOG.md").read_text(), re.M)
+    assert released, "CHANGELOG.md has no released version"
+    assert vitkit.__version__ == released[0]
+    with pytest.raises(SystemExit) as stopped:
+        main(["--version"])
+    assert stopped.value.code == 0
+    assert capsys.readouterr().out.strip() == f"vitkit {released[0]}"
