@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -123,35 +125,66 @@ def test_every_object_on_the_api_page_has_a_docstring_that_says_something(dotted
 
 
 # ---------------------------------------------------------------------------- the site
-def test_the_site_builds_strict_and_offline(tmp_path):
-    """``mkdocs build --strict`` (what scripts/docs.sh and .ci/run do): a dead link, a page missing
-    from the nav, a missing image or tutorial output, or an unreadable docstring fails it. The
-    socket is closed to the build, so a plugin that wanted the network would fail too."""
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """The site built as ``scripts/docs.sh`` builds it, ``mkdocs build --strict``, once per run:
+    a dead link, a page missing from the nav, a missing image or tutorial output, or an unreadable
+    docstring fails it. The socket is closed to the build, so a plugin that wanted the network
+    would fail too."""
     pytest.importorskip("mkdocs", reason="the docs extra is not installed (pip install -e '.[docs]')")
     import subprocess
     import sys
 
-    offline = tmp_path / "offline"
+    tmp = tmp_path_factory.mktemp("docs")
+    offline = tmp / "offline"
     offline.mkdir()
     (offline / "sitecustomize.py").write_text(
         "import socket\n"
         "def _refuse(*a, **k):\n    raise OSError('the docs build must not use the network')\n"
         "socket.socket.connect = _refuse\nsocket.create_connection = _refuse\n"
     )
-    site = tmp_path / "site"
-    env = {"PYTHONPATH": str(offline), "PATH": "/usr/bin:/bin", "NO_MKDOCS_2_WARNING": "1", "HOME": str(tmp_path)}
+    env = {"PYTHONPATH": str(offline), "PATH": "/usr/bin:/bin", "NO_MKDOCS_2_WARNING": "1", "HOME": str(tmp)}
     done = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp / "site")],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    return tmp / "site"
+
+
+def test_the_site_builds_strict_and_offline_with_every_page_and_api_entry(site):
     api = (site / "api.html").read_text()
     missing = [name for name in _api_objects() if f'id="{name}"' not in api]
     assert not missing, f"the built API page has no entry for {missing}"
-    assert (site / "changelog.html").is_file() and (site / "results.html").is_file()
+    for page in ["index.html", "changelog.html", "results.html", "tutorials/5-paper-in-code.html", "guides/train.html"]:
+        assert (site / page).is_file(), page
+
+
+def test_a_tutorials_page_shows_the_output_its_run_saved(site):
+    """pymdownx.snippets put the saved text in the page (not the ``--8<--`` line)."""
+    page = (site / "tutorials" / "5-paper-in-code.html").read_text()
+    saved = (ROOT / "docs" / "tutorials" / "outputs" / "5-paper-in-code" / "02.txt").read_text().split("|")[0]
+    assert "--8&lt;--" not in page and saved.strip() in page
+
+
+@pytest.mark.skipif(
+    not (shutil.which("chromium") and shutil.which("chromedriver")),
+    reason="Debian's chromium and chromium-driver are not installed (CI installs them)",
+)
+def test_the_built_pages_load_their_figures_and_highlight_their_code_in_a_browser(site, tmp_path):
+    """scripts/docs_screenshots.py opens the home page, a guide, a tutorial and the API page in
+    headless Chromium and exits non-zero when an image did not load."""
+    pytest.importorskip("selenium")
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import docs_screenshots
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    assert docs_screenshots.main(["--site", str(site), "--out", str(tmp_path)]) == 0
+    assert {p.name for p in tmp_path.glob("*.png")} == {f"{name}.png" for name in docs_screenshots.PAGES}
 
 
 # ---------------------------------------------------------------------------- versions
