@@ -12,6 +12,9 @@ does the same for the links that leave it, so neither reader meets a dead link:
 - a link to a file that does not exist is a warning, which ``mkdocs build --strict`` turns into
   a failed build.
 
+The docstrings cite each other Sphinx's way (``:func:`load_any```), which Markdown shows
+as written; on the API page the role is dropped and the name stays code.
+
 And one thing of the generated tables: their notes are cited as ``[1][2]``, which Markdown's
 reference-link syntax (and mkdocs-autorefs) would read as a link to a reference named "2". On
 the site they are escaped, so they show as written, as they do on GitHub.
@@ -29,6 +32,7 @@ log = logging.getLogger("mkdocs.hooks.links")
 # [text](target) and ![alt](target), but not inside inline code; targets without a scheme.
 LINK = re.compile(r"(!?)\[([^\]]*)\]\(([^)\s]+)\)")
 PAGES_FOR = {"README.md": "index.md", "CHANGELOG.md": "changelog.md"}
+ROLE = re.compile(r":(?:func|class|meth|mod|attr|data|exc|obj):(?=<code)")  # rendered HTML
 NOTE = re.compile(r"(?<![\\!\]])\[(\d+)\](?![(:])")  # [1] in a table's notes column, not [text](1) or [1]: def
 
 
@@ -56,3 +60,7 @@ def on_page_markdown(markdown: str, page, config, files) -> str:  # noqa: ANN001
     page_dir = posixpath.dirname(page.file.src_uri)
     markdown = LINK.sub(lambda m: _rewrite(m, page_dir, docs, root, page.file.src_uri), markdown)
     return NOTE.sub(r"\\[\1\\]", markdown)
+
+
+def on_page_content(html: str, page, config, files) -> str:  # noqa: ANN001 - MkDocs' objects
+    return ROLE.sub("", html)

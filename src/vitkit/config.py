@@ -321,8 +321,8 @@ def list_presets() -> list[str]:
     """The preset names accepted by :func:`create_model`, in the order ``vitkit presets`` prints.
 
     Returns:
-        The canonical names (``"vit_b16"``); ``create_model`` also accepts the paper's spelling
-        (``"ViT-B/16"``) and timm's names for the same rows.
+        The canonical names such as ``"vit_b16"``; ``create_model`` also accepts the paper's
+        spelling, ``"ViT-B/16"``, and timm's names for the same rows.
     """
     return list(PRESETS)
 
