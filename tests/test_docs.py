@@ -201,3 +201,31 @@ def test_vitkit_version_prints_the_changelogs_top_released_version(capsys):
         main(["--version"])
     assert stopped.value.code == 0
     assert capsys.readouterr().out.strip() == f"vitkit {released[0]}"
+
+
+def test_the_sites_link_hook_keeps_links_out_of_docs_working_and_flags_dead_ones(caplog):
+    """scripts/mkdocs_hooks.py, without MkDocs: README/CHANGELOG become their pages, an existing
+    source file becomes its text, a missing one is a warning (an error under --strict), and a
+    table's note ``[1][2]`` is escaped so it is not read as a reference link."""
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import mkdocs_hooks
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    page = SimpleNamespace(file=SimpleNamespace(src_uri="guides/train.md"))
+    config = {"docs_dir": str(ROOT / "docs")}
+    markdown = (
+        "[changes](../../CHANGELOG.md) [code](../../src/vitkit/cnn.py) [gone](../../src/vitkit/nothing.py) "
+        "[results](../results.md#main-job) | [1][2] |"
+    )
+    with caplog.at_level("WARNING"):
+        out = mkdocs_hooks.on_page_markdown(markdown, page, config, None)
+    assert "[changes](../changelog.md)" in out
+    assert " code " in out and "cnn.py" not in out
+    assert "[results](../results.md#main-job)" in out
+    assert r"\[1\][2]" in out
+    assert [r.getMessage() for r in caplog.records] == [
+        "guides/train.md: link to src/vitkit/nothing.py, which does not exist in the repository"
+    ]
