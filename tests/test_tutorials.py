@@ -113,13 +113,27 @@ def test_every_output_a_page_shows_is_saved_and_no_saved_output_is_unused():
         assert on_disk == shown, f"{page.name}: missing {sorted(shown - on_disk)}, unused {sorted(on_disk - shown)}"
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.stem)
-def test_the_tutorial_runs_and_its_page_shows_what_its_code_makes(page, tmp_path, monkeypatch):
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """An empty working folder, and the process-wide state a tutorial's Python may change (torch's
+    threads and random state, open figures) put back afterwards, so later tests see none of it."""
+    import matplotlib.pyplot as plt
+    import torch
+
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("VITKIT_CACHE", str(tmp_path / ".cache"))
-    made = run_tutorial(page, tmp_path)
+    threads, rng = torch.get_num_threads(), torch.get_rng_state()
+    yield tmp_path
+    torch.set_num_threads(threads)
+    torch.set_rng_state(rng)
+    plt.close("all")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.stem)
+def test_the_tutorial_runs_and_its_page_shows_what_its_code_makes(page, isolated):
+    made = run_tutorial(page, isolated)
     shown = shown_outputs(page)
     stale = sorted(name for name in shown if not made.get(name))
     assert not stale, f"{page.name} shows outputs its code no longer makes: {stale}"
