@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up vitkit on a fresh machine: a virtual environment in .venv with the project and its dev
-# extra, plus the Fashion-MNIST files from Debian's package when apt is available. Idempotent.
+# and docs extras, plus the Fashion-MNIST files from Debian's package when apt is available. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -18,7 +18,7 @@ if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
     .venv/bin/python -m pip install -q "torch>=2.4" torchvision
   fi
 fi
-.venv/bin/python -m pip install -q -e ".[dev]"
+.venv/bin/python -m pip install -q -e ".[dev,docs]"
 # Real data: Fashion-MNIST's IDX files from Debian (vitkit also reads --data-dir or VITKIT_DATA).
 if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

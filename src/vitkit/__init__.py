@@ -6,7 +6,7 @@ from .config import ViTConfig, list_presets
 from .factory import create_model
 from .model import VisionTransformer
 
-__version__ = "0.1.0"
+__version__ = "0.14.0"  # the top released entry of CHANGELOG.md (tests/test_docs.py checks)
 
 __all__ = [
     "CheckpointError",

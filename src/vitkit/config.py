@@ -318,7 +318,12 @@ def canonical_name(name: str) -> str:
 
 
 def list_presets() -> list[str]:
-    """The preset names accepted by :func:`create_model`."""
+    """The preset names accepted by :func:`create_model`, in the order ``vitkit presets`` prints.
+
+    Returns:
+        The canonical names such as ``"vit_b16"``; ``create_model`` also accepts the paper's
+        spelling, ``"ViT-B/16"``, and timm's names for the same rows.
+    """
     return list(PRESETS)
 
 

@@ -233,7 +233,13 @@ class VisionTransformer(nn.Module):
     def forward_features(
         self, x: torch.Tensor, return_attention: bool = False
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """Images -> (final token states (B, prefix + N, D), per-layer attention (B, heads, T, T) or ())."""
+        """Images -> (final token states (B, prefix + N, D), per-layer attention (B, heads, T, T) or ()).
+
+        Eqs. 1-3 and the final LayerNorm, without pooling or head: pass the states on to
+        :meth:`forward_head`, so features, logits and attention come from one forward pass.
+        ``x`` is (B, C, H, W) at the native size (any size with ``dynamic_image_size``); a size the
+        model cannot take raises ``InputError`` naming it.
+        """
         x = self.embed(x)
         attentions = []
         for block in self.blocks:
@@ -353,7 +359,13 @@ class VisionTransformer(nn.Module):
 
     # ------------------------------------------------------------------ utilities
     def resample_image_size(self, image_size: int | tuple[int, int]) -> None:
-        """Change the native input size, resampling learned position embeddings (sec. 3.2)."""
+        """Change the native input size, resampling learned position embeddings (sec. 3.2).
+
+        In place: learned tables are interpolated bicubically to the new grid (a sin-cos table is
+        recomputed), and ``config.image_size`` becomes ``image_size`` (an int for square images,
+        or (height, width)); a size that is not a multiple of the patch size raises ``ConfigError``
+        unless ``dynamic_image_size`` pads.
+        """
         new = self.config.replace(image_size=image_size)
         self.pos_embed.resample_(new.grid_size)
         self.config = new

@@ -39,7 +39,11 @@ KNN_TEMPERATURE = 0.07
 
 @dataclass
 class RidgeProbe:
-    """A fitted probe: standardisation, weights, intercept, and how the penalty was chosen."""
+    """A fitted probe: standardisation, weights, intercept, and how the penalty was chosen.
+
+    What :func:`ridge_fit` returns; its :meth:`scores` of features (N, D) are (N, K), and their
+    argmax is the predicted class.
+    """
 
     mean: torch.Tensor  # (D,)
     scale: torch.Tensor  # (D,)

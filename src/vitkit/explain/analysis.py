@@ -260,7 +260,11 @@ def model_patch_filters(model: VisionTransformer) -> torch.Tensor:
 # ----------------------------------------------------------------------------- one forward pass
 @dataclass
 class Explanation:
-    """Everything :func:`explain_batch` computes for a batch of images, all on the CPU."""
+    """Everything :func:`explain_batch` computes for a batch of images, all on the CPU.
+
+    The fields are plain tensors with their shapes beside them, so a figure function (or your
+    own code) can use any of them without running the model again.
+    """
 
     logits: torch.Tensor  # (B, classes)
     query: str  # "cls" or "mean": which query the maps show

@@ -101,7 +101,12 @@ def _describe(path: Path) -> str:
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """The format of a checkpoint path: 'vitkit', 'hf', 'jax' or 'timm' (see ``_EXPECTED``)."""
+    """The format of a checkpoint path: 'vitkit', 'hf', 'jax' or 'timm' (see ``_EXPECTED``).
+
+    Read from the path alone (a folder's config.json, else the file's suffix); no weights are
+    loaded. Raises ``FileNotFoundError`` for a missing path and :class:`InteropError`, naming
+    what each format expects, for a path that is none of them.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found")

@@ -24,7 +24,19 @@ OBJECTIVES = ("classify", "mpp", "mae")  # the labels; masked patch prediction (
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run (the model's own config lives in ViTConfig)."""
+    """Everything that defines a training run (the model's own config lives in ViTConfig).
+
+    Each field is one ``vitkit train`` flag of the same name (``lr`` is ``--lr``,
+    ``model_overrides`` is ``--set``); the comment beside each field in the source says what it
+    means, and ``vitkit train --help`` prints the same. A run folder records the config as
+    ``train_config.json`` (:meth:`to_dict`, :meth:`from_dict`), so a run can be resumed or
+    repeated exactly. Start from a named set of values with ``TrainConfig(**RECIPES[name])``.
+
+    Raises:
+        ConfigError: when a value is out of range or two values contradict each other (say,
+            ``epochs=0``, an unknown ``precision``, or fine-tuning options without ``init``),
+            naming the value and what to give instead.
+    """
 
     data: str = "fashion-mnist"  # fashion-mnist | mnist | cifar10 | digits | image folder | CSV
     data_dir: str | None = None
@@ -382,6 +394,14 @@ RECIPES: dict[str, dict[str, Any]] = {
         cutmix=1.0,
     ),
 }
+"""The named recipes: ``{name: TrainConfig fields}``, what ``vitkit train --recipe NAME`` starts from.
+
+Flags given on the command line (or keywords given to ``TrainConfig``) win over a recipe's
+values. ``fmnist-10m`` is the main job (10 minutes on 2 CPU cores), ``fmnist-60m`` the hour-long
+one, ``fmnist-10m-cnn`` the CNN reference that ``fmnist-10m-plain`` distils from, ``finetune``
+the starting point for ``--init``, ``fmnist-gpu`` a GPU recipe. Their measured accuracies are in
+the results page, generated from the records.
+"""
 
 
 def parse_duration(text: str | float | int) -> float:
