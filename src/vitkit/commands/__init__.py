@@ -36,6 +36,28 @@ def integers(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, e.g. 1,5,10, got {text!r}") from None
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's ``(default: X)`` after each option's help, only where it tells something: not
+    for a default of None or a flag's False, and not where the help already says its default
+    (``ArgumentDefaultsHelpFormatter`` alone printed ``(default: the one it was trained on)
+    (default: None)``)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return super()._get_help_string(action)
+
+
+DEVICE_HELP = "auto (CUDA when present, else the CPU) | cpu | cuda | cuda:N"
+
+
+def add_device(p: argparse.ArgumentParser | argparse._ArgumentGroup, dest: str = "device") -> None:
+    """``--device``, the same in every command: ``auto`` by default, resolved by
+    :func:`vitkit.runtime.resolve_device` (which names the flag when the device is wrong)."""
+    p.add_argument("--device", dest=dest, default="auto", help=DEVICE_HELP)
+
+
 def add_data_mode(p: argparse.ArgumentParser, cache_dir: bool = True) -> None:
     """``--data-mode`` (and ``--cache-dir``): where a dataset's pixels are held, as in training."""
     p.add_argument(

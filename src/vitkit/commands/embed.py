@@ -13,14 +13,14 @@ from ..evaluate import Classifier, load_for_inference
 from ..features import POOLS, Embeddings, check_pool, dataset_features, features
 from ..images import collect_images
 from ..runtime import resolve_device
-from . import add_data_mode, add_split, checkpoint_images, names
+from . import HelpFormatter, add_data_mode, add_device, add_split, checkpoint_images, names
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "embed",
         help="features of images or a dataset (the representation, or any block's tokens) to .safetensors/.npz",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run folder (its best/) or a checkpoint folder")
     p.add_argument("images", nargs="*", metavar="IMAGE_OR_FOLDER", help="image files or folders (or give --data)")
@@ -36,8 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="the token states after this block (0-based; -1 is the last). Default: the representation the head reads",
     )
     p.add_argument("--pool", choices=POOLS, default=None, help="with --layer: default, the model's own pooling")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    add_device(p)
     p.add_argument("--out", required=True, help="FILE.safetensors or FILE.npz")
     p.set_defaults(func=run)
 

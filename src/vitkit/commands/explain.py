@@ -14,11 +14,13 @@ from ..errors import ConfigError
 from ..evaluate import load_for_inference
 from ..images import collect_images, decode_image
 from ..runtime import resolve_device
+from . import HelpFormatter, add_device
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "explain",
+        formatter_class=HelpFormatter,
         help="draw attention maps, rollout, attention distance, position-embedding and filter figures",
         description=(
             "Look inside a trained ViT (paper sec. 4.5). Writes to --out: attention_maps_NN_<image>.png "
@@ -48,8 +50,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="draw attention maps and rollout for this many images (all count towards attention distance)",
     )
     p.add_argument("--components", type=int, default=28, help="principal components of the patch filters to draw")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (cuda when present)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    add_device(p)
     p.set_defaults(func=run)
 
 
@@ -62,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--per-image {args.per_image} must be at least 1")
     if not args.images and not args.data:
         raise ConfigError("give image files or folders, or --data DATASET, to explain")
+    if args.components < 1:
+        raise ConfigError(f"--components {args.components} must be at least 1")
     if args.num_images < 1:
         raise ConfigError(f"--num-images {args.num_images} must be at least 1")
     # The same checkpoint lookup and image preparation as `vitkit predict`: run folder -> best/

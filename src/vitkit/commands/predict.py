@@ -9,19 +9,20 @@ from ..errors import ConfigError
 from ..evaluate import load_for_inference, predict_files
 from ..images import collect_images
 from ..runtime import resolve_device
+from . import HelpFormatter, add_device
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
         help="classify images: top-k class names with probabilities",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run folder (its best/) or a checkpoint folder")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders searched for images")
-    p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
+    p.add_argument("--top-k", type=int, default=3, help="show this many most probable classes per image")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    add_device(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 

@@ -14,14 +14,14 @@ from ..features import cached_representation
 from ..files import atomic_write_json
 from ..probe import KNN_K, KNN_TEMPERATURE, L2_GRID, check_shots, few_shot, summarize
 from ..runtime import resolve_device
-from . import add_data_mode, checkpoint_images, integers, names
+from . import HelpFormatter, add_data_mode, add_device, checkpoint_images, integers, names
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "probe",
         help="few-shot linear probe (closed-form ridge) and k-NN on a checkpoint's frozen features",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         description=(
             "For each shot count and seed, draw that many training images per class, fit a ridge "
             "regression from their frozen features to {-1, 1} targets (the penalty chosen by "
@@ -36,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classes", type=names, default=None, help="probe on these classes only, e.g. 5,6,7,8,9")
     p.add_argument("--shots", type=integers, default=[1, 5, 10, 25], help="training images per class")
     p.add_argument("--seeds", type=int, default=3, help="draws per shot count (seeds 0 .. N-1)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_device(p)
     p.add_argument("--cache-dir", default=None, help="feature cache (default: the vitkit cache's features/)")
     add_data_mode(p, cache_dir=False)
     p.add_argument("--out", default=None, help="folder for probe.json (default: RUN/probe-DATA, beside the checkpoint)")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ConfigError
+from . import HelpFormatter
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
         help="open a local web page that classifies your images and shows the attention",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run folder (uses best/) or a checkpoint folder")
     p.add_argument("--host", default="127.0.0.1", help="address to bind; the default serves this machine only")
