@@ -19,7 +19,7 @@ from .. import distributed
 from ..data import resolve_source
 from ..errors import ConfigError
 from ..train import RECIPES, TrainConfig, load_run_config, parse_duration, train
-from . import floats, names
+from . import DEVICE_HELP, floats, names
 
 _DEFAULTS = TrainConfig()
 _DEFAULT_RECIPE = "fmnist-10m"
@@ -84,8 +84,15 @@ _OPTIONS = {
             "--image-size",
             "image_size",
             int,
-            "resize images to this size (default: the dataset's; image folders: the model's); with --init, the "
-            "fine-tuning resolution (default: the source's own), position embeddings resampled",
+            "resize images to this size (default: the dataset's; an image folder: its median shorter side, see "
+            "--fit); with --init, the fine-tuning resolution (else the source's own), position embeddings resampled",
+        ),
+        (
+            "--fit",
+            "fit",
+            str,
+            "stretch (to --image-size, as the built-in datasets) | crop (the shorter side to --image-size, then the "
+            "centre: the aspect kept) (default: crop for an image folder sized by its median, or with --crop-fraction)",
         ),
         ("--pad", "pad", int, "zero border in pixels around every image (2 makes 28x28 into 32x32)"),
         (
@@ -231,7 +238,7 @@ _OPTIONS = {
             "wall | cpu: count the budget in wall time, or in process CPU "
             "time / threads (the time on cores of its own, for a machine shared with other jobs)",
         ),
-        ("--device", "device", str, "auto | cpu | cuda | cuda:N"),
+        ("--device", "device", str, DEVICE_HELP),
         ("--precision", "precision", str, "auto | bf16 | fp32 (auto: bf16 autocast where the hardware has bf16 units)"),
         (
             "--threads",
@@ -284,7 +291,7 @@ def add_options(p: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
         g = p.add_argument_group(group)
         for flag, name, type_, text in options:
             default = getattr(_DEFAULTS, name)
-            shown = "" if "default:" in text else f" (default: {default})"
+            shown = "" if "default:" in text or default is None else f" (default: {default})"
             g.add_argument(flag, dest=name, type=type_, default=None, help=text + shown)
         extras.get(group, lambda _: None)(g)
     p.set_defaults(func=run)
