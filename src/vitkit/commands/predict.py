@@ -22,6 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders searched for images")
     p.add_argument("--top-k", type=int, default=3, help="show this many most probable classes per image")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument(
+        "--skip-bad-images", action="store_true", help="leave unreadable image files out with a warning, as evaluate"
+    )
     add_device(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
@@ -32,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--top-k {args.top_k} must be >= 1")
     device = resolve_device(args.device)
     classifier = load_for_inference(args.checkpoint, device)
-    results = predict_files(classifier, collect_images(args.images), args.top_k, args.batch_size, device)
+    files = collect_images(args.images)
+    results = predict_files(classifier, files, args.top_k, args.batch_size, device, args.skip_bad_images)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DataError
-from ..images import IMAGE_EXTENSIONS, decode_image, image_is_gray
+from ..images import IMAGE_EXTENSIONS, decode_image, image_is_gray, unreadable, warn_skipped
 from ..preprocess import Preprocess
 from .dataset import ImageDataset
 
@@ -101,8 +100,8 @@ def load_image_folder(listing: Listing, preprocess: Preprocess, skip_bad_images:
             images[len(ys)] = preprocess.pixels(decode_image(f))
         except (DataError, FileNotFoundError) as e:
             if not skip_bad_images:
-                raise DataError(f"{e} (pass --skip-bad-images to leave such files out)") from None
-            warnings.warn(f"skipping {e}", stacklevel=2)
+                raise unreadable(str(e)) from None
+            warn_skipped(str(e))
             skipped.append(str(f))
             continue
         ys.append(label)

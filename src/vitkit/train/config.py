@@ -134,7 +134,9 @@ class TrainConfig:
         if self.fit not in (None, *FITS):
             raise ConfigError(f"--fit {self.fit}: choose {' or '.join(FITS)}")
         if self.fit == "stretch" and self.crop_fraction < 1:
-            raise ConfigError(f"--crop-fraction {self.crop_fraction:g} cuts a centre, which --fit stretch has not: drop one")
+            raise ConfigError(
+                f"--crop-fraction {self.crop_fraction:g} cuts a centre, which --fit stretch has not: drop one"
+            )
         if not 0 < self.crop_fraction <= 1:
             raise ConfigError(f"--crop-fraction {self.crop_fraction} must be in (0, 1], e.g. 0.875 (256 -> 224)")
         if self.checkpoint_every < 0:
