@@ -16,11 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import distributed
-from ..data import resolve_source
+from ..data import DataSource, resolve_source
+from ..data.folders import SIZE_SAMPLE
 from ..errors import ConfigError
 from ..train import RECIPES, TrainConfig, load_run_config, parse_duration, train
+from ..train.config import folder_defaults
 from . import DEVICE_HELP, floats, names
 
+log = logging.getLogger(__name__)
 _DEFAULTS = TrainConfig()
 _DEFAULT_RECIPE = "fmnist-10m"
 
@@ -223,7 +226,7 @@ _OPTIONS = {
         ("--cutmix", "cutmix", float, "CutMix alpha (0: off)"),
     ],
     "run": [
-        ("--out", "out", str, "run folder"),
+        ("--out", "out", str, "run folder (default: runs/DATA-YYYYmmdd-HHMMSS, the UTC start; -2, -3, ... if taken)"),
         ("--seed", "seed", int, "seed of the initial weights, data order and augmentation"),
         (
             "--time-budget",
@@ -397,11 +400,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         recipe = "none"  # the recipes train classifiers
     if recipe is None and "init" in given:
         recipe = "finetune"  # the paper's fine-tuning; the from-scratch recipes do not apply
+    source = resolve_source(given.get("data", _DEFAULTS.data), given.get("data_dir"))
     if recipe is None:
-        source = resolve_source(given.get("data", _DEFAULTS.data), given.get("data_dir"))
         main_data = resolve_source(RECIPES[_DEFAULT_RECIPE]["data"])
         recipe = _DEFAULT_RECIPE if (source.kind, source.location) == (main_data.kind, main_data.location) else "none"
     values = _DEFAULTS.to_dict()
+    if recipe != "none":
+        log.info("recipe %s: its values fill the options not given (--recipe none: without it)", recipe)
+    if recipe == "none":
+        values.update(_folder_defaults(source, given, dict(args.overrides)))
     if recipe != "none":
         values.update(RECIPES[recipe])
         if "model" in given:
@@ -419,6 +426,35 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if lonely and not values.get("teacher"):
         raise ConfigError(f"{', '.join(lonely)} only apply with --teacher: name the teacher, or drop them")
     return TrainConfig.from_dict(values)
+
+
+def _folder_defaults(source: DataSource, given: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """For an image folder or CSV trained from scratch without ``--model``, ``--image-size`` or
+    ``--set patch_size``: the size, resize rule and model that fit its images
+    (:func:`vitkit.train.config.folder_defaults`), logged with why; else nothing."""
+    chosen = ("model", "image_size", "init")
+    if source.kind not in ("folder", "csv") or any(k in given for k in chosen) or "patch_size" in overrides:
+        return {}
+    side = source.median_side
+    if side is None:  # no file could be read: loading the images says which and why
+        return {}
+    values = folder_defaults(side)
+    size, patch = values["image_size"], values["model_overrides"]["patch_size"]
+    log.info(
+        "%s: median shorter side %d px (up to %d files' headers) -> %d px, shorter side resized and the centre cut; "
+        "%s with %d-px patches (a %dx%d grid). --image-size, --fit and --model choose otherwise",
+        source.name,
+        side,
+        SIZE_SAMPLE,
+        size,
+        values["model"],
+        patch,
+        size // patch,
+        size // patch,
+    )
+    if "fit" in given:
+        values.pop("fit")
+    return values
 
 
 # The TrainConfig fields `--resume` may change: see resume_config.

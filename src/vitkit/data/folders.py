@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from ..preprocess import Preprocess
 from .dataset import ImageDataset
 
 log = logging.getLogger(__name__)
+
+SIZE_SAMPLE = 300  # the files whose headers say a folder's typical size: enough for a median, a second to read
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,23 @@ def folder_channels(path: str | os.PathLike) -> int:
     """1 when every image of the folder (or CSV) is grayscale, else 3."""
     files, _, _ = scan_image_folder(Path(path))
     return 1 if all(image_is_gray(f) in (True, None) for f in files) else 3
+
+
+def median_shorter_side(files: Sequence[Path], sample: int = SIZE_SAMPLE) -> int | None:
+    """The median shorter side in pixels of up to ``sample`` of ``files``, evenly spaced through
+    the list (so every class of a sorted listing is seen, and the answer is the same every time),
+    read from their headers: Pillow's ``open`` decodes no pixels. None when none can be read."""
+    from PIL import Image
+
+    step = max(1, len(files) // sample)
+    sides = []
+    for f in list(files)[::step][:sample]:
+        try:
+            with Image.open(f) as img:
+                sides.append(min(img.size))
+        except Exception:  # noqa: BLE001 - an unreadable file is reported when the images are decoded
+            continue
+    return int(statistics.median_low(sides)) if sides else None
 
 
 def list_images(path: str | os.PathLike, class_names: Sequence[str] | None = None) -> Listing:

@@ -103,7 +103,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # also write last/ every this many steps, mid-epoch (0: at epoch ends only)
     threads: int | None = None  # CPU threads; None: the cores this process may use
     compile: bool = False
-    out: str = "runs/fmnist"
+    out: str | None = None  # the run folder; None: a new runs/<data>-<UTC time> (vitkit.train.run_folder.new_run_path)
 
     def __post_init__(self) -> None:
         # The messages name each field by its `vitkit train` flag (:func:`flag`): the command
@@ -408,6 +408,27 @@ RECIPES: dict[str, dict[str, Any]] = {
         cutmix=1.0,
     ),
 }
+
+
+# An image folder trained from scratch without --model or --image-size (photos of any size): its
+# median shorter side, clipped to 32-224 px (CIFAR's size to the paper's), shorter side resized and
+# the centre cut, so no photo is stretched. The smallest preset (vit_tiny_32: width 192, depth 6)
+# with the smallest patch that keeps the grid at most 14 a side: ViT-B/16's 196 tokens at 224 px,
+# the most the paper trains on, and at 32 px the presets' own 8x8 grid of 4-px patches.
+FOLDER_SIZES = (32, 224)
+FOLDER_PATCHES = (4, 8, 16)
+FOLDER_GRID = 14
+FOLDER_MODEL = "vit_tiny_32"
+
+
+def folder_defaults(side: int) -> dict[str, Any]:
+    """The TrainConfig values that fit images whose median shorter side is ``side`` px: the
+    input size (rounded to the patch grid), the resize rule, the model and its patch size."""
+    lo, hi = FOLDER_SIZES
+    clipped = min(max(side, lo), hi)
+    patch = next(p for p in FOLDER_PATCHES if clipped <= FOLDER_GRID * p)
+    size = min(max(round(clipped / patch) * patch, lo), hi)
+    return dict(model=FOLDER_MODEL, image_size=size, fit="crop", model_overrides={"patch_size": patch})
 
 
 def parse_duration(text: str | float | int) -> float:
