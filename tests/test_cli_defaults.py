@@ -148,3 +148,14 @@ def test_probe_clips_its_default_shots_to_the_smallest_class(digits_run, tmp_pat
     assert "vitkit probe: --shots 1,5,7, not the default 1,5,10,25: class '0' has 7 training images" in err
     record = json.loads((tmp_path / "p" / "probe.json").read_text())
     assert [r["shots"] for r in record["summary"]] == [1, 5, 7]
+
+
+def test_embed_and_explain_write_beside_the_checkpoint_without_out(digits_run, tmp_path, capsys):
+    images = write_digits(tmp_path / "images", per_class=1, classes=2, sizes=((8, 8),))
+    assert main(["embed", str(digits_run), "--data", "digits", "--split", "test"]) == 0
+    checkpoint_parent = digits_run  # the run folder: its best/ is the checkpoint
+    assert (checkpoint_parent / "embed-digits-test.safetensors").is_file()
+    assert main(["embed", str(digits_run), str(images)]) == 0
+    assert (checkpoint_parent / "embed-images.safetensors").is_file()
+    assert main(["explain", str(digits_run), str(images / "0" / "0_00.png"), "--components", "2"]) == 0
+    assert (checkpoint_parent / "explain" / "rollout.png").is_file()

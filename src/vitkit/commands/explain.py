@@ -39,7 +39,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data-dir", help="folder holding the dataset files (as for `vitkit train`)")
     p.add_argument("--num-images", type=int, default=256, help="how many --data images, the first of the split")
-    p.add_argument("--out", required=True, help="folder to write the figures and JSON into")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="folder to write the figures and JSON into (default: explain/ beside the checkpoint)",
+    )
     p.add_argument(
         "--keep", type=float, default=0.1, help="fraction of each layer's attention the sharpened rollout keeps"
     )
@@ -73,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     classifier = load_for_inference(args.checkpoint, resolve_device(args.device))
     model = require_vit(classifier.model, "explain (attention maps, position embeddings)", classifier.checkpoint)
     pre = classifier.preprocess
+    out = args.out or str(classifier.checkpoint.parent / "explain")
     files = collect_images(args.images) if args.images else []
     pixels = [pre.pixels(decode_image(f)) for f in files]  # uint8, as the model sees them
     names = [f.name for f in files]
@@ -88,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     written = write_report(
         model,
         images,
-        args.out,
+        out,
         inputs=inputs,
         names=names,
         keep=args.keep,
@@ -96,5 +101,5 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_components=args.components,
     )
-    print(f"{classifier.checkpoint}: {len(names)} image(s); wrote {len(written)} files to {args.out}", file=sys.stderr)
+    print(f"{classifier.checkpoint}: {len(names)} image(s); wrote {len(written)} files to {out}", file=sys.stderr)
     return 0
