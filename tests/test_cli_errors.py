@@ -45,6 +45,9 @@ def test_a_bad_value_is_two_lines_not_the_whole_usage(capsys):
         "vitkit bench: error: argument --mode: invalid choice: 'trian' (choose from 'train', 'infer'); "
         "did you mean train?"
     )
+    assert _error_lines(capsys, ["predict", "RUN", "a.png", "--batch-size", "0"])[1] == (
+        "vitkit predict: error: argument --batch-size: expected a whole number >= 1, got '0'"
+    )
     lines = _error_lines(capsys, ["evalute", "RUN"])
     assert len(lines) == 2 and lines[1].startswith("vitkit: error: argument COMMAND: invalid choice: 'evalute'")
     assert lines[1].endswith("; did you mean evaluate?")
@@ -58,6 +61,9 @@ def test_config_errors_name_the_flag(tmp_path, capsys):
         ("--steps", "-1"): "--steps -1 must be >= 0",
         ("--mixup", "-1"): "--mixup -1 must be >= 0 (0: off)",
         ("--optimizer", "lion"): "--optimizer lion: choose adamw or sgd",
+        ("--warmup-epochs", "-1"): "--warmup-epochs -1 must be >= 0",
+        ("--drop-path", "1.5"): "--drop-path 1.5 must be in [0, 1), e.g. 0.1",
+        ("--channels", "2"): "--channels 2: choose 1 (grayscale) or 3 (RGB)",
         # reaches the model: 30 px is no multiple of the preset's patch of 4
         ("--image-size", "30"): "an input of 30x30 px does not divide into patches of 4 px: give --image-size (plus "
         "twice --pad) a multiple of 4, e.g. 28 or 32, or pad each image up to one with --set "

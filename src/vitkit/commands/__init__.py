@@ -20,6 +20,17 @@ def names(text: str) -> list[str]:
     return items
 
 
+def positive(text: str) -> int:
+    """A whole number >= 1 (a batch size): 0 is a parse error naming the flag, not a crash later."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def floats(text: str) -> list[float]:
     """``0.5,0.5,0.5`` -> [0.5, 0.5, 0.5]."""
     try:

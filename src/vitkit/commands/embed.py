@@ -13,7 +13,7 @@ from ..evaluate import Classifier, load_for_inference
 from ..features import POOLS, Embeddings, check_pool, dataset_features, features
 from ..images import collect_images
 from ..runtime import resolve_device
-from . import HelpFormatter, add_data_mode, add_device, add_split, checkpoint_images, names
+from . import HelpFormatter, add_data_mode, add_device, add_split, checkpoint_images, names, positive
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="the token states after this block (0-based; -1 is the last). Default: the representation the head reads",
     )
     p.add_argument("--pool", choices=POOLS, default=None, help="with --layer: default, the model's own pooling")
-    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    p.add_argument("--batch-size", type=positive, default=256, help="images per forward pass")
     add_device(p)
     p.add_argument(
         "--out",

@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from ..evaluate import evaluate_model, load_for_inference, write_report
 from ..quantize import inference_model
 from ..runtime import resolve_device, use_bf16
-from . import HelpFormatter, add_data_mode, add_device, add_split, checkpoint_images
+from . import HelpFormatter, add_data_mode, add_device, add_split, checkpoint_images, positive
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None, help="evaluate the first this many images")
     p.add_argument("--skip-bad-images", action="store_true", help="leave unreadable image files out with a warning")
     add_data_mode(p)
-    p.add_argument("--batch-size", type=int, default=512, help="images per forward pass")
+    p.add_argument("--batch-size", type=positive, default=512, help="images per forward pass")
     add_device(p)
     p.add_argument(
         "--precision",

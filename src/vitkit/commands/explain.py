@@ -14,7 +14,7 @@ from ..errors import ConfigError
 from ..evaluate import load_for_inference
 from ..images import collect_images, decode_image
 from ..runtime import resolve_device
-from . import HelpFormatter, add_device
+from . import HelpFormatter, add_device, positive
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -54,7 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="draw attention maps and rollout for this many images (all count towards attention distance)",
     )
     p.add_argument("--components", type=int, default=28, help="principal components of the patch filters to draw")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--batch-size", type=positive, default=64, help="images per forward pass")
     add_device(p)
     p.set_defaults(func=run)
 

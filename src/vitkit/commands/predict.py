@@ -9,7 +9,7 @@ from ..errors import ConfigError
 from ..evaluate import load_for_inference, predict_files
 from ..images import collect_images
 from ..runtime import resolve_device
-from . import HelpFormatter, add_device
+from . import HelpFormatter, add_device, positive
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run folder (its best/) or a checkpoint folder")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders searched for images")
     p.add_argument("--top-k", type=int, default=3, help="show this many most probable classes per image")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--batch-size", type=positive, default=64, help="images per forward pass")
     p.add_argument(
         "--skip-bad-images", action="store_true", help="leave unreadable image files out with a warning, as evaluate"
     )

@@ -26,6 +26,20 @@ OBJECTIVES = ("classify", "mpp", "mae")  # the labels; masked patch prediction (
 _FLAGS = {"ema_decay": "--ema", "model_overrides": "--set", "overrides": "--set"}
 
 
+# The least value of each numeric field that has one (the others are checked below, with their rule).
+_LEAST = dict(
+    epochs=1,
+    batch_size=1,
+    accum_steps=1,
+    eval_batch_size=1,
+    eval_every=0,
+    loader_workers=0,
+    warmup_epochs=0,
+    weight_decay=0,
+    clip_grad=0,
+)
+
+
 def flag(name: str) -> str:
     """The ``vitkit train`` flag of TrainConfig field ``name``: ``time_budget`` -> ``--time-budget``.
     Errors name flags, the words the user typed."""
@@ -108,9 +122,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         # The messages name each field by its `vitkit train` flag (:func:`flag`): the command
         # line is where most configs come from, and a Python user reads --time-budget as time_budget.
-        for name in ("epochs", "batch_size", "accum_steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{flag(name)} {getattr(self, name)} must be >= 1")
+        for name, least in _LEAST.items():
+            value = getattr(self, name)
+            if value is not None and value < least:
+                raise ConfigError(f"{flag(name)} {value:g} must be >= {least}")
+        if self.drop_path is not None and not 0 <= self.drop_path < 1:
+            raise ConfigError(f"--drop-path {self.drop_path:g} must be in [0, 1), e.g. 0.1")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision {self.precision}: choose auto, bf16 or fp32")
         if self.lr <= 0:
