@@ -120,7 +120,7 @@ def test_a_short_fine_tuning_warms_up_briefly_and_cools_down(digits_run, tmp_pat
     assert re.fullmatch(r"digits-\d{8}-\d{6}", run.name)
     messages = [r.getMessage() for r in caplog.records]
     assert (
-        "--warmup-steps 50 is longer than the run's 30 steps: warming up for 3 (10 % of them), so the rate still decays"
+        "--warmup-steps 50 would fill the whole run of 30 steps: warming up for 3 instead (10 % of them), so the rate decays"
     ) in messages
     model = vitkit.load(run / "last")
     total = sum(p.numel() for p in model.parameters())

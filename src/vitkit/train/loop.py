@@ -240,7 +240,7 @@ def _warmup_steps(cfg: TrainConfig, steps_per_epoch: int, total: int) -> int:
             else (f"--warmup-epochs {cfg.warmup_epochs:g} ({warmup} steps)")
         )
         log.info(
-            "%s is longer than the run's %d steps: warming up for %d (%.0f %% of them), so the rate still decays",
+            "%s would fill the whole run of %d steps: warming up for %d instead (%.0f %% of them), so the rate decays",
             given,
             total,
             short,
