@@ -439,21 +439,23 @@ def _folder_defaults(source: DataSource, given: dict[str, Any], overrides: dict[
     if side is None:  # no file could be read: loading the images says which and why
         return {}
     values = folder_defaults(side)
+    if "fit" in given:  # --fit stretch: the size and model still fit the images
+        values.pop("fit")
     size, patch = values["image_size"], values["model_overrides"]["patch_size"]
+    rule = f"--fit {given['fit']}" if "fit" in given else "shorter side resized and the centre cut"
     log.info(
-        "%s: median shorter side %d px (up to %d files' headers) -> %d px, shorter side resized and the centre cut; "
-        "%s with %d-px patches (a %dx%d grid). --image-size, --fit and --model choose otherwise",
+        "%s: median shorter side %d px (up to %d files' headers) -> %d px, %s; %s with %d-px patches (a %dx%d grid). "
+        "--image-size, --fit and --model choose otherwise",
         source.name,
         side,
         SIZE_SAMPLE,
         size,
+        rule,
         values["model"],
         patch,
         size // patch,
         size // patch,
     )
-    if "fit" in given:
-        values.pop("fit")
     return values
 
 
