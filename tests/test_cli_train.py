@@ -279,8 +279,8 @@ def test_resume_refuses_an_option_that_would_change_the_run(run_dir, tmp_path, c
 def test_resume_applies_and_validates_the_options_that_may_change(run_dir, tmp_path, capsys):
     copy = _copy(run_dir, tmp_path / "copy")
     for argv, flag in (
-        (["--epochs", "0"], "epochs"),
-        (["--time-budget", "0"], "time_budget"),
+        (["--epochs", "0"], "--epochs 0"),
+        (["--time-budget", "0"], "--time-budget 0"),
         (["--checkpoint-every", "-1"], "--checkpoint-every"),
     ):
         assert main(["train", "--resume", str(copy), *argv]) == 1, argv

@@ -43,7 +43,7 @@ def test_unknown_preset_and_override_are_clear_errors():
         create_model("vit_ti16", widht=10)
     with pytest.raises(ValueError, match="pool='cls' needs class_token=True"):
         ViTConfig(class_token=False)
-    with pytest.raises(ValueError, match="not divisible by patch_size"):
+    with pytest.raises(ValueError, match="an input of 30x30 px does not divide into patches of 16 px"):
         ViTConfig(image_size=30, patch_size=16)
     with pytest.raises(ValueError, match="fused_attention='False' must be true or false"):
         create_model("vit_tiny_28", fused_attention="False")

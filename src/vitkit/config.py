@@ -125,9 +125,11 @@ class ViTConfig:
             raise ConfigError(f"posemb='sincos2d' needs width divisible by 4, got width={self.width}")
         h, w = self.image_size
         if not self.dynamic_image_size and (h % self.patch_size or w % self.patch_size):
+            p, side = self.patch_size, max(h, w)
             raise ConfigError(
-                f"image_size={self.image_size} is not divisible by patch_size={self.patch_size}; "
-                "choose a size that is a multiple of the patch size, or set dynamic_image_size=True to pad"
+                f"an input of {h}x{w} px does not divide into patches of {p} px: give --image-size (plus twice --pad) "
+                f"a multiple of {p}, e.g. {max(p, side // p * p)} or {-(-side // p) * p}, or pad each image up to "
+                "one with --set dynamic_image_size=True (Python: image_size=, dynamic_image_size=True)"
             )
         if self.class_names is not None and len(self.class_names) != self.num_classes:
             raise ConfigError(f"{len(self.class_names)} class_names given for num_classes={self.num_classes}")

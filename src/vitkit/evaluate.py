@@ -22,6 +22,7 @@ from .data import DataSource, ImageDataset, ShardSet, SplitRule, iterate_batches
 from .data.dataset import inference_batch
 from .errors import CheckpointError, ConfigError, DataError
 from .files import atomic_write, atomic_write_json, read_json_object
+from .images import decode_image, unreadable, warn_skipped
 from .interop import load_artifact
 from .preprocess import PREPROCESS_NAME, Preprocess
 from .runtime import autocast, resolve_device
@@ -329,8 +330,11 @@ def predict_files(
     top_k: int = 5,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
+    skip_bad_images: bool = False,
 ) -> list[dict[str, Any]]:
-    """Top-k (class, probability) per file; each image prepared as training saw it."""
+    """Top-k (class, probability) per file; each image prepared as training saw it. A file that
+    does not decode is a :class:`DataError` naming it, or with ``skip_bad_images`` a warning and
+    no result: one bad file in a folder need not cost the answers for the others."""
     model, preprocess = classifier.model, classifier.preprocess
     device = torch.device(device)
     names = list(preprocess.class_names)
@@ -338,10 +342,22 @@ def predict_files(
     results = []
     model.eval()
     for start in range(0, len(files), batch_size):
-        chunk = files[start : start + batch_size]
-        x = preprocess.files(chunk).to(device)
-        p, i = model(x).float().softmax(1).topk(k, dim=1)
+        chunk, inputs = [], []
+        for f in files[start : start + batch_size]:
+            try:
+                inputs.append(preprocess(decode_image(f)))
+            except DataError as e:
+                if not skip_bad_images:
+                    raise unreadable(str(e)) from None
+                warn_skipped(str(e))
+                continue
+            chunk.append(f)
+        if not chunk:
+            continue
+        p, i = model(torch.stack(inputs).to(device)).float().softmax(1).topk(k, dim=1)
         for f, pr, ix in zip(chunk, p.tolist(), i.tolist(), strict=True):
             predictions = [{"class": names[j], "probability": q} for j, q in zip(ix, pr, strict=True)]
             results.append({"path": str(f), "predictions": predictions})
+    if files and not results:
+        raise DataError(f"none of the {len(files)} image(s) could be read")
     return results

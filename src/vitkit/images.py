@@ -45,6 +45,17 @@ def _transforms():  # noqa: ANN202 - (InterpolationMode, torchvision.transforms.
     return InterpolationMode, TF
 
 
+def unreadable(message: str) -> DataError:
+    """The error for an image file that does not decode, where ``--skip-bad-images`` could have
+    left it out: the file's own message and the flag."""
+    return DataError(f"{message} (pass --skip-bad-images to leave such files out)")
+
+
+def warn_skipped(message: str) -> None:
+    """With ``--skip-bad-images``: one warning per file left out (the CLI prints it as one line)."""
+    warnings.warn(f"skipping {message}", stacklevel=3)
+
+
 def decode_image(source: str | os.PathLike | BinaryIO, name: str | None = None) -> torch.Tensor:
     """Decode an image file (a path, or an open binary file such as an upload held in memory) to
     uint8 ``(C, H, W)`` at its own size: C is 1 for a grayscale image, else 3 (RGB).

@@ -14,6 +14,7 @@ normalise by the training set's per-channel mean and standard deviation.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -104,6 +105,18 @@ class Preprocess:
         else:
             x = resize(x, self.image_size, self.interpolation)
         return F.pad(x, (self.pad,) * 4) if self.pad else x
+
+    def describe(self) -> str:
+        """The rule :meth:`pixels` applies, in words, for a training log: ``32x32 px, 3 channel(s):
+        shorter side to 32 px, centre 32x32 cut (aspect kept)``."""
+        (h, w), (ih, iw) = self.image_size, self.input_size
+        if self.fit == "crop":
+            shorter = math.floor(min(h, w) / self.crop_fraction)
+            rule = f"shorter side to {shorter} px, centre {h}x{w} cut (aspect kept)"
+        else:
+            rule = f"stretched to {h}x{w}"
+        border = f", {self.pad} px zero border" if self.pad else ""
+        return f"{ih}x{iw} px, {self.channels} channel(s): {rule}{border}"
 
     def keeps(self, size: Sequence[int], channels: int) -> bool:
         """Whether :meth:`pixels` leaves images of this size and channel count as they are."""

@@ -170,6 +170,26 @@ def few_shot(
     return results
 
 
+DEFAULT_SHOTS = (1, 5, 10, 25)  # the paper's few-shot counts (sec. 4.1, Figure 4: 1, 5, 10, 25)
+
+
+def clip_shots(
+    labels: torch.Tensor, num_classes: int, shots: Sequence[int], class_names: Sequence[str] | None = None
+) -> tuple[list[int], str | None]:
+    """``shots`` with each count above the smallest class's image count lowered to it, and a
+    sentence saying so (None when nothing changed): for the default counts, which the user did
+    not choose, on a folder whose smallest class has 14 images. Counts the user gave are checked
+    instead (:func:`check_shots`)."""
+    smallest, count = smallest_class(labels, num_classes)
+    clipped = sorted({min(s, count) for s in shots})
+    if clipped == sorted(shots):
+        return clipped, None
+    name = class_names[smallest] if class_names else str(smallest)
+    shown = ",".join(map(str, clipped))
+    note = f"--shots {shown}, not the default {','.join(map(str, shots))}: class {name!r} has {count} training images"
+    return clipped, note
+
+
 def check_shots(
     labels: torch.Tensor, num_classes: int, shots: Sequence[int], class_names: Sequence[str] | None = None
 ) -> None:

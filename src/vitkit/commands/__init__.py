@@ -20,6 +20,17 @@ def names(text: str) -> list[str]:
     return items
 
 
+def positive(text: str) -> int:
+    """A whole number >= 1 (a batch size): 0 is a parse error naming the flag, not a crash later."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def floats(text: str) -> list[float]:
     """``0.5,0.5,0.5`` -> [0.5, 0.5, 0.5]."""
     try:
@@ -45,6 +56,28 @@ def add_assume_preprocess(p: argparse.ArgumentParser) -> None:
         help="a preprocess.json saying how to prepare images, for a model whose files record none "
         "(inference refuses to guess the normalisation)",
     )
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's ``(default: X)`` after each option's help, only where it tells something: not
+    for a default of None or a flag's False, and not where the help already says its default
+    (``ArgumentDefaultsHelpFormatter`` alone printed ``(default: the one it was trained on)
+    (default: None)``)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return super()._get_help_string(action)
+
+
+DEVICE_HELP = "auto (CUDA when present, else the CPU) | cpu | cuda | cuda:N"
+
+
+def add_device(p: argparse.ArgumentParser | argparse._ArgumentGroup, dest: str = "device") -> None:
+    """``--device``, the same in every command: ``auto`` by default, resolved by
+    :func:`vitkit.runtime.resolve_device` (which names the flag when the device is wrong)."""
+    p.add_argument("--device", dest=dest, default="auto", help=DEVICE_HELP)
 
 
 def add_data_mode(p: argparse.ArgumentParser, cache_dir: bool = True) -> None:

@@ -15,12 +15,14 @@ from ..model import VisionTransformer
 from ..preprocess import Preprocess
 from ..runtime import configure_device, resolve_device
 from ..train.config import RECIPES
+from . import HelpFormatter, add_device
 from .train import add_set_flag
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
+        formatter_class=HelpFormatter,
         help="measure speed: images/s, TFLOP/s and MFU against this device's measured matmul peak",
         description=(
             "Time a training step (forward, backward, AdamW) or an inference forward on random data, "
@@ -35,11 +37,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="the model a training recipe builds, at the size its data arrive (fmnist-10m: the main job's)",
     )
     add_set_flag(p)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--mode", choices=bench.MODES, default="infer")
+    p.add_argument("--batch-size", type=int, default=64, help="images per timed step")
+    p.add_argument(
+        "--mode", choices=bench.MODES, default="infer", help="infer: a forward pass; train: forward, backward and AdamW"
+    )
     p.add_argument("--dtype", choices=tuple(bench.DTYPES), default="bf16", help="autocast dtype")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (cached by torch)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when present)")
+    add_device(p)
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--repeats", type=int, default=5, help="timed steps")
     p.add_argument("--peak-size", type=int, default=None, help="matmul size of the peak probe (4096 CPU, 8192 GPU)")

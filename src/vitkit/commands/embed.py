@@ -13,14 +13,23 @@ from ..evaluate import Classifier, load_for_inference
 from ..features import POOLS, Embeddings, check_pool, dataset_features, features
 from ..images import collect_images
 from ..runtime import resolve_device
-from . import add_assume_preprocess, add_data_mode, add_split, checkpoint_images, names
+from . import (
+    HelpFormatter,
+    add_assume_preprocess,
+    add_data_mode,
+    add_device,
+    add_split,
+    checkpoint_images,
+    names,
+    positive,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "embed",
         help="features of images or a dataset (the representation, or any block's tokens) to .safetensors/.npz",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run folder (its best/) or a checkpoint folder")
     add_assume_preprocess(p)
@@ -37,20 +46,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="the token states after this block (0-based; -1 is the last). Default: the representation the head reads",
     )
     p.add_argument("--pool", choices=POOLS, default=None, help="with --layer: default, the model's own pooling")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--out", required=True, help="FILE.safetensors or FILE.npz")
+    p.add_argument("--batch-size", type=positive, default=256, help="images per forward pass")
+    add_device(p)
+    p.add_argument(
+        "--out",
+        default=None,
+        help="FILE.safetensors or FILE.npz (default: embed-DATA-SPLIT.safetensors, or embed-images.safetensors, "
+        "beside the checkpoint, as probe and evaluate write)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    if out.suffix not in (".safetensors", ".npz"):
-        raise InputError(f"--out {out}: write .safetensors or .npz (give the file one of those endings)")
+    if args.out is not None and Path(args.out).suffix not in (".safetensors", ".npz"):
+        raise InputError(f"--out {args.out}: write .safetensors or .npz (give the file one of those endings)")
     if bool(args.images) == bool(args.data):
         raise InputError("give image files or folders, or --data NAME, but not both")
     device = resolve_device(args.device)
     classifier = load_for_inference(args.checkpoint, device, args.assume_preprocess)
+    what = f"{Path(args.data).name}-{args.split}" if args.data else "images"
+    out = Path(args.out) if args.out else classifier.checkpoint.parent / f"embed-{what}.safetensors"
     require_vit(classifier.model, "embed (a ViT's token features)", classifier.checkpoint)
     model = classifier.model
     if args.pool is not None and args.layer is not None:

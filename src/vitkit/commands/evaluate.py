@@ -20,14 +20,14 @@ from ..errors import ConfigError
 from ..evaluate import evaluate_model, load_for_inference, write_report
 from ..quantize import inference_model
 from ..runtime import resolve_device, use_bf16
-from . import add_assume_preprocess, add_data_mode, add_split, checkpoint_images
+from . import HelpFormatter, add_assume_preprocess, add_data_mode, add_device, add_split, checkpoint_images, positive
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
         help="top-1/top-5 accuracy, per-class accuracy and a confusion matrix of a trained checkpoint",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run folder (its best/) or a checkpoint folder")
     add_assume_preprocess(p)
@@ -37,8 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None, help="evaluate the first this many images")
     p.add_argument("--skip-bad-images", action="store_true", help="leave unreadable image files out with a warning")
     add_data_mode(p)
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--batch-size", type=positive, default=512, help="images per forward pass")
+    add_device(p)
     p.add_argument(
         "--precision",
         choices=("auto", "bf16", "bf16-weights", "fp32"),

@@ -14,12 +14,13 @@ from ..errors import ConfigError
 from ..evaluate import load_for_inference
 from ..images import collect_images, decode_image
 from ..runtime import resolve_device
-from . import add_assume_preprocess
+from . import HelpFormatter, add_assume_preprocess, add_device, positive
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "explain",
+        formatter_class=HelpFormatter,
         help="draw attention maps, rollout, attention distance, position-embedding and filter figures",
         description=(
             "Look inside a trained ViT (paper sec. 4.5). Writes to --out: attention_maps_NN_<image>.png "
@@ -39,7 +40,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data-dir", help="folder holding the dataset files (as for `vitkit train`)")
     p.add_argument("--num-images", type=int, default=256, help="how many --data images, the first of the split")
-    p.add_argument("--out", required=True, help="folder to write the figures and JSON into")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="folder to write the figures and JSON into (default: explain/ beside the checkpoint)",
+    )
     p.add_argument(
         "--keep", type=float, default=0.1, help="fraction of each layer's attention the sharpened rollout keeps"
     )
@@ -50,8 +55,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="draw attention maps and rollout for this many images (all count towards attention distance)",
     )
     p.add_argument("--components", type=int, default=28, help="principal components of the patch filters to draw")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (cuda when present)")
+    p.add_argument("--batch-size", type=positive, default=64, help="images per forward pass")
+    add_device(p)
     p.set_defaults(func=run)
 
 
@@ -64,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--per-image {args.per_image} must be at least 1")
     if not args.images and not args.data:
         raise ConfigError("give image files or folders, or --data DATASET, to explain")
+    if args.components < 1:
+        raise ConfigError(f"--components {args.components} must be at least 1")
     if args.num_images < 1:
         raise ConfigError(f"--num-images {args.num_images} must be at least 1")
     # The same checkpoint lookup and image preparation as `vitkit predict`: run folder -> best/
@@ -71,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     classifier = load_for_inference(args.checkpoint, resolve_device(args.device), args.assume_preprocess)
     model = require_vit(classifier.model, "explain (attention maps, position embeddings)", classifier.checkpoint)
     pre = classifier.preprocess
+    out = args.out or str(classifier.checkpoint.parent / "explain")
     files = collect_images(args.images) if args.images else []
     pixels = [pre.pixels(decode_image(f)) for f in files]  # uint8, as the model sees them
     names = [f.name for f in files]
@@ -86,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     written = write_report(
         model,
         images,
-        args.out,
+        out,
         inputs=inputs,
         names=names,
         keep=args.keep,
@@ -94,5 +102,5 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_components=args.components,
     )
-    print(f"{classifier.checkpoint}: {len(names)} image(s); wrote {len(written)} files to {args.out}", file=sys.stderr)
+    print(f"{classifier.checkpoint}: {len(names)} image(s); wrote {len(written)} files to {out}", file=sys.stderr)
     return 0

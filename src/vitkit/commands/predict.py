@@ -9,21 +9,24 @@ from ..errors import ConfigError
 from ..evaluate import load_for_inference, predict_files
 from ..images import collect_images
 from ..runtime import resolve_device
-from . import add_assume_preprocess
+from . import HelpFormatter, add_assume_preprocess, add_device, positive
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
         help="classify images: top-k class names with probabilities",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run folder (its best/) or a checkpoint folder")
     add_assume_preprocess(p)
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders searched for images")
-    p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
+    p.add_argument("--top-k", type=int, default=3, help="show this many most probable classes per image")
+    p.add_argument("--batch-size", type=positive, default=64, help="images per forward pass")
+    p.add_argument(
+        "--skip-bad-images", action="store_true", help="leave unreadable image files out with a warning, as evaluate"
+    )
+    add_device(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
@@ -33,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--top-k {args.top_k} must be >= 1")
     device = resolve_device(args.device)
     classifier = load_for_inference(args.checkpoint, device, args.assume_preprocess)
-    results = predict_files(classifier, collect_images(args.images), args.top_k, args.batch_size, device)
+    files = collect_images(args.images)
+    results = predict_files(classifier, files, args.top_k, args.batch_size, device, args.skip_bad_images)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -12,16 +13,16 @@ from ..data import ImageDataset
 from ..evaluate import Classifier, load_for_inference
 from ..features import cached_representation
 from ..files import atomic_write_json
-from ..probe import KNN_K, KNN_TEMPERATURE, L2_GRID, check_shots, few_shot, summarize
+from ..probe import DEFAULT_SHOTS, KNN_K, KNN_TEMPERATURE, L2_GRID, check_shots, clip_shots, few_shot, summarize
 from ..runtime import resolve_device
-from . import add_assume_preprocess, add_data_mode, checkpoint_images, integers, names
+from . import HelpFormatter, add_assume_preprocess, add_data_mode, add_device, checkpoint_images, integers, names
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "probe",
         help="few-shot linear probe (closed-form ridge) and k-NN on a checkpoint's frozen features",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         description=(
             "For each shot count and seed, draw that many training images per class, fit a ridge "
             "regression from their frozen features to {-1, 1} targets (the penalty chosen by "
@@ -35,9 +36,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="dataset name or image folder (default: the one it was trained on)")
     p.add_argument("--data-dir", default=None, help="folder holding the dataset files")
     p.add_argument("--classes", type=names, default=None, help="probe on these classes only, e.g. 5,6,7,8,9")
-    p.add_argument("--shots", type=integers, default=[1, 5, 10, 25], help="training images per class")
+    p.add_argument(
+        "--shots",
+        type=integers,
+        default=None,
+        help=f"training images per class, e.g. 1,5,10 (default: {','.join(map(str, DEFAULT_SHOTS))}, each at most "
+        "the smallest class's count)",
+    )
     p.add_argument("--seeds", type=int, default=3, help="draws per shot count (seeds 0 .. N-1)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_device(p)
     p.add_argument("--cache-dir", default=None, help="feature cache (default: the vitkit cache's features/)")
     add_data_mode(p, cache_dir=False)
     p.add_argument("--out", default=None, help="folder for probe.json (default: RUN/probe-DATA, beside the checkpoint)")
@@ -62,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
     classifier = load_for_inference(args.checkpoint, device, args.assume_preprocess)
     require_vit(classifier.model, "probe (a ViT's pooled representation)", classifier.checkpoint)
     name, train, test, how = splits(args, classifier)
+    if args.shots is None:
+        args.shots, note = clip_shots(train.labels, train.num_classes, DEFAULT_SHOTS, train.class_names)
+        if note:
+            print(f"vitkit probe: {note}", file=sys.stderr)
     check_shots(train.labels, train.num_classes, args.shots, train.class_names)
     log = print if not args.json else (lambda *a, **k: None)
     log(f"probe: {name}, {train.num_classes} classes; scored on {how} ({len(test)} images)")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..data.shards import ShardIndex, has_splits, write_shards, write_split_shards
 from ..errors import ConfigError
+from . import HelpFormatter
 
 _UNITS = {
     "": 1,
@@ -27,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "shards",
         help="write an image folder or CSV as WebDataset tar shards (train on data larger than memory)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "source",

@@ -16,11 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import distributed
-from ..data import resolve_source
+from ..data import DataSource, resolve_source
+from ..data.folders import SIZE_SAMPLE
 from ..errors import ConfigError
 from ..train import RECIPES, TrainConfig, load_run_config, parse_duration, train
-from . import floats, names
+from ..train.config import folder_defaults
+from . import DEVICE_HELP, floats, names
 
+log = logging.getLogger(__name__)
 _DEFAULTS = TrainConfig()
 _DEFAULT_RECIPE = "fmnist-10m"
 
@@ -84,8 +87,15 @@ _OPTIONS = {
             "--image-size",
             "image_size",
             int,
-            "resize images to this size (default: the dataset's; image folders: the model's); with --init, the "
-            "fine-tuning resolution (default: the source's own), position embeddings resampled",
+            "resize images to this size (default: the dataset's; an image folder: its median shorter side, see "
+            "--fit); with --init, the fine-tuning resolution (else the source's own), position embeddings resampled",
+        ),
+        (
+            "--fit",
+            "fit",
+            str,
+            "stretch (to --image-size, as the built-in datasets) | crop (the shorter side to --image-size, then the "
+            "centre: the aspect kept) (default: crop for an image folder sized by its median, or with --crop-fraction)",
         ),
         ("--pad", "pad", int, "zero border in pixels around every image (2 makes 28x28 into 32x32)"),
         (
@@ -216,7 +226,7 @@ _OPTIONS = {
         ("--cutmix", "cutmix", float, "CutMix alpha (0: off)"),
     ],
     "run": [
-        ("--out", "out", str, "run folder"),
+        ("--out", "out", str, "run folder (default: runs/DATA-YYYYmmdd-HHMMSS, the UTC start; -2, -3, ... if taken)"),
         ("--seed", "seed", int, "seed of the initial weights, data order and augmentation"),
         (
             "--time-budget",
@@ -231,7 +241,7 @@ _OPTIONS = {
             "wall | cpu: count the budget in wall time, or in process CPU "
             "time / threads (the time on cores of its own, for a machine shared with other jobs)",
         ),
-        ("--device", "device", str, "auto | cpu | cuda | cuda:N"),
+        ("--device", "device", str, DEVICE_HELP),
         ("--precision", "precision", str, "auto | bf16 | fp32 (auto: bf16 autocast where the hardware has bf16 units)"),
         (
             "--threads",
@@ -284,7 +294,7 @@ def add_options(p: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
         g = p.add_argument_group(group)
         for flag, name, type_, text in options:
             default = getattr(_DEFAULTS, name)
-            shown = "" if "default:" in text else f" (default: {default})"
+            shown = "" if "default:" in text or default is None else f" (default: {default})"
             g.add_argument(flag, dest=name, type=type_, default=None, help=text + shown)
         extras.get(group, lambda _: None)(g)
     p.set_defaults(func=run)
@@ -390,11 +400,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         recipe = "none"  # the recipes train classifiers
     if recipe is None and "init" in given:
         recipe = "finetune"  # the paper's fine-tuning; the from-scratch recipes do not apply
+    source = resolve_source(given.get("data", _DEFAULTS.data), given.get("data_dir"))
     if recipe is None:
-        source = resolve_source(given.get("data", _DEFAULTS.data), given.get("data_dir"))
         main_data = resolve_source(RECIPES[_DEFAULT_RECIPE]["data"])
         recipe = _DEFAULT_RECIPE if (source.kind, source.location) == (main_data.kind, main_data.location) else "none"
     values = _DEFAULTS.to_dict()
+    if recipe != "none":
+        log.info("recipe %s: its values fill the options not given (--recipe none: without it)", recipe)
+    if recipe == "none":
+        values.update(_folder_defaults(source, given, dict(args.overrides)))
     if recipe != "none":
         values.update(RECIPES[recipe])
         if "model" in given:
@@ -412,6 +426,37 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if lonely and not values.get("teacher"):
         raise ConfigError(f"{', '.join(lonely)} only apply with --teacher: name the teacher, or drop them")
     return TrainConfig.from_dict(values)
+
+
+def _folder_defaults(source: DataSource, given: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """For an image folder or CSV trained from scratch without ``--model``, ``--image-size`` or
+    ``--set patch_size``: the size, resize rule and model that fit its images
+    (:func:`vitkit.train.config.folder_defaults`), logged with why; else nothing."""
+    chosen = ("model", "image_size", "init")
+    if source.kind not in ("folder", "csv") or any(k in given for k in chosen) or "patch_size" in overrides:
+        return {}
+    side = source.median_side
+    if side is None:  # no file could be read: loading the images says which and why
+        return {}
+    values = folder_defaults(side)
+    if "fit" in given:  # --fit stretch: the size and model still fit the images
+        values.pop("fit")
+    size, patch = values["image_size"], values["model_overrides"]["patch_size"]
+    rule = f"--fit {given['fit']}" if "fit" in given else "shorter side resized and the centre cut"
+    log.info(
+        "%s: median shorter side %d px (up to %d files' headers) -> %d px, %s; %s with %d-px patches (a %dx%d grid). "
+        "--image-size, --fit and --model choose otherwise",
+        source.name,
+        side,
+        SIZE_SAMPLE,
+        size,
+        rule,
+        values["model"],
+        patch,
+        size // patch,
+        size // patch,
+    )
+    return values
 
 
 # The TrainConfig fields `--resume` may change: see resume_config.

@@ -36,18 +36,19 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         if self.auto_augment not in ("none", "randaugment", "trivialaugment"):
-            raise ConfigError(f"auto_augment={self.auto_augment!r}: choose none, randaugment or trivialaugment")
+            raise ConfigError(f"--auto-augment {self.auto_augment}: choose none, randaugment or trivialaugment")
         if not 0.0 <= self.erase_prob <= 1.0:
-            raise ConfigError(f"erase_prob={self.erase_prob} must be in [0, 1]")
-        if self.crop_padding < 0 or self.mixup < 0 or self.cutmix < 0:
-            raise ConfigError("crop_padding, mixup and cutmix must be >= 0")
+            raise ConfigError(f"--erase-prob {self.erase_prob:g} must be in [0, 1]")
+        for flag, value in (("--crop-padding", self.crop_padding), ("--mixup", self.mixup), ("--cutmix", self.cutmix)):
+            if value < 0:
+                raise ConfigError(f"{flag} {value:g} must be >= 0 (0: off)")
         if self.crop_scale is not None and not 0 < self.crop_scale <= 1:
             raise ConfigError(
                 f"--crop-scale {self.crop_scale}: the smallest area fraction must be in (0, 1], e.g. 0.08"
             )
         if self.randaugment_ops < 0 or not 0 <= self.randaugment_magnitude <= 30:
             raise ConfigError(
-                f"RandAugment {self.randaugment_ops} ops at magnitude {self.randaugment_magnitude}: "
+                f"--randaugment-ops {self.randaugment_ops} --randaugment-magnitude {self.randaugment_magnitude}: "
                 "give ops >= 0 and a magnitude in 0-30"
             )
 

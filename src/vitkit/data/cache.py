@@ -33,7 +33,6 @@ import logging
 import os
 import shutil
 import time
-import warnings
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -46,7 +45,7 @@ import torch
 
 from ..errors import DataError
 from ..files import atomic_write_json, write_folder
-from ..images import decode_image
+from ..images import decode_image, unreadable, warn_skipped
 from ..preprocess import Preprocess
 from ..runtime import available_cores
 from .builtin import cache_dir as vitkit_cache_dir
@@ -280,7 +279,7 @@ def _finish(
     """The labels (-1 for an unreadable image) and, last, ``meta.json``: the mark of a whole cache."""
     for i, message in bad.items():
         labels[i] = -1
-        warnings.warn(f"skipping {message}", stacklevel=3)
+        warn_skipped(message)
     if bad:
         log.warning("skipped %d unreadable image(s) of %d in %s", len(bad), len(labels), source.name)
     if len(bad) == len(labels):
@@ -352,7 +351,7 @@ def decode_rows(
             rows.append(prepare.pixels(decode_image(data, name=name)).numpy())
         except (DataError, FileNotFoundError) as e:
             if not skip:
-                raise DataError(f"{e} (pass --skip-bad-images to leave such files out)") from None
+                raise unreadable(str(e)) from None
             rows.append(np.zeros(shape[1:], dtype=np.uint8))
             bad[start + i] = f"{name}: {e}" if not str(e).startswith(name) else str(e)
         labels.append(label)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import warnings
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +16,13 @@ from pathlib import Path
 import torch
 
 from ..errors import DataError
-from ..images import IMAGE_EXTENSIONS, decode_image, image_is_gray
+from ..images import IMAGE_EXTENSIONS, decode_image, image_is_gray, unreadable, warn_skipped
 from ..preprocess import Preprocess
 from .dataset import ImageDataset
 
 log = logging.getLogger(__name__)
+
+SIZE_SAMPLE = 300  # the files whose headers say a folder's typical size: enough for a median, a second to read
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,23 @@ def folder_channels(path: str | os.PathLike) -> int:
     return 1 if all(image_is_gray(f) in (True, None) for f in files) else 3
 
 
+def median_shorter_side(files: Sequence[Path], sample: int = SIZE_SAMPLE) -> int | None:
+    """The median shorter side in pixels of up to ``sample`` of ``files``, evenly spaced through
+    the list (so every class of a sorted listing is seen, and the answer is the same every time),
+    read from their headers: Pillow's ``open`` decodes no pixels. None when none can be read."""
+    from PIL import Image
+
+    step = max(1, len(files) // sample)
+    sides = []
+    for f in list(files)[::step][:sample]:
+        try:
+            with Image.open(f) as img:
+                sides.append(min(img.size))
+        except Exception:  # noqa: BLE001 - an unreadable file is reported when the images are decoded
+            continue
+    return int(statistics.median_low(sides)) if sides else None
+
+
 def list_images(path: str | os.PathLike, class_names: Sequence[str] | None = None) -> Listing:
     """The files of a class-folder tree (or a ``path,label`` CSV) with their label indices.
 
@@ -101,8 +120,8 @@ def load_image_folder(listing: Listing, preprocess: Preprocess, skip_bad_images:
             images[len(ys)] = preprocess.pixels(decode_image(f))
         except (DataError, FileNotFoundError) as e:
             if not skip_bad_images:
-                raise DataError(f"{e} (pass --skip-bad-images to leave such files out)") from None
-            warnings.warn(f"skipping {e}", stacklevel=2)
+                raise unreadable(str(e)) from None
+            warn_skipped(str(e))
             skipped.append(str(f))
             continue
         ys.append(label)

@@ -33,7 +33,6 @@ import logging
 import os
 import re
 import tarfile
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +46,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from ..errors import ConfigError, DataError
 from ..files import atomic_write_json, write_folder
-from ..images import IMAGE_EXTENSIONS, decode_image
+from ..images import IMAGE_EXTENSIONS, decode_image, unreadable, warn_skipped
 from .dataset import Stream, derive_seed
 from .folders import scan_image_folder
 
@@ -266,8 +265,8 @@ def _read_checked(path: Path, skip_bad_images: bool) -> tuple[bytes, str] | None
     except (DataError, OSError) as e:
         message = str(e) if isinstance(e, DataError) else f"{path}: cannot read the file ({e.strerror or e})"
         if not skip_bad_images:
-            raise DataError(f"{message} (pass --skip-bad-images to leave such files out)") from None
-        warnings.warn(f"skipping {message}", stacklevel=3)
+            raise unreadable(message) from None
+        warn_skipped(message)
         return None
     return data, path.suffix.lower().lstrip(".").replace("jpeg", "jpg")
 

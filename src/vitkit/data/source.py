@@ -23,7 +23,7 @@ from ..runtime import available_memory
 from .builtin import BUILTIN, NATIVE_FORMAT, canonical_dataset, load_builtin
 from .cache import CacheSource, cached_image_folder, cached_images
 from .dataset import ImageDataset
-from .folders import folder_channels, list_images, load_image_folder, scan_image_folder
+from .folders import folder_channels, list_images, load_image_folder, median_shorter_side, scan_image_folder
 from .shards import ShardSet, is_shard_location, shard_split
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,17 @@ class DataSource:
         if self.kind == "shards":
             return None, 3
         return None, folder_channels(self._images_path("train"))
+
+    @functools.cached_property
+    def median_side(self) -> int | None:
+        """The typical shorter side of the training images in pixels: a built-in dataset's own;
+        a folder's or CSV's median (:func:`~vitkit.data.folders.median_shorter_side`); shards: None."""
+        size, _ = self.native_format
+        if size is not None:
+            return min(size)
+        if self.kind == "shards":
+            return None
+        return median_shorter_side(self.files("train"))
 
     def _images_path(self, split: str) -> Path:
         path = Path(self.location)

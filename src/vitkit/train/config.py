@@ -16,10 +16,34 @@ from ..config import from_known_fields
 from ..data import DATA_MODES, AugmentConfig, SplitRule
 from ..data.splits import TEST_FRACTION, VAL_FRACTION
 from ..errors import ConfigError
+from ..preprocess import FITS
 from ..runtime import PRECISIONS
 
 OPTIMIZERS = ("adamw", "sgd")
 OBJECTIVES = ("classify", "mpp", "mae")  # the labels; masked patch prediction (ViT App. B.1.2); MAE
+
+# The TrainConfig fields whose `vitkit train` flag is not the field's name in dashes.
+_FLAGS = {"ema_decay": "--ema", "model_overrides": "--set", "overrides": "--set"}
+
+
+# The least value of each numeric field that has one (the others are checked below, with their rule).
+_LEAST = dict(
+    epochs=1,
+    batch_size=1,
+    accum_steps=1,
+    eval_batch_size=1,
+    eval_every=0,
+    loader_workers=0,
+    warmup_epochs=0,
+    weight_decay=0,
+    clip_grad=0,
+)
+
+
+def flag(name: str) -> str:
+    """The ``vitkit train`` flag of TrainConfig field ``name``: ``time_budget`` -> ``--time-budget``.
+    Errors name flags, the words the user typed."""
+    return _FLAGS.get(name, "--" + name.replace("_", "-"))
 
 
 @dataclass
@@ -45,6 +69,7 @@ class TrainConfig:
     image_size: int | None = None  # resize images; None: the dataset's size (folders: the model's)
     pad: int = 0  # zero border added around every image (after resizing), e.g. 2 turns 28x28 into 32x32
     crop_fraction: float = 1.0  # < 1: shorter side to image_size / this, then the centre (0.875: ImageNet's 256 -> 224)
+    fit: str | None = None  # stretch | crop (the shorter side, then the centre); None: crop when crop_fraction < 1
     channels: int | None = None  # 1 or 3; None: the dataset's
     skip_bad_images: bool = False
     data_mode: str = "auto"  # auto | memory | cache | stream: where the pixels are held (vitkit.data.choose_mode)
@@ -104,25 +129,43 @@ class TrainConfig:
     checkpoint_every: int = 0  # also write last/ every this many steps, mid-epoch (0: at epoch ends only)
     threads: int | None = None  # CPU threads; None: the cores this process may use
     compile: bool = False
-    out: str = "runs/fmnist"
+    out: str | None = None  # the run folder; None: a new runs/<data>-<UTC time> (vitkit.train.run_folder.new_run_path)
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.accum_steps < 1:
-            raise ConfigError("epochs, batch_size and accum_steps must be >= 1")
+        # The messages name each field by its `vitkit train` flag (:func:`flag`): the command
+        # line is where most configs come from, and a Python user reads --time-budget as time_budget.
+        for name, least in _LEAST.items():
+            value = getattr(self, name)
+            if value is not None and value < least:
+                raise ConfigError(f"{flag(name)} {value:g} must be >= {least}")
+        if self.drop_path is not None and not 0 <= self.drop_path < 1:
+            raise ConfigError(f"--drop-path {self.drop_path:g} must be in [0, 1), e.g. 0.1")
         if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision={self.precision!r}: choose auto, bf16 or fp32")
-        if self.lr <= 0 or self.min_lr < 0:
-            raise ConfigError(f"lr={self.lr} must be > 0 and min_lr={self.min_lr} >= 0")
+            raise ConfigError(f"--precision {self.precision}: choose auto, bf16 or fp32")
+        if self.lr <= 0:
+            raise ConfigError(f"--lr {self.lr:g} must be > 0")
+        if self.min_lr < 0:
+            raise ConfigError(f"--min-lr {self.min_lr:g} must be >= 0")
         if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
+            raise ConfigError(f"--label-smoothing {self.label_smoothing:g} must be in [0, 1)")
         if not 0 <= self.ema_decay < 1:
-            raise ConfigError(f"ema_decay={self.ema_decay} must be in [0, 1)")
+            raise ConfigError(f"--ema {self.ema_decay:g} must be in [0, 1), e.g. 0.999 (0: off)")
         if self.budget_clock not in ("wall", "cpu"):
-            raise ConfigError(f"budget_clock={self.budget_clock!r}: choose wall or cpu")
+            raise ConfigError(f"--budget-clock {self.budget_clock}: choose wall or cpu")
         if self.time_budget is not None and self.time_budget <= 0:
-            raise ConfigError(f"time_budget={self.time_budget} must be > 0 seconds")
+            raise ConfigError(f"--time-budget {self.time_budget:g} must be > 0 seconds, e.g. 600, 10m, 1h")
         if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads={self.threads}: give at least 1")
+            raise ConfigError(f"--threads {self.threads}: give at least 1")
+        if self.channels is not None and self.channels not in (1, 3):
+            raise ConfigError(f"--channels {self.channels}: choose 1 (grayscale) or 3 (RGB)")
+        if self.image_size is not None and self.image_size < 1 or self.pad < 0:
+            raise ConfigError(f"--image-size {self.image_size} must be >= 1 and --pad {self.pad} >= 0")
+        if self.fit not in (None, *FITS):
+            raise ConfigError(f"--fit {self.fit}: choose {' or '.join(FITS)}")
+        if self.fit == "stretch" and self.crop_fraction < 1:
+            raise ConfigError(
+                f"--crop-fraction {self.crop_fraction:g} cuts a centre, which --fit stretch has not: drop one"
+            )
         if not 0 < self.crop_fraction <= 1:
             raise ConfigError(f"--crop-fraction {self.crop_fraction} must be in (0, 1], e.g. 0.875 (256 -> 224)")
         if self.checkpoint_every < 0:
@@ -135,7 +178,7 @@ class TrainConfig:
 
     def _check_finetuning(self) -> None:
         if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"optimizer={self.optimizer!r}: choose {' or '.join(OPTIMIZERS)}")
+            raise ConfigError(f"--optimizer {self.optimizer}: choose {' or '.join(OPTIMIZERS)}")
         if self.freeze is not None and self.freeze not in ("embed", "backbone") and not str(self.freeze).isdigit():
             raise ConfigError(
                 f"--freeze {self.freeze}: choose embed (the patch embedding), backbone (all but the head: a "
@@ -148,7 +191,7 @@ class TrainConfig:
         for name in ("steps", "warmup_steps", "per_class"):
             value = getattr(self, name)
             if value is not None and value < (1 if name == "per_class" else 0):
-                raise ConfigError(f"{name}={value} must be >= {1 if name == 'per_class' else 0}")
+                raise ConfigError(f"{flag(name)} {value} must be >= {1 if name == 'per_class' else 0}")
         if (self.mean is None) != (self.std is None):
             raise ConfigError("give --mean and --std together")
         if self.keep_head and not self.init:
@@ -402,6 +445,27 @@ one, ``fmnist-10m-cnn`` the CNN reference that ``fmnist-10m-plain`` distils from
 the starting point for ``--init``, ``fmnist-gpu`` a GPU recipe. Their measured accuracies are in
 the results page, generated from the records.
 """
+
+
+# An image folder trained from scratch without --model or --image-size (photos of any size): its
+# median shorter side, clipped to 32-224 px (CIFAR's size to the paper's), shorter side resized and
+# the centre cut, so no photo is stretched. The smallest preset (vit_tiny_32: width 192, depth 6)
+# with the smallest patch that keeps the grid at most 14 a side: ViT-B/16's 196 tokens at 224 px,
+# the most the paper trains on, and at 32 px the presets' own 8x8 grid of 4-px patches.
+FOLDER_SIZES = (32, 224)
+FOLDER_PATCHES = (4, 8, 16)
+FOLDER_GRID = 14
+FOLDER_MODEL = "vit_tiny_32"
+
+
+def folder_defaults(side: int) -> dict[str, Any]:
+    """The TrainConfig values that fit images whose median shorter side is ``side`` px: the
+    input size (rounded to the patch grid), the resize rule, the model and its patch size."""
+    lo, hi = FOLDER_SIZES
+    clipped = min(max(side, lo), hi)
+    patch = next(p for p in FOLDER_PATCHES if clipped <= FOLDER_GRID * p)
+    size = min(max(round(clipped / patch) * patch, lo), hi)
+    return dict(model=FOLDER_MODEL, image_size=size, fit="crop", model_overrides={"patch_size": patch})
 
 
 def parse_duration(text: str | float | int) -> float:

@@ -91,7 +91,7 @@ def scratch_geometry(cfg: TrainConfig, source: DataSource, model_image_size: tup
     size and channels unless the config says otherwise (an image folder: the model's size)."""
     native_size, native_channels = source.native_format
     size = (cfg.image_size, cfg.image_size) if cfg.image_size else (native_size or model_image_size)
-    fit = "crop" if cfg.crop_fraction < 1 else "stretch"
+    fit = cfg.fit or ("crop" if cfg.crop_fraction < 1 else "stretch")
     channels = cfg.channels or native_channels
     return Preprocess(size, channels, pad=cfg.pad, fit=fit, crop_fraction=cfg.crop_fraction, dataset=source.text)
 

@@ -15,6 +15,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,7 +28,7 @@ from ..data import ImageDataset, Stream, derive_seed, resolve_source
 from ..errors import CheckpointError, ConfigError, DivergedError
 from ..evaluate import Evaluation, evaluate_model, evaluate_pretext
 from ..factory import create_model, preset_config
-from ..model import VisionTransformer
+from ..model import VisionTransformer, count_params
 from ..preprocess import Preprocess
 from ..pretext import build_pretext
 from ..runtime import keep_freed_memory, resolve_device, set_threads, use_bf16
@@ -39,8 +40,8 @@ from .feed import ArrayFeed, StreamFeed, make_feed
 from .finetune import freeze, model_lr_scales
 from .lr_grid import search
 from .optim import EMA, build_optimizer, param_groups
-from .run_folder import EpochMetrics, RunFolder, Summary, TrainingState
-from .schedule import WarmupCosine, set_learning_rate
+from .run_folder import EpochMetrics, RunFolder, Summary, TrainingState, new_run_path
+from .schedule import SHORT_WARMUP, WarmupCosine, fit_warmup, set_learning_rate
 from .step import Classification, Objective, Pretext, TrainStep
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,9 @@ def start(cfg: TrainConfig, resume: bool) -> Run:
     network, data, init = _model_and_data(cfg, folder if resume else None)
     cfg = _fit_batch(cfg, len(data.train), world.world_size)
     frozen = freeze(network, cfg.freeze)
+    if cfg.freeze is not None:
+        trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
+        log.info("--freeze %s: %s of %s parameters train", cfg.freeze, f"{trainable:,}", f"{network.num_params():,}")
     pre = data.preprocess
     model = build_pretext(cfg.objective, network, pre.mean, pre.std) if cfg.pretext else network
     model.to(device)
@@ -200,8 +204,9 @@ def start(cfg: TrainConfig, resume: bool) -> Run:
     feed = make_feed(cfg, data, world, device)
     steps_per_epoch = feed.steps_per_epoch
     total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * steps_per_epoch)
-    schedule = WarmupCosine(cfg.lr, cfg.min_lr, max(total, 1), min(warmup, total), cfg.time_budget)
+    schedule = WarmupCosine(
+        cfg.lr, cfg.min_lr, max(total, 1), _warmup_steps(cfg, steps_per_epoch, total), cfg.time_budget
+    )
     objective, teacher = _objective(cfg, data, model, device)
     step = TrainStep(model, optimizer, device, bf16, clip_grad=cfg.clip_grad, ema=ema, world=world, objective=objective)
     parts = (cfg, world, device, bf16, folder, data, model, step, schedule, feed, steps_per_epoch, total)
@@ -220,6 +225,28 @@ def start(cfg: TrainConfig, resume: bool) -> Run:
     step.forward = torch.compile(step.forward) if cfg.compile else step.forward
     _log_start(run)
     return run
+
+
+def _warmup_steps(cfg: TrainConfig, steps_per_epoch: int, total: int) -> int:
+    """The warm-up in steps; one longer than the run would end it at the peak rate, never
+    decayed (the finetune recipe's 50 steps in a 30-step run), so it is shortened to
+    :data:`~vitkit.train.schedule.SHORT_WARMUP` of the run, and the log says so."""
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * steps_per_epoch)
+    short = fit_warmup(warmup, total)
+    if short != warmup:
+        given = (
+            f"--warmup-steps {cfg.warmup_steps}"
+            if cfg.warmup_steps is not None
+            else (f"--warmup-epochs {cfg.warmup_epochs:g} ({warmup} steps)")
+        )
+        log.info(
+            "%s would fill the whole run of %d steps: warming up for %d instead (%.0f %% of them), so the rate decays",
+            given,
+            total,
+            short,
+            100 * SHORT_WARMUP,
+        )
+    return short
 
 
 def _objective(
@@ -363,10 +390,10 @@ def _log_start(run: Run) -> None:
             cfg.distill_alpha,
             token,
         )
+    log.info("input %s", data.preprocess.describe())
     log.info(
-        "training %s (%.2f M params) on %d %s images, %s, %s; %s, %s, %d thread(s)",
-        run.cfg.model,
-        run.network.num_params() / 1e6,
+        "training %s on %d %s images, %s, %s; %s, %s, %d thread(s)",
+        model_text(run.cfg.model, run.cfg.model_overrides, run.network),
         len(data.train),
         data.source.name,
         val,
@@ -375,6 +402,18 @@ def _log_start(run: Run) -> None:
         "bf16 autocast" if run.bf16 else "fp32",
         torch.get_num_threads(),
     )
+
+
+def model_text(preset: str, overrides: dict[str, Any], network: nn.Module) -> str:
+    """The model's real name: ``vit_tiny_28 with stem=conv, depth=4, ... (1.03 M params; the
+    preset as listed: 1.80 M)``. The preset's name alone read as the 1.80 M model `vitkit
+    presets` lists, while the recipe's changes (and ``--set``'s) made it 1.03 M."""
+    params = f"{network.num_params() / 1e6:.2f} M params"
+    if not overrides or not isinstance(network, VisionTransformer):
+        return f"{preset} ({params})"
+    changes = ", ".join(f"{k}={v}" for k, v in overrides.items())
+    listed = count_params(preset_config(preset)) / 1e6
+    return f"{preset} with {changes} ({params}; the preset as listed: {listed:.2f} M)"
 
 
 def _tensorboard(run: Run):  # noqa: ANN202 - a SummaryWriter, when tensorboard is installed
@@ -404,7 +443,7 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> EpochStats:
     for module in run.frozen:  # frozen: no dropout, no BatchNorm statistics updates
         module.eval()
     first = run.epoch_step if epoch == run.epoch else 0
-    bar = _progress_bar(run.steps_per_epoch, f"epoch {epoch + 1}/{run.epochs}", progress and run.world.is_main)
+    bar = _progress_bar(run.steps_per_epoch, _epoch_name(run, epoch), progress and run.world.is_main)
     bar.update(first)
     start = time.perf_counter()
     batches = run.feed.epoch(epoch, first)
@@ -506,10 +545,27 @@ def record_epoch(run: Run, epoch: int, stats: EpochStats, val: Evaluation | None
         val_text = "-" if metrics.val_acc is None else f"{metrics.val_acc:.4f}"
         scores = f"train acc {metrics.train_acc:.4f}  val acc {val_text}"
     log.info(
-        f"epoch {epoch + 1}/{run.epochs}  loss {metrics.train_loss:.4f}  {scores}  lr {stats.lr:.2e}  "
-        f"{metrics.images_per_s:.0f} img/s  ({stats.seconds:.0f}s)"
+        f"{_epoch_name(run, epoch)}  loss {metrics.train_loss:.4f}  {scores}  lr {stats.lr:.2e}  "
+        f"{metrics.images_per_s:.0f} img/s  ({stats.seconds:.0f}s){_budget_text(run, epoch)}"
     )
     return metrics
+
+
+def _epoch_name(run: Run, epoch: int) -> str:
+    """``epoch 3/30``; under a time budget ``epoch 3``: the budget, not the epoch count, ends the
+    run (the main job's log once counted to 16/30 and stopped)."""
+    return f"epoch {epoch + 1}" if run.cfg.time_budget else f"epoch {epoch + 1}/{run.epochs}"
+
+
+def _budget_text(run: Run, epoch: int) -> str:
+    """Under a time budget: its time spent and left, and the epochs that fit in what is left at
+    the pace so far (at most the epochs still planned)."""
+    budget = run.cfg.time_budget
+    if not budget:
+        return ""
+    left = max(0.0, budget - run.train_time)
+    more = min(int(left // max(run.train_time / (epoch + 1), 1e-9)), run.epochs - epoch - 1)
+    return f"  [{run.train_time:.0f}s of the {budget:.0f}s budget, {left:.0f}s left: about {more} more epoch(s)]"
 
 
 def save_checkpoints(run: Run, improved: bool) -> None:
@@ -573,6 +629,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Summ
     first (:func:`vitkit.train.lr_grid.search`) and the run spends what is left of the budget.
     """
     grid = None
+    if cfg.out is None:
+        source = resolve_source(cfg.data, cfg.data_dir)
+        name = Path(source.name).stem if source.kind == "csv" else source.name
+        cfg = dataclasses.replace(cfg, out=str(new_run_path(name, distributed.current())))
+        log.info("the run goes to %s (--out chooses)", cfg.out)
     if cfg.lr_grid and not resume:
         cfg, grid = search(cfg, lambda trial: train(trial, progress=progress))
     run = start(cfg, resume)

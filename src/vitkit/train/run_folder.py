@@ -16,12 +16,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .. import distributed
 from ..checkpoint import CONFIG_NAME, Model, save
 from ..errors import CheckpointError, ConfigError
 from ..evaluate import RUN_CONFIG_NAME, SUMMARY_NAME
@@ -101,6 +104,26 @@ class Summary:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+RUNS = "runs"  # where a run without --out goes: runs/<data>-<UTC time>
+
+
+def new_run_path(data_name: str, world: distributed.World, root: str | os.PathLike = RUNS) -> Path:
+    """A run folder nothing has used: ``runs/<data>-<UTC YYYYmmdd-HHMMSS>``, or with ``-2``,
+    ``-3``, ... when that is taken. One fixed default (``runs/fmnist``) made a second run
+    refuse to start, and named every dataset fmnist. Under torchrun every process gets rank 0's
+    answer (its clock, its look at the disk)."""
+    now = world.sum_all([time.time() if world.is_main else 0.0])[0]
+    base = (
+        Path(root) / f"{re.sub(r'[^A-Za-z0-9._-]+', '-', data_name)}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now))}"
+    )
+    n = 1
+    if world.is_main:
+        while (base if n == 1 else base.with_name(f"{base.name}-{n}")).exists():
+            n += 1
+    n = round(world.sum_all([n if world.is_main else 0])[0])
+    return base if n == 1 else base.with_name(f"{base.name}-{n}")
 
 
 def _write_training_state(path: Path, state: TrainingState) -> None:
