@@ -123,7 +123,8 @@ def split_position_rows(
 
 
 def position_rows(model: VisionTransformer) -> tuple[torch.Tensor, torch.Tensor]:
-    """(prefix rows (1, prefix, D), patch rows (1, N, D)) of the model's E_pos at its native grid.
+    """(prefix rows (1, prefix, D), patch rows (1, N, D)) of the model's E_pos at its native grid;
+    the prefix rows are those of the class and distillation tokens (registers have none).
 
     Formats with a single learned 1-D table (timm, Hugging Face) get any vitkit option written
     out as one: ``learned2d`` and ``sincos2d`` as the table they evaluate to, ``none`` as zeros,
@@ -137,7 +138,7 @@ def position_rows(model: VisionTransformer) -> tuple[torch.Tensor, torch.Tensor]
             patches = torch.zeros(1, c.num_patches, c.width)
         prefix = model.pos_embed.prefix
         if prefix is None:
-            prefix = torch.zeros(1, c.num_prefix_tokens, c.width)
+            prefix = torch.zeros(1, c.num_prefix_rows, c.width)
     return prefix.detach().clone(), patches.detach().clone()
 
 
