@@ -96,9 +96,11 @@ def split_position_rows(
     """(token grid, prefix rows: 0 or ``num_prefix_tokens``) from the length of a 1-D position table.
 
     Foreign tables have N rows (no prefix rows: GAP models, big_vision, timm ``no_embed_class``)
-    or N + prefix (row 0 for the class token, row 1 for DeiT's distillation token). A square grid
-    is assumed unless ``image_size`` says otherwise; N and N + 1 (or N + 2) are both squares only
-    for N = 0, so the cases never collide.
+    or N + prefix (row 0 for the class token, row 1 for DeiT's distillation token, then timm's
+    register rows). A square grid is assumed unless ``image_size`` says otherwise; N and N + 1
+    (or N + 2) are both squares only for N = 0, so those cases never collide. With registers an
+    odd prefix of 3 or more can (a class token and 4 registers: 2x2 + 5 = 3x3), and the prefix
+    reading wins; a timm model object, or ``image_size``, says which it is.
     """
     if image_size is not None:
         grid = (image_size[0] // patch_size, image_size[1] // patch_size)
