@@ -90,6 +90,7 @@ def test_recipe_fills_what_the_command_line_leaves_out():
     # Python's spelling of a boolean is the boolean, not the (truthy) string "False"
     assert cfg("--set", "fused_attention=False").model_overrides["fused_attention"] is False
     assert cfg("--set", "class_token=true").model_overrides["class_token"] is True
+    assert cfg("--set", "register_tokens=4").model_overrides["register_tokens"] == 4
 
 
 def test_evaluate_through_the_cli(run_dir, capsys):

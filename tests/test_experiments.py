@@ -17,6 +17,7 @@ import data_efficiency  # noqa: E402
 import patch_size  # noqa: E402
 import pooling  # noqa: E402
 import posemb  # noqa: E402
+import registers  # noqa: E402
 import transfer  # noqa: E402
 
 
@@ -83,6 +84,17 @@ def test_data_budget_grows_with_the_data():
     assert steps[60000] == 3750  # 8 epochs of 128-image steps
     epochs = {n: s * 128 / n for n, s in steps.items()}
     assert epochs[1000] > epochs[5000] > epochs[20000] > epochs[60000]  # fewer passes over more data
+
+
+def test_registers_trains_0_1_4_and_reports_sinks(tmp_path):
+    registers.main(["--tiny", "--images", "16", "--out", str(tmp_path), "--models", str(tmp_path / "m")])
+    runs = _runs(tmp_path / "registers.json")
+    assert sorted(runs) == ["r0", "r1", "r4"] and [runs[k]["register_tokens"] for k in ("r0", "r1", "r4")] == [0, 1, 4]
+    for r in runs.values():
+        assert r["steps"] == 3 and r["images"] == 16 and len(r["max_patch_ratio"]) == 2
+        assert r["verdict"].startswith(("no sinks", "sinks in")) and len(r["rollout"]) == registers.SHOWN
+    assert runs["r4"]["params"] - runs["r0"]["params"] == 4 * 32 and "max_register_ratio" not in runs["r0"]
+    assert (tmp_path / "registers.png").stat().st_size > 10_000
 
 
 def test_attention_distance_per_layer_and_head(tmp_path):

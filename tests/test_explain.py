@@ -15,15 +15,19 @@ from vitkit.embed import sincos2d
 from vitkit.explain import (
     attention_maps,
     explain_batch,
+    find_sinks,
     mean_attention_distance,
     model_patch_filters,
     patch_filters_pca,
     posemb_similarity,
     rollout,
     rollout_map,
+    sink_verdict,
     uniform_attention_distance,
     write_report,
+    write_sinks,
 )
+from vitkit.explain.analysis import patch_variance, sink_absorption, variance_rank
 from vitkit.preprocess import Preprocess
 
 
@@ -102,6 +106,19 @@ def test_explain_leaves_out_both_prefix_tokens_of_a_distilled_model():
     torch.testing.assert_close(mean.attention_maps[0, 1, 0].flatten(), attn[1][0, 0, 2:, 2:].mean(dim=0))
 
 
+def test_explain_leaves_registers_out_of_the_patch_grid():
+    """Class token at 0, registers at 1-3: the maps are the class row over the patches 4:."""
+    torch.manual_seed(0)
+    model = perturbed(vitkit.create_model("vit_tiny_28", depth=2, width=32, num_heads=2, mlp_dim=32, register_tokens=3))
+    images = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        _, attn = model(images, return_attention=True)
+    e = explain_batch(model, images)
+    assert attn[0].shape[-1] == 4 + 49 and e.attention_maps.shape == (2, 2, 2, 7, 7)
+    torch.testing.assert_close(e.attention_maps[1, 0, 1].flatten(), attn[0][1, 1, 0, 4:])
+    torch.testing.assert_close(e.rollout[0].flatten(), rollout(attn)[0, 0, 4:])
+
+
 # ----------------------------------------------------------------------------- attention distance
 def _average_grid_distance(gh, gw, patch):
     """Mean distance between two patch centres of a gh x gw grid, pairs counted in both orders."""
@@ -169,6 +186,8 @@ def test_hybrid_model_has_no_patch_filter():
         dict(image_size=(28, 28), patch_size=8, dynamic_image_size=True),  # a 4x4 grid over a padded image
         dict(distill_token=True),  # two prefix tokens: class, distillation
         dict(distill_token=True, pool="gap", posemb="sincos2d"),
+        dict(register_tokens=4),  # five prefix tokens: class, four registers
+        dict(distill_token=True, register_tokens=2, pool="gap", class_token=True),
     ],
 )
 def test_report_for_every_pooling_posemb_stem_and_size(tmp_path, overrides):
@@ -264,3 +283,113 @@ def test_cli_device_auto_is_resolved_like_every_other_command(tmp_path, capsys):
     assert main(["explain", str(checkpoint), str(image), "--out", str(out), "--device", "tpu"]) == 1
     err = capsys.readouterr().err.strip()
     assert "--device 'tpu'" in err and len(err.splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- attention sinks
+def test_sink_absorption_equals_hand_computation():
+    """Token 2 is a sink after block 1: block 2's other queries (0 and 1) pay it .5 and .8 (head
+    means), so it absorbs .65; block 1's output has no sink (0); the last block's is NaN."""
+    first = _layer(*[[[1 / 3] * 3] * 3] * 2)
+    second = _layer(
+        [[0.2, 0.2, 0.6], [0.0, 0.4, 0.6], [0, 0, 1]], [[0.2, 0.4, 0.4], [0.2, 0.0, 1.0], [0, 0, 1]]
+    )  # head means: [.2, .3, .5], [.1, .2, .8]
+    chosen = torch.tensor([[[False, False, True], [False, False, False]]])  # (B=1, L=2, T=3)
+    torch.testing.assert_close(sink_absorption([first, second], chosen)[0, 0], torch.tensor(0.65))
+    chosen = torch.tensor([[[False, False, False], [False, True, False]]])
+    out = sink_absorption([first, second], chosen)[0]
+    assert out[0] == 0 and out[1].isnan()
+
+
+def test_patch_variance_by_hand():
+    # a 4x4 image of 2x2 patches: flat 0, flat 1, a checkerboard of 0/1 (variance .25), half 0/.5 (variance 1/16)
+    image = torch.tensor(
+        [[[0, 0, 1, 1], [0, 0, 1, 1], [0, 1, 0, 0], [1, 0, 0.5, 0.5]]], dtype=torch.float32
+    )  # patch (1,1) is [[0, 0], [0.5, 0.5]]
+    var = patch_variance(image[None], 2)
+    torch.testing.assert_close(var[0], torch.tensor([0.0, 0.0, 0.25, 1 / 16]))
+    # ranks: the flat pair ties (half of one other each), the checkerboard is above all three
+    torch.testing.assert_close(variance_rank(var)[0], torch.tensor([1 / 6, 1 / 6, 1.0, 2 / 3]))
+
+
+def _plant(model, token, amount=300.0):
+    """Add ``amount`` to every channel of ``token`` after the first block: a planted high-norm token."""
+
+    def hook(module, inputs, output):
+        x, probs = output
+        x = x.clone()
+        x[:, token] += amount
+        return x, probs
+
+    return model.blocks[0].register_forward_hook(hook)
+
+
+def test_sink_detector_flags_a_planted_token_and_reports_none_without():
+    torch.manual_seed(0)
+    model = perturbed(vitkit.create_model("vit_tiny_28", depth=3, width=32, num_heads=2, mlp_dim=64, register_tokens=2))
+    images = torch.rand(2, 1, 28, 28)
+    clean = find_sinks(model, images)
+    assert not clean.is_sink.any() and torch.equal(clean.absorbed[:, :2], torch.zeros(2, 2))
+    verdict = sink_verdict(clean)
+    assert verdict.startswith("no sinks: no patch token's norm is over 10x") and "2 register(s)" in verdict
+    # the norms, computed here block by block from the model's own modules
+    with torch.no_grad():
+        x, expected = model.embed(images), []
+        for block in model.blocks:
+            x, _ = block(x)
+            expected.append(x.norm(dim=-1))
+    torch.testing.assert_close(clean.norms, torch.stack(expected, dim=1))
+    # planted on patch 10 (token 3 + 10: after the class token and two registers)
+    handle = _plant(model, 3 + 10)
+    try:
+        planted = find_sinks(model, images)
+    finally:
+        handle.remove()
+    assert planted.is_sink.nonzero()[:, 2].unique().tolist() == [10]
+    assert planted.is_sink[:, 0].sum().item() == 2  # one per image after the first block
+    assert planted.norms[0, 0, 13] > 300 * math.sqrt(32) * 0.9  # +300 in each of 32 channels
+    assert sink_verdict(planted).startswith("sinks in 2 of 2 image(s): up to 1 patch token(s)")
+    # a 4x threshold flags no ordinary token either: the planted one is far above every other
+    assert find_sinks(model, images, ratio=4.0).is_sink.sum() == 0
+    with pytest.raises(ValueError, match="must be above 1"):
+        find_sinks(model, images, ratio=1.0)
+
+
+def test_sink_report_lists_the_planted_patch(tmp_path):
+    torch.manual_seed(0)
+    model = perturbed(vitkit.create_model("vit_tiny_28", depth=2, width=32, num_heads=2, mlp_dim=64))
+    images = torch.rand(3, 1, 28, 28)
+    images[:, :, 4:8, 8:12] = 0.5  # patch (1, 2) is flat: variance 0, below every textured patch
+    handle = _plant(model, 1 + 9)  # patch 9 = row 1, column 2
+    try:
+        written, verdict = write_sinks(model, images, tmp_path, names=["a.png", "b.png", "c.png"], per_image=2)
+    finally:
+        handle.remove()
+    assert {p.name for p in written} == {
+        "sinks.json",
+        "sinks_00_a.png",
+        "sinks_00_a.json",
+        "sinks_01_b.png",
+        "sinks_01_b.json",
+    }
+    with Image.open(tmp_path / "sinks_00_a.png") as img:
+        assert img.size == (1350, 450)
+    summary = json.loads((tmp_path / "sinks.json").read_text())
+    assert summary["verdict"] == verdict and summary["images_with_sinks"] == 3 and summary["prefix_tokens"] == ["class"]
+    (sink,) = summary["images"][0]["layers"][0]["over_threshold"]
+    assert sink["kind"] == "patch" and (sink["row"], sink["column"]) == (1, 2) and sink["token"] == 10
+    assert sink["variance"] == 0 and sink["variance_rank"] == 0 and sink["low_information"] is True
+    assert "100% sit on patches flatter" in verdict
+
+
+def test_cli_sinks_says_no_sinks_and_refuses_a_ratio_of_one(tmp_path, capsys):
+    checkpoint = _saved_tiny(tmp_path / "ck")
+    image = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)).save(image)
+    out = tmp_path / "out"
+    assert main(["explain", str(checkpoint), str(image), "--out", str(out), "--sinks"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("sinks: no sinks: no patch token's norm is over 10x its layer's median in 1 image(s)")
+    assert (out / "sinks_00_a.png").is_file() and json.loads((out / "sinks.json").read_text())["images_with_sinks"] == 0
+    assert main(["explain", str(checkpoint), str(image), "--out", str(out), "--sinks", "--sink-ratio", "1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "--sink-ratio 1.0 must be above 1" in err and len(err.splitlines()) == 1

@@ -85,6 +85,16 @@ def test_errors(tmp_path):
         from_hf(tmp_path / "empty")
 
 
+def test_register_tokens_are_refused_with_timm_named(tmp_path):
+    """transformers' ViT and DeiT have no register tokens (only Dinov2WithRegisters, another
+    model): a register model is refused before anything is written, naming the format that has them."""
+    assert "num_register_tokens" not in transformers.ViTConfig().to_dict()
+    assert "num_register_tokens" in transformers.Dinov2WithRegistersConfig().to_dict()  # the field HF would use
+    with pytest.raises(InteropError, match=r"no register tokens .*timm's format"):
+        to_hf(create_model("vit_tiny_32", depth=1, register_tokens=4), tmp_path / "reg")
+    assert not (tmp_path / "reg").exists()
+
+
 # ---------------------------------------------------------------------------- DeiT, distilled
 def _deit(cls, **kw):
     torch.manual_seed(0)

@@ -24,6 +24,12 @@ CASES = [
     ("flexivit_small", dict(depth=1, img_size=96)),
     # DeiT's distillation token: two prefix rows, two heads averaged in eval
     ("deit_tiny_distilled_patch16_224", dict(depth=2)),
+    # register tokens: timm's reg4 preset (no_embed_class=True, no class token, GAP) ...
+    ("vit_base_patch16_reg4_gap_256", dict(depth=1, img_size=64)),
+    # ... and timm's default no_embed_class=False, where the registers have position rows to fold
+    ("vit_tiny_patch16_224", dict(depth=1, img_size=64, reg_tokens=4)),
+    ("vit_tiny_patch16_224", dict(depth=1, img_size=64, reg_tokens=2, no_embed_class=True)),
+    ("vit_tiny_patch16_224", dict(depth=1, img_size=64, reg_tokens=3, class_token=False, global_pool="avg")),
 ]
 
 
@@ -186,3 +192,47 @@ def test_distilled_vitkit_model_without_timm_equivalent_is_refused():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert (to_timm(model)(x) - model(x)).abs().max().item() < 1e-5
+
+
+# ---------------------------------------------------------------------------- register tokens
+def test_register_position_rows_are_folded_into_the_tokens(caplog):
+    """timm's default gives each register a position row; vitkit has none, so loading adds the
+    row to the token (a constant plus a constant) and says so in one log line."""
+    reference = perturbed("vit_tiny_patch16_224", depth=1, img_size=64, reg_tokens=4)
+    with caplog.at_level("INFO", logger="vitkit.interop.timm"):
+        model = from_timm(reference.state_dict())
+    assert "folded the position rows of 4 register token(s)" in caplog.text
+    c = model.config
+    assert c.register_tokens == 4 and c.num_prefix_tokens == 5 and model.pos_embed.weight.shape == (1, 1 + 16, 192)
+    rows = reference.pos_embed.detach()[:, 1:5]
+    assert torch.equal(model.reg_token, reference.reg_token.detach() + rows)
+    # saved back with no_embed_class=True, vitkit's model is timm's reg-preset layout, same logits
+    back = timm.create_model("vit_tiny_patch16_224", depth=1, img_size=64, reg_tokens=4, no_embed_class=True).eval()
+    back.load_state_dict(to_timm_state_dict(model, no_embed_class=True))
+    x = images(64)
+    with torch.no_grad():
+        assert (back(x) - reference(x)).abs().max().item() < 1e-4
+
+
+def test_register_intermediates_agree_with_timm():
+    """timm's forward_intermediates drops the class token and the registers: so must vitkit's."""
+    reference = perturbed("vit_tiny_patch16_224", depth=2, img_size=64, reg_tokens=4)
+    model = from_timm(reference)
+    x = images(64)
+    with torch.no_grad():
+        theirs = reference.forward_intermediates(x, indices=2, intermediates_only=True)
+        ours = model.forward_intermediates(x, indices=2, intermediates_only=True)
+        for a, b in zip(ours, theirs, strict=True):
+            assert a.shape == b.shape == (2, 192, 4, 4) and (a - b).abs().max().item() < 1e-5
+        _, theirs = reference.forward_intermediates(x, indices=1, return_prefix_tokens=True, output_fmt="NLC")
+        _, ours = model.forward_intermediates(x, indices=1, return_prefix_tokens=True, output_fmt="NLC")
+        assert ours[0][1].shape == theirs[0][1].shape == (2, 5, 192)
+        assert (ours[0][1] - theirs[0][1]).abs().max().item() < 1e-5
+
+
+def test_registers_with_a_distillation_token_are_refused_for_timm():
+    from vitkit import create_model
+
+    model = create_model("vit_tiny_32", depth=1, distill_token=True, register_tokens=2)
+    with pytest.raises(InteropError, match="VisionTransformerDistilled has no register tokens"):
+        to_timm_state_dict(model)

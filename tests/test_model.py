@@ -263,3 +263,60 @@ def test_distilled_flops_match_torch_flop_counter():
     with FlopCounterMode(display=False) as counter:
         model(torch.randn(1, 3, 32, 32))
     assert abs(cfg.flops() - counter.get_total_flops()) / counter.get_total_flops() < 0.02
+
+
+# ---------------------------------------------------------------------------- register tokens
+def test_register_tokens_add_exactly_registers_times_width_parameters():
+    """Registers have no position row and no head reads them: 4 registers are 4 x width numbers."""
+    for name in ("vit_tiny_32", "vit_b16"):
+        plain, reg = get_config(name), get_config(name, register_tokens=4)
+        assert count_params(reg) - count_params(plain) == 4 * plain.width
+    # ViT-B/16 with 4 registers and no position row for them: 86,567,656 + 4 x 768 (timm's
+    # vit_base_patch16_224 count, TIMM_PARAMS_1000, plus the 3,072 numbers of its reg_token)
+    assert count_params(get_config("vit_b16", register_tokens=4)) == 86_570_728
+    assert count_params(get_config("vit_b16", register_tokens=4, posemb="sincos2d")) == (
+        count_params(get_config("vit_b16", posemb="sincos2d")) + 4 * 768
+    )
+    for bad in (-1, True, 1.5):
+        with pytest.raises(ValueError, match="register_tokens="):
+            ViTConfig(register_tokens=bad)
+
+
+@pytest.mark.parametrize("posemb", ["learned", "sincos2d"])
+def test_prefix_order_is_class_distillation_registers_then_patches(posemb):
+    """z_0 = [cls + row 0; dist + row 1; reg_1; ...; reg_R; patches + their rows]: registers get
+    no position row, and they are a separate (1, R, D) parameter drawn at random."""
+    torch.manual_seed(0)
+    model = perturbed(create_model("vit_tiny_32", depth=1, distill_token=True, register_tokens=3, posemb=posemb))
+    c = model.config
+    assert c.prefix_tokens == ("cls_token", "dist_token", "reg_token") and c.num_prefix_tokens == 5
+    assert c.num_prefix_rows == 2 and model.reg_token.shape == (1, 3, 192)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        z0 = model.embed(x)
+        assert z0.shape == (2, 5 + 64, 192)
+        rows = model.pos_embed.prefix if posemb == "learned" else torch.zeros(1, 2, 192)
+        assert torch.equal(z0[:, 0], (model.cls_token + rows[:, 0:1])[:, 0].expand(2, -1))
+        assert torch.equal(z0[:, 1], (model.dist_token + rows[:, 1:2])[:, 0].expand(2, -1))
+        assert torch.equal(z0[:, 2:5], model.reg_token.expand(2, -1, -1))  # no position added
+        assert torch.allclose(z0[:, 5:], model.patch_embed(x) + model.pos_embed(c.grid_size), atol=1e-6)
+    if posemb == "learned":
+        assert model.pos_embed.weight.shape == (1, 2 + 64, 192)  # no register rows
+    assert "reg_token" in model.no_weight_decay()
+
+
+def test_registers_are_prefix_tokens_for_pooling_and_intermediates():
+    torch.manual_seed(0)
+    model = perturbed(create_model("vit_tiny_32", depth=2, pool="gap", class_token=False, register_tokens=4))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        tokens, _ = model.forward_features(x)
+        assert tokens.shape == (2, 4 + 64, 192)
+        assert torch.equal(model.pool(tokens), tokens[:, 4:].mean(dim=1))  # the registers are not averaged in
+        states = model.forward_intermediates(x, indices=[-1], intermediates_only=True)
+        assert states[0].shape == (2, 192, 8, 8)
+        _, pairs = model.forward_intermediates(x, indices=1, return_prefix_tokens=True, output_fmt="NLC")
+        assert pairs[0][0].shape == (2, 64, 192) and pairs[0][1].shape == (2, 4, 192)
+    # the registers start different from each other (equal ones would stay equal: one register)
+    fresh = create_model("vit_tiny_32", depth=1, register_tokens=4).reg_token[0]
+    assert torch.cdist(fresh, fresh).triu(1).sum() > 0 and 0.01 < fresh.std().item() < 0.03

@@ -195,6 +195,25 @@ def test_distilled_model_keeps_both_prefix_tokens_out_of_the_patch_grid():
         assert torch.equal(features(model, x), tokens[:, 0])  # the class representation, not the mean
 
 
+@pytest.mark.parametrize("kw, prefix", [(dict(register_tokens=3), 4), (dict(distill_token=True, register_tokens=2), 4)])
+def test_register_tokens_stay_out_of_the_patch_grid(kw, prefix):
+    """Registers are prefix tokens (after class and distillation), as in timm: not in the grid,
+    not in the patch mean, and first in --pool tokens after the class (and distillation) token."""
+    model = _model(**kw)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        tokens, _ = model.forward_features(x)
+        _, states = model.forward_intermediates(x, norm=True, output_fmt="NLC", return_prefix_tokens=True)
+        patches, prefixes = states[-1]
+        assert prefixes.shape == (2, prefix, 32) and patches.shape == (2, 49, 32)
+        assert torch.allclose(torch.cat([prefixes, patches], dim=1), tokens, atol=1e-6)
+        whole = features(model, x, layer=-1, pool="tokens")
+        (raw,) = model.forward_intermediates(x, indices=1, output_fmt="NLC", intermediates_only=True)
+        assert whole.shape == (2, prefix + 49, 32) and torch.equal(whole[:, prefix:], raw)
+        assert torch.allclose(features(model, x, layer=-1, pool="gap"), whole[:, prefix:].mean(1), atol=1e-6)
+        assert torch.equal(features(model, x), tokens[:, 0])
+
+
 # ============================================================================ embed
 @pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
 def test_embed_reads_back_what_it_wrote(digits_run, tmp_path, suffix):
@@ -210,6 +229,7 @@ def test_embed_reads_back_what_it_wrote(digits_run, tmp_path, suffix):
     assert torch.equal(back.labels, test.labels)
     assert back.names[0] == "digits/test/000000" and len(back.names) == len(test)
     assert back.class_names == test.class_names and back.info["layer"] == "-1"
+    assert back.info["prefix_tokens"] == "0"  # the digits run pools by GAP, with no class token
 
 
 def test_embed_a_folder_names_each_image_by_its_file(digits_run, tmp_path):

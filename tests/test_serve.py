@@ -345,6 +345,16 @@ def test_in_a_real_browser(live_server, tmp_path):
         assert shot.stat().st_size > 10_000
         if os.environ.get("VITKIT_DOCS_SCREENSHOT"):
             shutil.copy(shot, DOCS / "serve.png")
+        # The sinks view: the page asks for the norms once, then shows each layer's and says if there are sinks.
+        from selenium.webdriver.support.ui import Select
+
+        driver.find_element(By.ID, "clear-patch").click()
+        Select(driver.find_element(By.ID, "mode")).select_by_value("sinks")
+        wait.until(lambda d: "token norm" in d.find_element(By.ID, "caption").text)
+        caption = driver.find_element(By.ID, "caption").text
+        assert "Whole image: " in caption and ("no sinks" in caption or "sinks in 1 of 1" in caption), caption
+        Select(driver.find_element(By.ID, "layer")).select_by_value("1")
+        wait.until(lambda d: d.find_element(By.ID, "caption").text.startswith("layer 2: token norm"))
         # A bad file in the page: a one-line error, and the page keeps working.
         bad = tmp_path / "bad.png"
         bad.write_bytes(b"not a png")
@@ -396,3 +406,40 @@ def test_explorer_explain_and_predict_see_the_same_image_on_a_padded_model(tmp_p
             assert s["prob"] == pytest.approx(probs[s["label"]], abs=1e-4), f.name
         for c, p in probs.items():
             assert float(explained[test.class_names.index(c)]) == pytest.approx(p, abs=1e-4), f.name
+
+
+def test_sinks_of_an_upload_with_registers_and_a_planted_sink(tmp_path):
+    """``?sinks=1`` adds the numbers of `vitkit explain --sinks`: no sinks in a small random model,
+    and the planted patch when one token is given a huge norm after the first block."""
+    import vitkit
+    from vitkit.preprocess import Preprocess
+
+    torch.manual_seed(0)
+    model = vitkit.create_model("vit_tiny_28", width=32, depth=3, num_heads=2, mlp_dim=64, register_tokens=2)
+    ckpt = tmp_path / "ckpt"
+    vitkit.save(perturbed(model), ckpt)
+    Preprocess((28, 28), 1, class_names=[str(i) for i in range(10)]).save(ckpt)
+    explorer = Explorer(ckpt)
+    client = TestClient(create_app(explorer))
+    upload = _png(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8))
+    assert "sinks" not in client.post("/api/predict", content=upload).json()  # only when asked: two more passes
+    sinks = client.post("/api/predict?sinks=1", content=upload).json()["sinks"]
+    assert sinks["verdict"].startswith("no sinks") and sinks["sinks"] == [[], [], []]
+    assert (
+        np.array(sinks["norms"]).shape == (3, 7, 7) and sinks["absorbed"][:2] == [0, 0] and sinks["absorbed"][2] is None
+    )
+    assert sinks["prefix"] == ["class", "register", "register"] and np.array(sinks["prefix_norms"]).shape == (3, 3)
+
+    def plant(module, inputs, output):
+        x, probs = output
+        x = x.clone()
+        x[:, 3 + 20] += 300.0  # patch 20, after the class token and two registers
+        return x, probs
+
+    handle = explorer.model.blocks[0].register_forward_hook(plant)
+    try:
+        sinks = client.post("/api/predict?sinks=1", content=upload).json()["sinks"]
+    finally:
+        handle.remove()
+    assert sinks["sinks"] == [[20], [20], [20]] and sinks["verdict"].startswith("sinks in 1 of 1 image(s)")
+    assert sinks["norms"][0][20 // 7][20 % 7] > 10

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# All five experiments of docs/experiments.md, in two queues of one CPU thread each (the two cores
+# The six experiments of docs/experiments.md, in two queues of one CPU thread each (the two cores
 # of the machine), about 75 minutes in all. Each script skips the runs already recorded in
 # docs/experiments/*.json, so running this again after a stop continues where it stopped;
 # `--fresh` (passed on to every script) starts over.
@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
 mkdir -p docs/experiments
 run() { "$PY" "benchmarks/experiments/$1.py" --threads 1 "${@:2}"; }
-(run posemb "$@" && run patch_size "$@") > docs/experiments/queue1.log 2>&1 &
+(run posemb "$@" && run patch_size "$@" && run registers "$@") > docs/experiments/queue1.log 2>&1 &
 (run pooling "$@" && run data_efficiency "$@" && run attention_distance "$@") > docs/experiments/queue2.log 2>&1 &
 rc=0
 wait %1 || rc=1

@@ -66,6 +66,7 @@ class ViTConfig:
     pool: str = "cls"  # "cls": the class token's final state; "gap": mean of the patch tokens
     class_token: bool = True  # prepend a learned class token (required by pool="cls")
     distill_token: bool = False  # DeiT's distillation token, after the class token, with a second head
+    register_tokens: int = 0  # Darcet et al. 2024's registers: learned prefix tokens with no position row
     posemb: str = "learned"  # "learned" (1-D), "learned2d" (row/column, App. D.4), "sincos2d", "none"
     fc_norm: bool = False  # timm's GAP layout: final LayerNorm after pooling instead of before
     representation_size: int | None = None  # pre-logits Linear + tanh (paper sec. 3.1); None: none
@@ -112,6 +113,9 @@ class ViTConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name}={value!r} must be a positive integer")
+        r = self.register_tokens
+        if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+            raise ConfigError(f"register_tokens={self.register_tokens!r} must be a whole number >= 0 (0: no registers)")
         if self.num_classes < 0:
             raise ConfigError(f"num_classes={self.num_classes} must be >= 0 (0 means no classifier head)")
         if self.width % self.num_heads:
@@ -152,17 +156,26 @@ class ViTConfig:
 
     @property
     def prefix_tokens(self) -> tuple[str, ...]:
-        """The tokens before the patches, in their fixed order: the class token, then DeiT's
-        distillation token. Each has a row of a learned 1-D position table (the rows come first,
-        in the same order). Register tokens (Darcet et al. 2024) would go last, without a row."""
+        """The parameters holding the tokens before the patches, in their fixed order: the class
+        token, DeiT's distillation token, then the ``register_tokens`` registers (one (1, R, D)
+        parameter, timm's ``reg_token``). The first :attr:`num_prefix_rows` tokens have a row of a
+        learned 1-D position table (the rows come first, in the same order); registers have none:
+        Darcet et al. 2024 (sec. 3) add them as position-free scratch space, so their order is
+        meaningless and a position would only tie each one to a slot."""
         cls = ("cls_token",) if self.class_token else ()
-        return cls + (("dist_token",) if self.distill_token else ())
+        dist = ("dist_token",) if self.distill_token else ()
+        return cls + dist + (("reg_token",) if self.register_tokens else ())
+
+    @property
+    def num_prefix_rows(self) -> int:
+        """Prefix tokens that have a position row: the class and distillation tokens."""
+        return int(self.class_token) + int(self.distill_token)
 
     @property
     def num_prefix_tokens(self) -> int:
-        """Class and distillation tokens: what attention maps, features and rollout leave out of
-        the patch grid."""
-        return len(self.prefix_tokens)
+        """Class, distillation and register tokens: what attention maps, features, pooling and
+        rollout leave out of the patch grid."""
+        return self.num_prefix_rows + self.register_tokens
 
     @property
     def head_dim(self) -> int:

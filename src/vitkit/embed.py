@@ -4,8 +4,8 @@
 
 ``PatchEmbed`` is ``x_p E``; the position-embedding modules give ``E_pos``. The model adds the
 patch rows of ``E_pos`` to the patches first and then prepends the prefix tokens (the class token
-and DeiT's distillation token, each plus its row of ``E_pos`` where the option has rows), which is
-the same sum written in one fixed order.
+and DeiT's distillation token, each plus its row of ``E_pos`` where the option has rows, then the
+register tokens, which have no row), which is the same sum written in one fixed order.
 """
 
 from __future__ import annotations
@@ -125,7 +125,8 @@ class PositionEmbedding(nn.Module):
 
     ``forward(grid)`` returns the patch rows, shape (1, gh*gw, D), for a grid that may differ from
     the one it was built for (then learned tables are resampled); ``prefix`` holds the rows of the
-    ``num_prefix_tokens`` prefix tokens (1, prefix, D) for the option that has them, else ``None``.
+    ``num_prefix_tokens`` prefix tokens that have one, (1, prefix, D), for the option that has
+    them, else ``None``. Register tokens are not counted here: they have no row.
 
     - ``learned``: one learned vector per position, 1-D, the paper's default. With a class token
       the table has N+1 rows, row 0 for the class token, exactly the paper's E_pos (and timm's

@@ -12,7 +12,10 @@ token states after chosen blocks, as timm's method of that name does.
 
 DeiT (Touvron et al. 2021, sec. 5) adds a distillation token after the class token, with a row
 of its own in E_pos and a head of its own that learns from a teacher's predictions; at test time
-the model averages the two heads. The prefix tokens (class, then distillation) are one mechanism:
+the model averages the two heads. Registers (Darcet et al. 2024, "Vision Transformers Need
+Registers") are learned tokens after those, without a position row, that no head reads: they
+give the model somewhere other than background patches to park global computation. The prefix
+tokens (class, distillation, registers, then the patches) are one mechanism:
 ``ViTConfig.prefix_tokens`` names them in order and everything that separates them from the
 patches counts them with ``num_prefix_tokens``.
 """
@@ -103,7 +106,8 @@ class VisionTransformer(nn.Module):
             self.patch_embed = ConvStem(c.patch_size, c.in_channels, c.width, c.stem_channels, c.stem_convs)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.width)) if c.class_token else None
         self.dist_token = nn.Parameter(torch.zeros(1, 1, c.width)) if c.distill_token else None
-        self.pos_embed = PositionEmbedding(c.posemb, c.grid_size, c.width, c.num_prefix_tokens)
+        self.reg_token = nn.Parameter(torch.zeros(1, c.register_tokens, c.width)) if c.register_tokens else None
+        self.pos_embed = PositionEmbedding(c.posemb, c.grid_size, c.width, c.num_prefix_rows)
         self.pos_drop = nn.Dropout(c.dropout)
         rates = [c.drop_path * i / max(c.depth - 1, 1) for i in range(c.depth)]  # linear decay rule
         self.blocks = nn.ModuleList(Block(c, r) for r in rates)
@@ -132,7 +136,10 @@ class VisionTransformer(nn.Module):
         absolute +-2 never bites): were it zero like the class token, the two tokens would differ
         only by their position rows, and with ``posemb`` "sincos2d" or "none" (no prefix rows) not
         at all, so both heads would read the same state and the distillation token could not
-        become a separate representation."""
+        become a separate representation. Registers are drawn the same way for the same reason:
+        with no position row, equal registers would stay equal forever (attention treats equal
+        tokens alike), i.e. be one register counted R times. timm and DINOv2 draw them at std 1e-6,
+        which breaks that symmetry too, but slowly."""
         if self.config.stem == "patch" and not self.patch_embed.proj.weight.is_meta:
             lecun_normal_(self.patch_embed.proj.weight)
             nn.init.zeros_(self.patch_embed.proj.bias)
@@ -153,8 +160,9 @@ class VisionTransformer(nn.Module):
             if isinstance(head, nn.Linear) and not head.weight.is_meta:
                 nn.init.zeros_(head.weight)
                 nn.init.zeros_(head.bias)
-        if self.dist_token is not None and not self.dist_token.is_meta:
-            nn.init.trunc_normal_(self.dist_token, std=0.02)
+        for token in (self.dist_token, self.reg_token):
+            if token is not None and not token.is_meta:
+                nn.init.trunc_normal_(token, std=0.02)
 
     # ------------------------------------------------------------------ input checks
     def _grid_for(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -221,14 +229,17 @@ class VisionTransformer(nn.Module):
 
     def prefix_tokens(self) -> torch.Tensor | None:
         """The tokens prepended to the patches, (1, prefix, D), in ``config.prefix_tokens`` order
-        (class, distillation), each plus its row of E_pos where the option has rows; None when the
-        model has none. Register tokens would be concatenated after the sum: they have no row."""
+        (class, distillation, registers), the first ``num_prefix_rows`` plus their rows of E_pos
+        where the option has rows (registers have none); None when the model has none."""
         tokens = [getattr(self, name) for name in self.config.prefix_tokens]
         if not tokens:
             return None
         prefix = torch.cat(tokens, dim=1)  # (1, prefix, D)
-        rows = self.pos_embed.prefix
-        return prefix if rows is None else prefix + rows
+        rows = self.pos_embed.prefix  # (1, num_prefix_rows, D) or None
+        if rows is None:
+            return prefix
+        r = rows.shape[1]
+        return torch.cat([prefix[:, :r] + rows, prefix[:, r:]], dim=1)
 
     def forward_features(
         self, x: torch.Tensor, return_attention: bool = False
@@ -261,8 +272,8 @@ class VisionTransformer(nn.Module):
         """The token states after chosen blocks, for features and dense heads (timm's semantics).
 
         ``indices``: an int n takes the last n blocks, a sequence takes those blocks (negative
-        counts from the end), None takes all. Each state has its prefix tokens (class and
-        distillation tokens) removed and, for ``output_fmt="NCHW"``, is laid out as a
+        counts from the end), None takes all. Each state has its prefix tokens (class,
+        distillation and register tokens) removed and, for ``output_fmt="NCHW"``, is laid out as a
         (B, D, H, W) map of the patch grid; ``"NLC"`` keeps (B, N, D). ``norm`` applies the final LayerNorm to each;
         ``return_prefix_tokens`` pairs each with its (B, prefix, D) prefix tokens. Returns
         (``forward_features``' tokens, intermediates), or only the intermediates. ``stop_early``
@@ -371,9 +382,9 @@ class VisionTransformer(nn.Module):
         self.config = new
 
     def no_weight_decay(self) -> set[str]:
-        """Parameter names that weight decay should skip: class and distillation tokens and position
-        tables (norms and biases are recognised by their 1-D shape)."""
-        skip = ("cls_token", "dist_token", "pos_embed.")
+        """Parameter names that weight decay should skip: class, distillation and register tokens and
+        position tables (norms and biases are recognised by their 1-D shape)."""
+        skip = ("cls_token", "dist_token", "reg_token", "pos_embed.")
         return {n for n, _ in self.named_parameters() if n.startswith(skip)}
 
     def num_params(self) -> int:

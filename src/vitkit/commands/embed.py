@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         "checkpoint": str(classifier.checkpoint),
         "layer": "representation" if args.layer is None else str(args.layer),
         "pool": args.pool or model.config.pool,
+        # with --pool tokens, how many leading tokens are class, distillation and register tokens
+        "prefix_tokens": str(model.config.num_prefix_tokens),
     }
     embeddings.save(out)
     shape = "x".join(str(d) for d in embeddings.features.shape)

@@ -57,11 +57,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--components", type=int, default=28, help="principal components of the patch filters to draw")
     p.add_argument("--batch-size", type=positive, default=64, help="images per forward pass")
     add_device(p)
+    p.add_argument(
+        "--sinks",
+        action="store_true",
+        help="also find attention sinks (Darcet et al. 2024): token norms per layer, sinks_NN_<image>.png, "
+        "sinks.json, and a verdict line that says 'no sinks' when there are none",
+    )
+    p.add_argument(
+        "--sink-ratio",
+        type=float,
+        default=None,
+        help="with --sinks: a patch token is a sink when its norm is over this many times its layer's median "
+        "(default 10: Darcet et al. find artefact tokens about an order of magnitude above the rest)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..explain import write_report  # matplotlib only when this command runs
+    from ..explain import SINK_RATIO, write_report, write_sinks  # matplotlib only when this command runs
 
     if not 0.0 < args.keep <= 1.0:
         raise ConfigError(f"--keep {args.keep} must be a fraction in (0, 1]")
@@ -73,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--components {args.components} must be at least 1")
     if args.num_images < 1:
         raise ConfigError(f"--num-images {args.num_images} must be at least 1")
+    sink_ratio = SINK_RATIO if args.sink_ratio is None else args.sink_ratio
+    if not sink_ratio > 1.0:
+        raise ConfigError(f"--sink-ratio {args.sink_ratio} must be above 1 (a multiple of the median token norm)")
     # The same checkpoint lookup and image preparation as `vitkit predict`: run folder -> best/
     # (else last/), and the checkpoint's Preprocess (channels, size, border, normalisation).
     classifier = load_for_inference(args.checkpoint, resolve_device(args.device), args.assume_preprocess)
@@ -102,5 +118,9 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_components=args.components,
     )
+    if args.sinks:
+        more, verdict = write_sinks(model, images, out, inputs, names, sink_ratio, args.per_image, args.batch_size)
+        written += more
+        print(f"sinks: {verdict}")
     print(f"{classifier.checkpoint}: {len(names)} image(s); wrote {len(written)} files to {out}", file=sys.stderr)
     return 0

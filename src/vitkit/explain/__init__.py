@@ -1,17 +1,21 @@
 """Look inside a Vision Transformer: the paper's section 4.5 analyses, as numbers and pictures.
 
 - :mod:`vitkit.explain.analysis`: pure tensor functions (attention maps, rollout, mean attention
-  distance, position-embedding similarity, patch-filter PCA), no plotting, reusable anywhere.
+  distance, position-embedding similarity, patch-filter PCA, token norms and attention sinks), no
+  plotting, reusable anywhere.
 - :mod:`vitkit.explain.figures`: matplotlib figures of those numbers.
 - :mod:`vitkit.explain.report`: both, written to a folder as PNG + JSON (``vitkit explain``).
 """
 
 from .analysis import (
+    SINK_RATIO,
     Explanation,
     PatchFilters,
+    Sinks,
     attention_maps,
     default_query,
     explain_batch,
+    find_sinks,
     grid_for,
     mean_attention_distance,
     model_patch_filters,
@@ -21,6 +25,8 @@ from .analysis import (
     posemb_similarity,
     rollout,
     rollout_map,
+    sink_verdict,
+    token_norms,
     uniform_attention_distance,
     upsample_map,
 )
@@ -30,16 +36,20 @@ from .figures import (
     plot_patch_filters,
     plot_posemb_similarity,
     plot_rollout,
+    plot_sinks,
     save_figure,
 )
-from .report import write_report
+from .report import write_report, write_sinks
 
 __all__ = [
+    "SINK_RATIO",
     "Explanation",
     "PatchFilters",
+    "Sinks",
     "attention_maps",
     "default_query",
     "explain_batch",
+    "find_sinks",
     "grid_for",
     "mean_attention_distance",
     "model_patch_filters",
@@ -51,11 +61,15 @@ __all__ = [
     "plot_patch_filters",
     "plot_posemb_similarity",
     "plot_rollout",
+    "plot_sinks",
     "posemb_similarity",
     "rollout",
     "rollout_map",
     "save_figure",
+    "sink_verdict",
+    "token_norms",
     "uniform_attention_distance",
     "upsample_map",
     "write_report",
+    "write_sinks",
 ]

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..config import ViTConfig
 from ..errors import ConfigError, InputError
 from ..model import VisionTransformer
 
@@ -312,3 +313,217 @@ def explain_batch(
         keep=keep,
         mean_attention_distance=mean_attention_distance(attn, grid, c.patch_size, p),
     )
+
+
+# ----------------------------------------------------------------------------- attention sinks
+# Darcet et al. 2024 ("Vision Transformers Need Registers", sec. 2, Fig. 3) find the artefact
+# tokens of large ViTs as a separate mode of the token norms, about an order of magnitude above
+# the bulk (their cut-off, 150, against ordinary norms mostly well under it), while the ordinary
+# spread of a layer's norms stays within a few times its median. So a patch token is a sink when
+# its norm is more than SINK_RATIO times the median patch-token norm of its layer and image.
+SINK_RATIO = 10.0
+
+
+@dataclass
+class Sinks:
+    """Token norms and attention sinks of a batch (:func:`find_sinks`), everything on the CPU.
+
+    Layer ``l`` is the residual stream after block ``l`` (before the final LayerNorm, which would
+    hide the norms). Its sinks are judged by the attention of block ``l + 1``, whose keys are
+    computed from exactly those states; the last layer has no next block, so its shares are NaN.
+    Sinks are patch tokens: the artefacts. Prefix tokens (class, distillation, registers) are
+    reported beside them by their norms and, for registers, the attention they take in the same way.
+    """
+
+    norms: torch.Tensor  # (B, L, T) every token's norm after each block, prefix tokens first
+    median: torch.Tensor  # (B, L) median norm of the patch tokens: the "typical" norm
+    ratio: float  # a patch token is a sink when its norm > ratio * median
+    absorbed: torch.Tensor  # (B, L) share of the other tokens' attention the sinks take in block l + 1
+    register_absorbed: torch.Tensor | None  # (B, L) the same share for the register tokens; None without
+    patch_variance: torch.Tensor  # (B, N) pixel variance of each patch (over its channels and pixels)
+    num_prefix_tokens: int
+    register_tokens: int  # the last of the prefix tokens
+    grid: tuple[int, int]
+
+    @property
+    def norm_ratio(self) -> torch.Tensor:
+        """(B, L, T): every token's norm in multiples of its layer's median patch norm."""
+        return self.norms / self.median[..., None].clamp_min(torch.finfo(self.norms.dtype).tiny)
+
+    @property
+    def is_sink(self) -> torch.Tensor:
+        """(B, L, N) bool: the patch tokens over the threshold."""
+        return self.norm_ratio[..., self.num_prefix_tokens :] > self.ratio
+
+    @property
+    def variance_rank(self) -> torch.Tensor:
+        """(B, N): :func:`variance_rank` of each patch in its image; below 0.5 is flatter than most."""
+        return variance_rank(self.patch_variance)
+
+    @property
+    def fair_share(self) -> torch.Tensor:
+        """(B, L): the share the sinks would take if every token were attended alike, sinks / T."""
+        return self.is_sink.sum(dim=-1).float() / self.norms.shape[-1]
+
+
+@torch.inference_mode()
+def token_norms(model: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
+    """(B, L, T): the L2 norm of every token (prefix tokens first) after each block."""
+    taken = model.forward_intermediates(x, output_fmt="NLC", return_prefix_tokens=True, intermediates_only=True)
+    if model.config.num_prefix_tokens:
+        taken = [torch.cat([prefix, patches], dim=1) for patches, prefix in taken]
+    return torch.stack(taken, dim=1).float().norm(dim=-1)
+
+
+@torch.inference_mode()
+def sink_absorption(attentions: Sequence[torch.Tensor] | torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """(B, L): for the tokens ``chosen`` after each block ((B, L, T) bool), the attention (mean of
+    heads) that every other token, as a query of the next block, pays to all of them together,
+    averaged over those queries. 0 where a layer chose none; NaN for the last layer."""
+    a = _stack(attentions).mean(dim=2)  # (L, B, T, T): heads averaged
+    num_layers, batch, t, _ = a.shape
+    out = torch.full((batch, num_layers), float("nan"))
+    for layer in range(num_layers - 1):
+        mask = chosen[:, layer].to(a.device)  # (B, T)
+        taken = (a[layer + 1] * mask[:, None, :]).sum(dim=-1)  # (B, T): each query's attention to them
+        others = (~mask).float()
+        share = (taken * others).sum(dim=-1) / others.sum(dim=-1).clamp_min(1)
+        out[:, layer] = torch.where(mask.any(dim=-1), share, torch.zeros_like(share)).cpu()
+    return out
+
+
+def patch_variance(pixels: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, N): each patch's pixel variance over its channels and pixels, a plain
+    measure of how much it holds (a flat background patch has none). Partial patches are padded
+    with zeros, as the model pads them."""
+    p = patch_size
+    x = F.pad(pixels.float(), (0, (-pixels.shape[-1]) % p, 0, (-pixels.shape[-2]) % p))
+    b, c, h, w = x.shape
+    patches = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // p) * (w // p), -1)
+    return patches.var(dim=-1, unbiased=False)  # (B, N)
+
+
+def variance_rank(variance: torch.Tensor) -> torch.Tensor:
+    """(B, N) -> (B, N) in [0, 1]: the share of the image's other patches that are flatter (ties
+    count half), so below 0.5 means below the image's median. A rank rather than a ratio to the
+    median, because an image that is mostly flat background (Fashion-MNIST) has a median of 0."""
+    v = variance[..., :, None]  # (B, N, 1) against (B, 1, N)
+    below = (variance[..., None, :] < v).sum(dim=-1).float()
+    ties = (variance[..., None, :] == v).sum(dim=-1).float() - 1  # not counting the patch itself
+    return (below + 0.5 * ties) / max(variance.shape[-1] - 1, 1)
+
+
+@torch.inference_mode()
+def find_sinks(
+    model: VisionTransformer, inputs: torch.Tensor, pixels: torch.Tensor | None = None, ratio: float = SINK_RATIO
+) -> Sinks:
+    """Token norms per layer, the patch tokens over ``ratio`` times the median patch norm, the
+    attention they (and any registers) take, and the pixel variance of their patches, for a batch.
+
+    ``inputs``: (B, C, H, W) normalised as the model expects; ``pixels``: the same images as drawn
+    (default: ``inputs``), whose patch variance says whether a sink sits on a flat patch.
+    """
+    if not ratio > 1.0:
+        raise ConfigError(f"sink ratio {ratio} must be above 1 (a multiple of the median token norm)")
+    c = model.config
+    was_training = model.training
+    model.eval()
+    try:
+        norms = token_norms(model, inputs).cpu()
+        _, attn = model(inputs, return_attention=True)
+    finally:
+        model.train(was_training)
+    p = c.num_prefix_tokens
+    median = norms[..., p:].median(dim=-1).values  # (B, L)
+    sinks = norms[..., p:] > ratio * median[..., None]  # (B, L, N)
+    chosen = torch.cat([torch.zeros_like(norms[..., :p], dtype=torch.bool), sinks], dim=-1)  # (B, L, T)
+    registers = None
+    if c.register_tokens:
+        registers = torch.zeros_like(chosen)
+        registers[..., c.num_prefix_rows : p] = True
+        registers = sink_absorption(attn, registers)
+    return Sinks(
+        norms=norms,
+        median=median,
+        ratio=ratio,
+        absorbed=sink_absorption(attn, chosen),
+        register_absorbed=registers,
+        patch_variance=patch_variance((inputs if pixels is None else pixels).cpu(), c.patch_size),
+        num_prefix_tokens=p,
+        register_tokens=c.register_tokens,
+        grid=grid_for(model, tuple(inputs.shape[-2:])),
+    )
+
+
+def concat_sinks(parts: Sequence[Sinks]) -> Sinks:
+    """Batches of :func:`find_sinks` as one (same model, ratio and grid)."""
+    first = parts[0]
+    registers = None if first.register_absorbed is None else torch.cat([s.register_absorbed for s in parts])
+    return Sinks(
+        norms=torch.cat([s.norms for s in parts]),
+        median=torch.cat([s.median for s in parts]),
+        ratio=first.ratio,
+        absorbed=torch.cat([s.absorbed for s in parts]),
+        register_absorbed=registers,
+        patch_variance=torch.cat([s.patch_variance for s in parts]),
+        num_prefix_tokens=first.num_prefix_tokens,
+        register_tokens=first.register_tokens,
+        grid=first.grid,
+    )
+
+
+def prefix_kinds(config: ViTConfig) -> list[str]:
+    """What each prefix token is, in order: "class", "distillation", then one "register" each."""
+    kinds = {"cls_token": ["class"], "dist_token": ["distillation"], "reg_token": ["register"] * config.register_tokens}
+    return [kind for name in config.prefix_tokens for kind in kinds[name]]
+
+
+def layer_ranges(layers: Sequence[int]) -> str:
+    """[3, 4, 5, 8] -> "3-5, 8" (1-based layer numbers)."""
+    spans: list[list[int]] = []
+    for layer in layers:
+        if spans and layer == spans[-1][1] + 1:
+            spans[-1][1] = layer
+        else:
+            spans.append([layer, layer])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def _mean(values: torch.Tensor) -> float | None:
+    values = values[~values.isnan()]
+    return float(values.mean()) if values.numel() else None
+
+
+def sink_verdict(s: Sinks) -> str:
+    """One line that answers "are there attention sinks?", including "no sinks" when there are none."""
+    n, sinks = s.norms.shape[0], s.is_sink  # (B, L, N)
+    patch_ratio = s.norm_ratio[..., s.num_prefix_tokens :]
+    if not sinks.any():
+        top = patch_ratio.amax(dim=(0, 2))  # (L,)
+        layer = int(top.argmax())
+        text = (
+            f"no sinks: no patch token's norm is over {s.ratio:g}x its layer's median in {n} image(s) "
+            f"(largest: {float(top[layer]):.1f}x, layer {layer + 1})"
+        )
+    else:
+        count = sinks.sum(dim=-1)  # (B, L)
+        layers = (sinks.any(dim=(0, 2)).nonzero().flatten() + 1).tolist()
+        has = count > 0
+        absorbed, fair = _mean(s.absorbed[has]), _mean(s.fair_share[has & ~s.absorbed.isnan()])
+        flat = (s.variance_rank[:, None, :].expand_as(sinks)[sinks] < 0.5).float().mean()
+        text = (
+            f"sinks in {int(has.any(dim=1).sum())} of {n} image(s): up to {int(count.max())} patch token(s) per "
+            f"layer over {s.ratio:g}x the median norm, in layer(s) {layer_ranges(layers)}; "
+        )
+        if absorbed is None:
+            text += "only after the last block, which no attention reads; "
+        else:
+            text += f"the next block gives them {absorbed:.0%} of the other tokens' attention ({fair:.0%} if uniform); "
+        text += f"{float(flat):.0%} sit on patches flatter than their image's median patch"
+    if s.register_absorbed is not None:
+        registers = s.norm_ratio[..., s.num_prefix_tokens - s.register_tokens : s.num_prefix_tokens]
+        text += (
+            f"; {s.register_tokens} register(s): up to {float(registers.max()):.1f}x the median norm, "
+            f"{_mean(s.register_absorbed) or 0.0:.0%} of the other tokens' attention"
+        )
+    return text

@@ -14,12 +14,13 @@ import os
 from collections.abc import Sequence
 
 import matplotlib
+import matplotlib.patches
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 
 from ..files import atomic_write_bytes
-from .analysis import PatchFilters, patch_distances, upsample_map
+from .analysis import PatchFilters, Sinks, layer_ranges, patch_distances, upsample_map
 
 DPI = 100
 PANEL = 1.5  # inches per image panel in the grid figures
@@ -256,4 +257,84 @@ def plot_patch_filters(filters: PatchFilters | None, reason: str = "", title: st
         ax.imshow(shown, cmap="gray" if shown.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(f"PC{idx + 1} {float(filters.explained_variance_ratio[idx]):.0%}", fontsize=7)
     fig.suptitle(f"{title} (share of variance)", fontsize=10)
+    return fig
+
+
+# ----------------------------------------------------------------------------- attention sinks
+SINKS_SIZE = (13.5, 4.5)
+_PREFIX_COLOURS = {"class": "tab:blue", "distillation": "tab:purple", "register": "tab:green"}
+
+
+def plot_sinks(
+    image: torch.Tensor, sinks: Sinks, index: int, patch_size: int, kinds: Sequence[str], title: str = ""
+) -> Figure:
+    """One image's token norms and sinks (Darcet et al. 2024), three panels:
+
+    - every token's norm after each block, in multiples of that layer's median patch norm (log
+      scale), patches in gray, sinks in red, prefix tokens coloured by ``kinds``, and the threshold;
+    - the image with the norms of the layer holding the most sinks (the last layer when none)
+      over it, each sink patch outlined;
+    - per layer, the share of the other tokens' attention the sinks take in the next block, beside
+      the share uniform attention would give them (and the registers' share, when there are any).
+    """
+    ratio = sinks.norm_ratio[index]  # (L, T)
+    is_sink = sinks.is_sink[index]  # (L, N)
+    p, (gh, gw) = sinks.num_prefix_tokens, sinks.grid
+    depth = ratio.shape[0]
+    layers = np.arange(1, depth + 1)
+    fig = Figure(figsize=SINKS_SIZE, dpi=DPI, layout="constrained")
+    norms_ax, image_ax, share_ax = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.3, 1, 1.1]})
+    # token norms per layer
+    jitter = np.random.default_rng(0).uniform(-0.2, 0.2, ratio.shape[1] - p)
+    for layer in range(depth):
+        patch = ratio[layer, p:].numpy()
+        sink = is_sink[layer].numpy()
+        norms_ax.scatter(layer + 1 + jitter[~sink], patch[~sink], s=6, color="0.6", alpha=0.6)
+        norms_ax.scatter(layer + 1 + jitter[sink], patch[sink], s=18, color="tab:red")
+    for kind in dict.fromkeys(kinds):
+        cols = [i for i, k in enumerate(kinds) if k == kind]
+        xs = np.repeat(layers, len(cols)) + 0.3
+        norms_ax.scatter(
+            xs, ratio[:, cols].flatten().numpy(), s=18, marker="^", color=_PREFIX_COLOURS[kind], label=kind
+        )
+    norms_ax.scatter([], [], s=6, color="0.6", label="patch")
+    norms_ax.scatter([], [], s=18, color="tab:red", label="sink patch")
+    norms_ax.axhline(sinks.ratio, color="k", linestyle="--", linewidth=1, label=f"{sinks.ratio:g}x median")
+    norms_ax.set_yscale("log")
+    norms_ax.set_xticks(layers)
+    norms_ax.set_xlabel("layer (output of block)")
+    norms_ax.set_ylabel("token norm / median patch norm")
+    top = max(float(ratio.max()), sinks.ratio)
+    norms_ax.set_ylim(min(float(ratio.min()), 1.0) / 2, top * 30)  # headroom for the legend above every point
+    norms_ax.legend(fontsize=7, loc="upper center", ncol=3)
+    norms_ax.grid(alpha=0.3)
+    # where the sinks sit
+    counts = is_sink.sum(dim=-1)
+    shown = int(counts.argmax()) if counts.any() else depth - 1
+    art = _overlay(image_ax, image, ratio[shown, p:].reshape(gh, gw), patch_size)
+    q = patch_size
+    for n in is_sink[shown].nonzero().flatten().tolist():
+        row, col = divmod(n, gw)  # pixel centres are at integers: a patch spans [col * q - 0.5, (col + 1) * q - 0.5)
+        box = matplotlib.patches.Rectangle((col * q - 0.5, row * q - 0.5), q, q, fill=False, color="tab:red", lw=1.5)
+        image_ax.add_patch(box)
+    image_ax.set_title(f"norms after layer {shown + 1}: {int(counts[shown])} sink(s) outlined", fontsize=9)
+    fig.colorbar(art, ax=image_ax, shrink=0.7, label="share of max norm")
+    # the attention they take
+    absorbed = sinks.absorbed[index].numpy()
+    fair = sinks.fair_share[index].numpy()
+    share_ax.bar(layers - 0.2, np.nan_to_num(absorbed), width=0.4, color="tab:red", label="taken by the sinks")
+    fair = np.where((counts.numpy() > 0) & ~np.isnan(absorbed), fair, np.nan)  # where a next block reads them
+    share_ax.scatter(layers - 0.2, fair, marker="_", s=200, color="k", label="if uniform")
+    if sinks.register_absorbed is not None:
+        taken = np.nan_to_num(sinks.register_absorbed[index].numpy())
+        share_ax.bar(layers + 0.2, taken, width=0.4, color="tab:green", label="taken by the registers")
+    share_ax.set_xticks(layers)
+    share_ax.set_ylim(0, 1)
+    share_ax.set_xlabel("layer whose tokens are attended (by the next block)")
+    share_ax.set_ylabel("share of the other tokens' attention")
+    share_ax.legend(fontsize=7, loc="upper left")
+    share_ax.grid(alpha=0.3, axis="y")
+    where = layer_ranges((counts.nonzero().flatten() + 1).tolist())
+    verdict = f"sinks after layer(s) {where}, up to {int(counts.max())} per layer" if counts.any() else "no sinks"
+    fig.suptitle(f"{title}: {verdict}" if title else verdict, fontsize=10)
     return fig

@@ -7,6 +7,7 @@ can be checked, re-plotted or compared between checkpoints without running the m
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -21,11 +22,17 @@ from ..files import atomic_write_json
 from ..images import IMAGE_EXTENSIONS
 from ..model import VisionTransformer
 from .analysis import (
+    SINK_RATIO,
+    Sinks,
+    concat_sinks,
     explain_batch,
+    find_sinks,
     model_patch_filters,
     model_posemb,
     patch_filters_pca,
     posemb_similarity,
+    prefix_kinds,
+    sink_verdict,
     uniform_attention_distance,
 )
 from .figures import (
@@ -34,6 +41,7 @@ from .figures import (
     plot_patch_filters,
     plot_posemb_similarity,
     plot_rollout,
+    plot_sinks,
     save_figure,
 )
 
@@ -276,3 +284,96 @@ def write_report(
     written += _write_patch_filters(out, model, num_components)
     log.info("wrote %d files to %s", len(written), out)
     return written
+
+
+# ----------------------------------------------------------------------------- attention sinks
+def _sink_layers(sinks: Sinks, index: int, kinds: list[str]) -> list[dict[str, Any]]:
+    """One image's numbers per layer: the norm distribution, every token over the threshold."""
+    p, gw = sinks.num_prefix_tokens, sinks.grid[1]
+    ratio = sinks.norm_ratio[index]  # (L, T)
+    layers = []
+    for layer in range(ratio.shape[0]):
+        patch = ratio[layer, p:]
+        over = []
+        for t in (ratio[layer] > sinks.ratio).nonzero().flatten().tolist():
+            entry: dict[str, Any] = {"token": t, "ratio": round(float(ratio[layer, t]), 3)}
+            if t < p:
+                entry["kind"] = kinds[t]
+            else:
+                row, col = divmod(t - p, gw)
+                rank = float(sinks.variance_rank[index, t - p])
+                variance = round(float(sinks.patch_variance[index, t - p]), 6)
+                entry |= {"kind": "patch", "row": row, "column": col, "variance": variance}
+                entry |= {"variance_rank": round(rank, 4), "low_information": rank < 0.5}
+            over.append(entry)
+        quantiles = torch.quantile(patch, torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0]))
+        absorbed = float(sinks.absorbed[index, layer])
+        layers.append(
+            {
+                "layer": layer + 1,
+                "median_norm": round(float(sinks.median[index, layer]), 4),
+                "patch_ratio_quantiles": _rounded(quantiles, 4),
+                "prefix_ratios": _rounded(ratio[layer, :p], 4),
+                "over_threshold": over,
+                "absorbed": None if math.isnan(absorbed) else round(absorbed, 4),
+                "fair_share": round(float(sinks.fair_share[index, layer]), 4),
+            }
+        )
+    return layers
+
+
+@torch.inference_mode()
+def write_sinks(
+    model: VisionTransformer,
+    images: torch.Tensor,
+    out: str | os.PathLike,
+    inputs: torch.Tensor | None = None,
+    names: Sequence[str] = (),
+    ratio: float = SINK_RATIO,
+    per_image: int = 8,
+    batch_size: int = 64,
+) -> tuple[list[Path], str]:
+    """The attention-sink analysis (Darcet et al. 2024): a figure per shown image
+    (``sinks_NN_<image>.png`` and its numbers) and ``sinks.json``, the verdict over all images.
+    Returns (paths written, the one-line verdict, which says "no sinks" when there are none)."""
+    inputs = _check_inputs(images, inputs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = list(names) + [f"image{i}" for i in range(len(names), images.shape[0])]
+    device = next(model.parameters()).device
+    parts = [
+        find_sinks(model, inputs[i : i + batch_size].to(device), images[i : i + batch_size], ratio)
+        for i in range(0, inputs.shape[0], batch_size)
+    ]
+    sinks = concat_sinks(parts)
+    kinds = prefix_kinds(model.config)
+    verdict = sink_verdict(sinks)
+    written: list[Path] = []
+    shown = []
+    for i in range(min(per_image, images.shape[0])):
+        layers = _sink_layers(sinks, i, kinds)
+        fig = plot_sinks(images[i], sinks, i, model.config.patch_size, kinds, _short(_stem(names[i]), 40))
+        written += _write(out, f"sinks_{i:02d}_{_slug(_stem(names[i]))}", fig, {"image": names[i], "layers": layers})
+        shown.append({"image": names[i], "layers": layers})
+    is_sink = sinks.is_sink
+    summary = {
+        "method": (
+            "token norms after each block (before the final LayerNorm); a patch token is a sink when its norm is over "
+            "`ratio` times its layer's median patch-token norm (Darcet et al. 2024 find artefact tokens about an "
+            "order of magnitude above the rest); `absorbed`: the share of the other tokens' attention (head mean) "
+            "that the next block pays the sinks; `variance`: the patch's pixel variance; `variance_rank`: the share "
+            "of the image's patches flatter than it (below 0.5: below the median, `low_information`)"
+        ),
+        "ratio": ratio,
+        "verdict": verdict,
+        "num_images": images.shape[0],
+        "prefix_tokens": kinds,
+        "images_with_sinks": int(is_sink.any(dim=(1, 2)).sum()),
+        "sinks_per_layer": _rounded(is_sink.sum(dim=-1).float().mean(dim=0), 4),  # mean over images
+        "max_patch_ratio_per_layer": _rounded(sinks.norm_ratio[..., sinks.num_prefix_tokens :].amax(dim=(0, 2)), 3),
+        "images": shown,
+    }
+    atomic_write_json(out / "sinks.json", summary)
+    written.append(out / "sinks.json")
+    log.info("sinks: %s", verdict)
+    return written, verdict

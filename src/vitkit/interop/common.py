@@ -96,9 +96,11 @@ def split_position_rows(
     """(token grid, prefix rows: 0 or ``num_prefix_tokens``) from the length of a 1-D position table.
 
     Foreign tables have N rows (no prefix rows: GAP models, big_vision, timm ``no_embed_class``)
-    or N + prefix (row 0 for the class token, row 1 for DeiT's distillation token). A square grid
-    is assumed unless ``image_size`` says otherwise; N and N + 1 (or N + 2) are both squares only
-    for N = 0, so the cases never collide.
+    or N + prefix (row 0 for the class token, row 1 for DeiT's distillation token, then timm's
+    register rows). A square grid is assumed unless ``image_size`` says otherwise; N and N + 1
+    (or N + 2) are both squares only for N = 0, so those cases never collide. With registers an
+    odd prefix of 3 or more can (a class token and 4 registers: 2x2 + 5 = 3x3), and the prefix
+    reading wins; a timm model object, or ``image_size``, says which it is.
     """
     if image_size is not None:
         grid = (image_size[0] // patch_size, image_size[1] // patch_size)
@@ -123,7 +125,8 @@ def split_position_rows(
 
 
 def position_rows(model: VisionTransformer) -> tuple[torch.Tensor, torch.Tensor]:
-    """(prefix rows (1, prefix, D), patch rows (1, N, D)) of the model's E_pos at its native grid.
+    """(prefix rows (1, prefix, D), patch rows (1, N, D)) of the model's E_pos at its native grid;
+    the prefix rows are those of the class and distillation tokens (registers have none).
 
     Formats with a single learned 1-D table (timm, Hugging Face) get any vitkit option written
     out as one: ``learned2d`` and ``sincos2d`` as the table they evaluate to, ``none`` as zeros,
@@ -137,7 +140,7 @@ def position_rows(model: VisionTransformer) -> tuple[torch.Tensor, torch.Tensor]
             patches = torch.zeros(1, c.num_patches, c.width)
         prefix = model.pos_embed.prefix
         if prefix is None:
-            prefix = torch.zeros(1, c.num_prefix_tokens, c.width)
+            prefix = torch.zeros(1, c.num_prefix_rows, c.width)
     return prefix.detach().clone(), patches.detach().clone()
 
 

@@ -272,6 +272,11 @@ def to_hf_state_dict(model: VisionTransformer) -> dict[str, torch.Tensor]:
     require_plain(model, "Hugging Face's ViT")
     c = model.config
     model_type, architecture = _architecture(c)
+    if c.register_tokens:
+        raise InteropError(
+            f"Hugging Face's {architecture} has no register tokens (this model has register_tokens="
+            f"{c.register_tokens}); save it in timm's format, which has them (reg_tokens)"
+        )
     if not c.class_token or c.pool != "cls" or c.fc_norm:
         raise InteropError(
             f"Hugging Face's {architecture} classifies the class token after the final LayerNorm; "

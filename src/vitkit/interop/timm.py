@@ -8,7 +8,11 @@ which adds the same nothing. timm's GAP models come in two layouts, both in vitk
 LayerNorm before pooling (``fc_norm=False``, the ``*_gap_*`` names) or after it (``fc_norm``).
 DeiT's distilled models (``VisionTransformerDistilled``, ``deit_*_distilled_*``) use vitkit's names
 too: ``dist_token``, a ``pos_embed`` with two prefix rows (class, distillation) and ``head_dist``;
-like vitkit's, their eval forward averages the two heads.
+like vitkit's, their eval forward averages the two heads. Register tokens (``reg_token``, timm's
+``reg_tokens=N``) are vitkit's too, after the class token. With ``no_embed_class=True`` (timm's
+``vit_*_reg*`` presets) they have no position row, as in vitkit; with timm's default they have one,
+a constant added to a learned token, which loading folds into the token (and logs, as timm's own
+DINOv2 filter says what it converts); saving writes zero rows there.
 
 A state dict does not say how many heads the model has nor, with a class token, how it pools;
 those come from the timm architecture name, which is inferred from the shapes when not given.
@@ -18,6 +22,7 @@ read its settings.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -35,12 +40,13 @@ from ..model import VisionTransformer
 from ..preprocess import Preprocess
 from .common import InteropError, build, position_rows, read_state_dict, require_plain, split_position_rows
 
+log = logging.getLogger(__name__)
+
 # timm's size names by width, and their head counts (ViT paper Table 1, DeiT, timm's medium/betwixt/giant).
 _SIZE_BY_WIDTH = {192: "tiny", 384: "small", 512: "medium", 640: "betwixt", 768: "base", 1024: "large", 1280: "huge"}
 _HEADS_BY_WIDTH = {192: 3, 384: 6, 512: 8, 640: 10, 768: 12, 1024: 16, 1280: 16, 1408: 16}
 # Features of some timm ViTs that vitkit's model does not have, by a parameter name that reveals them.
 _UNSUPPORTED = {
-    "reg_token": "register tokens",
     "attn_pool.": "attention pooling (global_pool='map')",
     ".ls1.gamma": "LayerScale (init_values)",
     ".attn.q_norm.": "query/key normalisation (qk_norm)",
@@ -179,7 +185,8 @@ def _config_from_state(
     mlp_dim = state["blocks.0.mlp.fc1.weight"].shape[0]
     class_token = "cls_token" in state
     distill_token = "dist_token" in state
-    num_prefix_tokens = int(class_token) + int(distill_token)
+    register_tokens = state["reg_token"].shape[1] if "reg_token" in state else 0
+    num_prefix_tokens = int(class_token) + int(distill_token) + register_tokens
     fc_norm = "fc_norm.weight" in state
     if "width" in settings and settings["width"] != width:
         raise InteropError(f"{source}: width {width} does not match the named architecture's {settings['width']}")
@@ -189,14 +196,12 @@ def _config_from_state(
     num_heads = settings.get("num_heads") or _HEADS_BY_WIDTH.get(width, max(1, width // 64))
     out = {k: v for k, v in state.items() if k != "pos_embed"}
     if "pos_embed" in state:
-        table = state["pos_embed"]
         grid = settings.get("grid")
         if image_size is None and grid is not None:
             image_size = (grid[0] * p, grid[1] * p)
-        grid, slot = split_position_rows(table.shape[1], num_prefix_tokens, p, image_size, source)
-        if num_prefix_tokens and slot == 0:  # no_embed_class: the prefix tokens get no position
-            table = torch.cat([table.new_zeros(1, num_prefix_tokens, table.shape[-1]), table], dim=1)
-        out["pos_embed.weight"] = table
+        grid, out["pos_embed.weight"], registers = _position_table(state, num_prefix_tokens, p, image_size, source)
+        if registers is not None:
+            out["reg_token"] = registers
         posemb = "learned"
     else:
         posemb = "none"
@@ -217,6 +222,7 @@ def _config_from_state(
         pool=pool,
         class_token=class_token,
         distill_token=distill_token,
+        register_tokens=register_tokens,
         posemb=posemb,
         fc_norm=fc_norm,
         qkv_bias="blocks.0.attn.qkv.bias" in state,
@@ -224,6 +230,33 @@ def _config_from_state(
         gelu_approximate=settings.get("gelu_approximate", False),
     )
     return config, out
+
+
+def _position_table(
+    state: Mapping[str, torch.Tensor],
+    num_prefix_tokens: int,
+    patch_size: int,
+    image_size: tuple[int, int] | None,
+    source: str,
+) -> tuple[tuple[int, int], torch.Tensor, torch.Tensor | None]:
+    """(grid, vitkit's ``pos_embed.weight``, ``reg_token`` or None) from timm's ``pos_embed``, whose table has a row for
+    every prefix token (class, distillation, registers) or, with ``no_embed_class``, for none.
+
+    vitkit's table has rows for the class and distillation tokens only (zeros when timm gave them
+    none: the same nothing added). A register's row is a constant added to a learned constant, so
+    it is folded into the register tokens returned: the same sum, and registers stay position-free.
+    """
+    table = state["pos_embed"]
+    grid, slot = split_position_rows(table.shape[1], num_prefix_tokens, patch_size, image_size, source)
+    registers = state["reg_token"].shape[1] if "reg_token" in state else 0
+    rows = num_prefix_tokens - registers  # the class and distillation tokens
+    if slot == 0:  # no_embed_class: no prefix token gets a position
+        return grid, torch.cat([table.new_zeros(1, rows, table.shape[-1]), table], dim=1), None
+    folded = None
+    if registers:
+        folded = state["reg_token"] + table[:, rows:slot]
+        log.info("%s: folded the position rows of %d register token(s) into the tokens", source, registers)
+    return grid, torch.cat([table[:, :rows], table[:, slot:]], dim=1), folded
 
 
 def from_timm(
@@ -277,9 +310,10 @@ def to_timm_state_dict(model: VisionTransformer, no_embed_class: bool = False) -
 
     vitkit's other position options are written out as timm's one learned table (see
     ``common.position_rows``); a pre-logits layer has no place in timm's ViT and is refused.
-    ``no_embed_class=True`` writes the layout of timm models built that way (FlexiViT): the table
-    has no class row, and the class row is folded into the class token, which is the same sum
-    (and the distillation row into the distillation token).
+    ``no_embed_class=True`` writes the layout of timm models built that way (FlexiViT, the
+    ``vit_*_reg*`` presets): the table has no class row, and the class row is folded into the class
+    token, which is the same sum (and the distillation row into the distillation token). Without
+    it, register tokens get zero rows, which add nothing, as vitkit adds nothing to them.
     """
     require_plain(model, "timm's VisionTransformer")
     c = model.config
@@ -293,16 +327,20 @@ def to_timm_state_dict(model: VisionTransformer, no_embed_class: bool = False) -
             "timm's VisionTransformerDistilled reads the class token for its class head, after the final "
             f"LayerNorm; this model has pool={c.pool!r}, fc_norm={c.fc_norm}: keep it in vitkit"
         )
+    if c.distill_token and c.register_tokens:
+        raise InteropError(
+            "timm's VisionTransformerDistilled has no register tokens; this model has distill_token=True and "
+            f"register_tokens={c.register_tokens}: keep it in vitkit"
+        )
     state = {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith("pos_embed.")}
-    prefix, patches = position_rows(model)
-    if not c.class_token:
-        state["pos_embed"] = patches
-    elif no_embed_class:
-        for i, name in enumerate(c.prefix_tokens):  # the same names in timm: cls_token, dist_token
+    prefix, patches = position_rows(model)  # prefix: rows of the class and distillation tokens
+    if no_embed_class:
+        for i, name in enumerate(c.prefix_tokens[: c.num_prefix_rows]):  # timm's names: cls_token, dist_token
             state[name] = state[name] + prefix[:, i : i + 1]
         state["pos_embed"] = patches
     else:
-        state["pos_embed"] = torch.cat([prefix, patches], dim=1)
+        registers = patches.new_zeros(1, c.register_tokens, c.width)  # timm's rows for reg_token
+        state["pos_embed"] = torch.cat([prefix, registers, patches], dim=1)
     return state
 
 
@@ -327,8 +365,10 @@ def timm_kwargs(config: ViTConfig, no_embed_class: bool = False) -> dict[str, An
         qkv_bias=config.qkv_bias,
         class_token=config.class_token,
         fc_norm=config.fc_norm,
-        no_embed_class=no_embed_class and config.class_token,
+        no_embed_class=no_embed_class and config.num_prefix_tokens > 0,
     )
+    if config.register_tokens:
+        kwargs["reg_tokens"] = config.register_tokens
     if config.layer_norm_eps != 1e-6:
         kwargs["norm_layer"] = partial(nn.LayerNorm, eps=config.layer_norm_eps)
     if config.gelu_approximate:

@@ -10,7 +10,8 @@ Endpoints:
     GET  /                   the page (and /static/app.js, /static/style.css)
     GET  /api/model          the model card
     POST /api/predict        raw image bytes in the body; ``?patch=K`` adds the attention of
-                             patch K (as query) over the image, for every layer and head
+                             patch K (as query) over the image, for every layer and head;
+                             ``?sinks=1`` adds the token norms and attention sinks of every layer
     GET  /api/figure/NAME    model-wide PNGs: posemb, distance, filters
 Nothing uploaded is written to disk; no path in a request reaches the file system.
 """
@@ -113,8 +114,9 @@ class Explorer:
     def _limit_text(self) -> str:
         return f"{self.max_upload_bytes / 2**20:g} MB"
 
-    def predict(self, data: bytes, patch: int | None = None, top: int = 5) -> dict[str, Any]:
-        """Top classes, the image as the model saw it, rollout and per-layer/head attention maps."""
+    def predict(self, data: bytes, patch: int | None = None, top: int = 5, sinks: bool = False) -> dict[str, Any]:
+        """Top classes, the image as the model saw it, rollout and per-layer/head attention maps;
+        with ``sinks``, also :meth:`sinks` of the image."""
         image = self.decode(data)
         c = self.model.config
         n = c.num_patches
@@ -147,7 +149,27 @@ class Explorer:
             rows = torch.stack([a[0, :, p + patch, p:] for a in attn])
             out["patch"] = patch
             out["patch_maps"] = _rounded(rows.reshape(len(attn), c.num_heads, *grid))
+        if sinks:
+            out["sinks"] = self.sinks(image, x)
         return out
+
+    def sinks(self, image: torch.Tensor, x: torch.Tensor) -> dict[str, Any]:
+        """Token norms and attention sinks of one image (the numbers of ``vitkit explain --sinks``):
+        per layer the patch norms over the median (gh, gw), the sinks among them, the share of the
+        next block's attention they take, and the prefix tokens' norms; the verdict line."""
+        with self.lock:
+            s = analysis.find_sinks(self.model, x, image[None].float() / 255)
+        grid = s.grid
+        absorbed = [None if v != v else round(float(v), 4) for v in s.absorbed[0]]  # NaN (last layer) -> null
+        return {
+            "verdict": analysis.sink_verdict(s),
+            "ratio": s.ratio,
+            "norms": _rounded(s.norm_ratio[0, :, s.num_prefix_tokens :].reshape(-1, *grid)),  # (L, gh, gw)
+            "sinks": [row.nonzero().flatten().tolist() for row in s.is_sink[0]],  # patch indices per layer
+            "absorbed": absorbed,
+            "prefix": analysis.prefix_kinds(self.model.config),
+            "prefix_norms": _rounded(s.norm_ratio[0, :, : s.num_prefix_tokens]),  # (L, prefix)
+        }
 
     # ------------------------------------------------------------------ model-wide figures
     def figure(self, name: str) -> bytes:
@@ -254,8 +276,9 @@ def create_app(explorer: Explorer):  # noqa: ANN201 - a Starlette app
                     patch = int(patch_arg)
                 except ValueError:
                     raise ServeError(f"patch={patch_arg[:20]!r} is not a patch number") from None
+            sinks = request.query_params.get("sinks") in ("1", "true")
             data = await read_body(request)
-            result = await run_in_threadpool(explorer.predict, data, patch)
+            result = await run_in_threadpool(explorer.predict, data, patch, 5, sinks)
         except ServeError as e:
             return error(str(e), e.status)
         return JSONResponse(result)

@@ -25,7 +25,7 @@ from ..checkpoint import Model
 from ..cnn import ResNet
 from ..errors import ConfigError
 
-_EMBED = ("patch_embed.", "cls_token", "dist_token", "pos_embed.")
+_EMBED = ("patch_embed.", "cls_token", "dist_token", "reg_token", "pos_embed.")
 _HEAD = ("head.", "head_dist.", "pre_logits.")
 
 
@@ -33,7 +33,7 @@ def freeze(model: Model, spec: str | None) -> list[nn.Module]:
     """Freeze what ``spec`` names (``requires_grad=False``); returns the frozen modules, which the
     training loop keeps in eval mode. ``embed`` is the first layer only (the patch projection or
     conv stem); ``N`` and ``backbone`` include the whole embedding of eq. 1 (position embedding,
-    class and distillation tokens too)."""
+    class, distillation and register tokens too)."""
     if spec is None:
         return []
     if isinstance(model, ResNet):
@@ -50,7 +50,7 @@ def freeze(model: Model, spec: str | None) -> list[nn.Module]:
     for m in modules:
         m.requires_grad_(False)
     if spec != "embed":
-        for token in (model.cls_token, model.dist_token):
+        for token in (model.cls_token, model.dist_token, model.reg_token):
             if token is not None:
                 token.requires_grad_(False)
     return modules

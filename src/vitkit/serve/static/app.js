@@ -50,7 +50,10 @@ async function send(file, patch) {
   showError("");
   $("busy").hidden = false;
   try {
-    const url = "/api/predict" + (patch == null ? "" : `?patch=${patch}`);
+    const params = new URLSearchParams();
+    if (patch != null) params.set("patch", patch);
+    if ($("mode").value === "sinks") params.set("sinks", "1");  // norms cost two more passes: only when shown
+    const url = "/api/predict" + (params.toString() ? `?${params}` : "");
     const res = await fetch(url, { method: "POST", body: file, headers: { "Content-Type": "application/octet-stream" } });
     let body;
     try { body = await res.json(); } catch (e) { body = { error: `the server answered ${res.status}` }; }
@@ -95,6 +98,13 @@ function currentMap() {
     return [pick(r.patch_maps), `layer ${layer + 1}, ${who}: where patch (${Math.floor(state.patch / gw) + 1}, ${state.patch % gw + 1}) looks`];
   }
   if (mode === "rollout") return [r.rollout, "attention rollout through all layers (Abnar & Zuidema), as in the paper's Fig. 6"];
+  if (mode === "sinks" && r.sinks) {
+    const s = r.sinks, n = s.sinks[layer].length, taken = s.absorbed[layer];
+    const share = taken == null ? "" : `, taking ${(100 * taken).toFixed(0)} % of the next block's attention`;
+    const here = n ? `${n} sink(s) over ${s.ratio}× the median${share}` : "no sinks in this layer";
+    const logNorms = s.norms[layer].map((row) => row.map((v) => Math.log(Math.max(v, 1e-6))));
+    return [logNorms, `layer ${layer + 1}: token norm ÷ median patch norm (log colour); ${here}. Whole image: ${s.verdict}`];
+  }
   const q = r.query === "cls" ? "class token" : "mean over patches";
   return [pick(r.maps), `layer ${layer + 1}, ${who}: attention of the ${q}`];
 }
@@ -128,6 +138,13 @@ function draw() {
   off.getContext("2d").putImageData(data, 0, 0);
   ctx.imageSmoothingEnabled = false;
   ctx.drawImage(off, 0, 0, w * scale, h * scale);
+  if ($("mode").value === "sinks" && r.sinks && state.patch == null) {  // outline this layer's sinks
+    ctx.strokeStyle = "#ff3b30"; ctx.lineWidth = 2;
+    for (const n of r.sinks.sinks[+$("layer").value]) {
+      const py = Math.floor(n / gw), px = n % gw;
+      ctx.strokeRect(px * pw * scale + 1, py * ph * scale + 1, pw * scale - 2, ph * scale - 2);
+    }
+  }
   if (state.patch != null) {
     ctx.strokeStyle = "#ff3b30"; ctx.lineWidth = 2;
     const py = Math.floor(state.patch / gw), px = state.patch % gw;
@@ -141,7 +158,7 @@ function onCanvasClick(ev) {
   const [gh, gw] = state.result.grid;
   const gx = Math.min(gw - 1, Math.floor((ev.clientX - rect.left) / rect.width * gw));
   const gy = Math.min(gh - 1, Math.floor((ev.clientY - rect.top) / rect.height * gh));
-  if ($("mode").value === "rollout") $("mode").value = "layer";
+  if ($("mode").value !== "layer") $("mode").value = "layer";
   send(state.file, gy * gw + gx);
 }
 
@@ -173,7 +190,13 @@ window.addEventListener("DOMContentLoaded", () => {
     if (item) takeFile(item.getAsFile());
   });
   $("canvas").addEventListener("click", onCanvasClick);
-  for (const id of ["mode", "layer", "head", "alpha"]) $(id).addEventListener("input", () => state.result && draw());
+  for (const id of ["layer", "head", "alpha"]) $(id).addEventListener("input", () => state.result && draw());
+  for (const id of ["layer", "head"]) $(id).addEventListener("change", () => state.result && draw());
+  $("mode").addEventListener("change", () => {  // "change": a select fires it however it is set
+    if (!state.result) return;
+    if ($("mode").value === "sinks" && !state.result.sinks) send(state.file, state.patch);  // fetch the norms once
+    else draw();
+  });
   $("clear-patch").addEventListener("click", () => { state.patch = null; draw(); });
   for (const b of document.querySelectorAll(".tab")) b.addEventListener("click", () => setTab(b.dataset.tab));
 });
