@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, perturbed, tiny_config
+from conftest import TINY, perturbed, tiny_config, write_digits
 
 from vitkit import VisionTransformer
 from vitkit.cli import main
@@ -119,6 +119,22 @@ def test_probe_command_writes_a_table_and_reuses_the_cached_features(digits_run,
     five = record["summary"][1]
     assert 0.3 < five["ridge_mean"] <= 1.0  # a trained model's features beat chance (10 %) by far
     assert len(list((tmp_path / "c").glob("*.safetensors"))) == 2  # train and test, computed once
+
+
+def test_probe_and_embed_take_classes_the_model_never_saw(digits_run, tmp_path, capsys):
+    """A few-shot probe is for new classes (the paper's transfer, sec. 4): the images keep their own
+    classes instead of being refused as unknown to the model's head (`probe RUN --data OTHER` failed)."""
+    folder = write_digits(tmp_path / "new", per_class=12, classes=3)
+    for c, name in enumerate(["circle", "stroke", "hook"]):
+        (folder / str(c)).rename(folder / name)
+    assert main(["probe", str(digits_run), "--data", str(folder), "--shots", "1,5", "--out", str(tmp_path / "p")]) == 0
+    assert "circle" not in capsys.readouterr().err
+    record = json.loads((tmp_path / "p" / "probe.json").read_text())
+    assert [r["shots"] for r in record["summary"]] == [1, 5]
+    out = tmp_path / "e.safetensors"
+    assert main(["embed", str(digits_run), "--data", str(folder), "--split", "all", "--out", str(out)]) == 0
+    embeddings = Embeddings.load(out)
+    assert embeddings.class_names == ["circle", "hook", "stroke"] and len(embeddings.names) == 36
 
 
 # ============================================================================ features

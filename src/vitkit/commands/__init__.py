@@ -113,12 +113,17 @@ def checkpoint_images(
     split_name: str,
     fresh_share: bool = False,
     image_cache: str | None = None,
+    model_labels: bool = True,
 ) -> tuple[DataSource, ImageDataset, str]:
     """(the source ``--data`` names, its images of ``split_name`` as the checkpoint's run divided
-    them, prepared as the checkpoint's preprocess.json says and labelled in the model's class
-    order, a phrase saying which images they are): :func:`vitkit.evaluate.held_out_images` with
-    the options every command shares (``--data``, ``--data-dir``, ``--data-mode``, ...) and the
-    disk cache's folder ``image_cache``."""
+    them, prepared as the checkpoint's preprocess.json says, a phrase saying which images they
+    are): :func:`vitkit.evaluate.held_out_images` with the options every command shares
+    (``--data``, ``--data-dir``, ``--data-mode``, ...) and the disk cache's folder ``image_cache``.
+
+    ``model_labels`` labels the images in the model's class order, which scoring its logits needs
+    (and which refuses classes the model never saw). Commands that only read features (probe,
+    embed) pass False and keep the data's own classes: probing a model on classes it never saw
+    is the point of a few-shot probe."""
     pre = classifier.preprocess
     name = args.data or pre.dataset
     if not name:
@@ -132,4 +137,6 @@ def checkpoint_images(
         return source.load(split, pre, skip, mode=args.data_mode, cache_dir=image_cache)
 
     images, how = held_out_images(classifier, source, split_name, load, fresh_share)
-    return source, images.in_class_order(pre.class_names) if pre.class_names else images, how
+    if model_labels and pre.class_names:
+        images = images.in_class_order(pre.class_names)
+    return source, images, how

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
 def _of_dataset(args: argparse.Namespace, classifier: Classifier, device: torch.device) -> Embeddings:
     """Every image of the split (as the checkpoint's run divided the data: :func:`checkpoint_images`),
     named by its file, or for a built-in dataset by the split it was loaded from and its index."""
-    source, ds, _ = checkpoint_images(args, classifier, args.split, image_cache=args.cache_dir)
+    source, ds, _ = checkpoint_images(args, classifier, args.split, image_cache=args.cache_dir, model_labels=False)
     if args.classes:
         ds = ds.select_classes(args.classes)
     loaded = "test" if args.split == "test" and source.has_test else "train"  # the split the rows index

@@ -57,8 +57,8 @@ def splits(args: argparse.Namespace, classifier: Classifier) -> tuple[str, Image
     which those are): for the data the checkpoint's run trained on, its training images and its
     test images (the test split, or the test share its run held out and recorded); for data it
     never saw without a test split, a seeded test share by the default rule."""
-    source, train, how_train = checkpoint_images(args, classifier, "train", fresh_share=True)
-    _, test, how = checkpoint_images(args, classifier, "test", fresh_share=True)
+    source, train, how_train = checkpoint_images(args, classifier, "train", fresh_share=True, model_labels=False)
+    _, test, how = checkpoint_images(args, classifier, "test", fresh_share=True, model_labels=False)
     if args.classes:
         train, test = train.select_classes(args.classes), test.select_classes(args.classes)
     return source.text, train, test, how
