@@ -70,6 +70,32 @@ def write_digits(folder: Path, per_class: int, classes: int = 3, offset: int = 0
     return folder
 
 
+def write_photos(folder: Path, per_class: int = 12, seed: int = 0) -> Path:
+    """A user's photo folder: ``per_class`` random crops (96-260 px, aspect 3:4 to 4:3) of each of
+    four of scikit-image's sample photographs, one class per photograph, saved as JPEG or PNG in
+    the modes a phone, a scanner or a web page gives (RGB, L, RGBA, P): real pixels of mixed
+    sizes and modes, as ``folder/<photo>/<photo>_<i>.{jpg,png}``."""
+    import numpy as np
+    import skimage.data
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for name in ("astronaut", "coffee", "rocket", "camera"):
+        pixels = getattr(skimage.data, name)()
+        (folder / name).mkdir(parents=True)
+        h, w = pixels.shape[:2]
+        for i in range(per_class):
+            side = int(rng.integers(96, 260))
+            ch, cw = side, int(side * rng.uniform(0.75, 1.33))
+            y, x = int(rng.integers(0, h - ch)), int(rng.integers(0, w - cw))
+            img = Image.fromarray(pixels[y : y + ch, x : x + cw])
+            mode = ("RGB", "L", "RGBA", "P")[i % 4] if img.mode != "L" else ("L", "RGB")[i % 2]
+            img = img.convert(mode)
+            ext = ".jpg" if mode in ("RGB", "L") and i % 3 == 0 else ".png"
+            img.save(folder / name / f"{name}_{i:02d}{ext}")
+    return folder
+
+
 # A run that SIGKILLs itself half-way through writing the training state of epoch 2: its last/
 # must stay the complete checkpoint of epoch 1 (the fine-tuning and pre-training resume tests).
 KILLED_IN_EPOCH_2_CHECKPOINT = textwrap.dedent(

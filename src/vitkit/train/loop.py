@@ -393,7 +393,7 @@ def _log_start(run: Run) -> None:
     log.info("input %s", data.preprocess.describe())
     log.info(
         "training %s on %d %s images, %s, %s; %s, %s, %d thread(s)",
-        model_text(run.cfg.model, run.cfg.model_overrides, run.network),
+        model_text(run.cfg.model, run.cfg.model_overrides, run.network, run.cfg.init),
         len(data.train),
         data.source.name,
         val,
@@ -404,11 +404,14 @@ def _log_start(run: Run) -> None:
     )
 
 
-def model_text(preset: str, overrides: dict[str, Any], network: nn.Module) -> str:
+def model_text(preset: str, overrides: dict[str, Any], network: nn.Module, init: str | None = None) -> str:
     """The model's real name: ``vit_tiny_28 with stem=conv, depth=4, ... (1.03 M params; the
     preset as listed: 1.80 M)``. The preset's name alone read as the 1.80 M model `vitkit
-    presets` lists, while the recipe's changes (and ``--set``'s) made it 1.03 M."""
+    presets` lists, while the recipe's changes (and ``--set``'s) made it 1.03 M. A fine-tuned
+    model is the one ``--init`` named, whatever preset the recipe lists."""
     params = f"{network.num_params() / 1e6:.2f} M params"
+    if init:
+        return f"the model of --init {init} ({params})"
     if not overrides or not isinstance(network, VisionTransformer):
         return f"{preset} ({params})"
     changes = ", ".join(f"{k}={v}" for k, v in overrides.items())
