@@ -81,7 +81,6 @@ def _subparsers() -> dict[str, argparse.ArgumentParser]:
 
 
 # Engineer "art" rewrites these two commands' help in the same release (#33 parts 1-2).
-_NOT_YET = {"convert", "export"}
 
 
 @pytest.mark.parametrize("command", sorted(_subparsers()))
@@ -96,8 +95,6 @@ def test_help_has_text_for_every_option_and_no_noise(command):
         assert "(default: None)" not in text and text.count("(default:") <= 1, (command, text)
     text = parser.format_help()
     markup = "``" in text or re.search(r":(func|class|meth|mod):", text)
-    if markup and command in _NOT_YET:
-        pytest.xfail(f"{command}'s help is rewritten with #33 parts 1-2")
     assert not markup, command
 
 
