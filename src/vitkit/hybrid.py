@@ -163,11 +163,16 @@ class HybridEmbed(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """He-normal convolutions (fan out), unit GroupNorm scales, as BiT and timm's ResNetV2; the
-        projection LeCun-normal with a zero bias, like the plain patch projection."""
+        """He-normal convolutions (fan out), as timm's ResNetV2; unit GroupNorm scales except each
+        unit's last, which starts at zero (``gn3``'s ``scale_init=zeros`` in the official
+        ``models_resnet.py``), so every unit begins as its shortcut; the projection LeCun-normal
+        with a zero bias, like the plain patch projection."""
         for m in self.backbone.modules():
             if isinstance(m, nn.Conv2d) and not m.weight.is_meta:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        for m in self.backbone.modules():
+            if isinstance(m, Bottleneck) and not m.norm3.weight.is_meta:
+                nn.init.zeros_(m.norm3.weight)
         if not self.proj.weight.is_meta:
             lecun_normal_(self.proj.weight)
             nn.init.zeros_(self.proj.bias)
