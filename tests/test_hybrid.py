@@ -252,3 +252,58 @@ def test_r50_vit_b16_at_384_equals_timms_logits():
     x = image(384, batch=1)
     with torch.no_grad():
         assert (ours(x) - theirs(x)).abs().max().item() < 1e-4
+
+
+def test_flops_of_the_resnet_equal_torchs_count():
+    """ViTConfig.flops counts the ResNet's convolutions (rounding up at each stride, as "SAME"
+    padding does); torch's counter on the module itself is the reference."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config = get_config("vit_r26_s32", **SMALL | dict(image_size=(80, 48), fused_attention=False))
+    model = vitkit.create_model("vit_r26_s32", **SMALL | dict(image_size=(80, 48), fused_attention=False)).eval()
+    x = torch.randn(1, 3, 80, 48)
+    with FlopCounterMode(display=False) as stem:
+        model.patch_embed(x)
+    with FlopCounterMode(display=False) as whole:
+        model(x)
+    assert config._bit_stem_flops(80, 48) == stem.get_total_flops()
+    assert abs(config.flops() - whole.get_total_flops()) / whole.get_total_flops() < 0.02
+
+
+def test_timm_folder_of_a_registered_shape_builds_in_timm_and_reads_back(tmp_path):
+    from vitkit.interop import load_any, save_timm
+
+    model = randomised(vitkit.create_model("vit_r26_s32", image_size=64, depth=1, num_classes=3), matrix_std=0.02)
+    written = save_timm(model, tmp_path / "timm")
+    assert written.name == "vit_small_r26_s32_224" and written.model_args["patch_size"] == 1
+    x = image()
+    with torch.no_grad():
+        expected = model(x)
+        theirs = timm.create_model(
+            written.name,
+            pretrained=True,
+            pretrained_cfg_overlay=written.overlay(tmp_path / "timm"),
+            **written.model_args,
+        )
+        assert (theirs.eval()(x) - expected).abs().max().item() < 1e-4
+        again, fmt = load_any(tmp_path / "timm")
+        assert fmt == "timm" and again.config.stem_units == (2, 2, 2, 2)
+        assert (again(x) - expected).abs().max().item() < 1e-4
+
+
+def test_a_hybrid_timm_registers_no_name_for_is_refused_as_a_timm_folder(tmp_path):
+    from vitkit.interop import save_timm
+
+    with pytest.raises(InteropError, match="timm registers no hybrid like this one") as e:
+        save_timm(vitkit.create_model("vit_r26_s32", **SMALL), tmp_path / "timm")
+    assert "--to vitkit" in str(e.value) and not (tmp_path / "timm").exists()
+
+
+def test_convert_to_hf_refuses_in_one_line(tmp_path, capsys):
+    from vitkit.cli import main
+
+    vitkit.save(vitkit.create_model("vit_r26_s32", **SMALL), tmp_path / "m")
+    assert main(["convert", str(tmp_path / "m"), str(tmp_path / "hf"), "--to", "hf"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "no ResNet hybrid" in err and "--to timm or --to vitkit keeps it" in err
+    assert not (tmp_path / "hf").exists()
