@@ -307,3 +307,33 @@ def test_convert_to_hf_refuses_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "no ResNet hybrid" in err and "--to timm or --to vitkit keeps it" in err
     assert not (tmp_path / "hf").exists()
+
+
+def test_grey_images_for_an_rgb_hybrid_are_refused_naming_the_flag():
+    from vitkit.preprocess import Preprocess
+    from vitkit.transfer import adapt_channels
+
+    model = vitkit.create_model("vit_r26_s32", **SMALL)
+    with pytest.raises(ConfigError, match="pass --channels 3"):
+        adapt_channels(model, Preprocess.for_model(model.config), 1)
+
+
+def test_onnx_export_at_a_fixed_size(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from vitkit.export import check_onnx, export_onnx
+
+    model = randomised(vitkit.create_model("vit_r26_s32", **SMALL), matrix_std=0.02)
+    export_onnx(model, tmp_path / "m.onnx")  # "SAME" padding is computed from the traced (fixed) size
+    assert check_onnx(model, tmp_path / "m.onnx") < 1e-4
+
+
+def test_timms_stem_only_hybrid_loads_and_saves():
+    """vit_tiny_r_s16_p8_*: the ResNet's root block alone (stride 4) under an 8x8 projection."""
+    theirs = randomised(timm.create_model("vit_tiny_r_s16_p8_224", img_size=64, depth=1, num_classes=3))
+    x = image()
+    with torch.no_grad():
+        ours = from_timm(theirs.state_dict())
+        assert (ours.config.stem_units, ours.config.patch_size, ours.config.grid_size) == ((), 32, (2, 2))
+        assert (ours(x) - theirs(x)).abs().max().item() < 1e-4
+        assert set(to_timm_state_dict(ours)) == set(theirs.state_dict())
+        assert (to_timm(ours)(x) - theirs(x)).abs().max().item() < 1e-4

@@ -191,7 +191,7 @@ def _config_from_state(
         raise InteropError(f"{source}: non-square patches {p}x{p2} are not supported")
     hybrid = _bit_fields(state, source)  # {} for a plain ViT
     if hybrid:  # the projection reads the feature map: its kernel times the backbone's stride is the patch
-        in_channels = state[f"{_BACKBONE}stem.conv.weight"].shape[1]
+        in_channels = hybrid.pop("in_channels")
         p *= bit_stride(len(hybrid["stem_units"]))
     depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
     mlp_dim = state["blocks.0.mlp.fc1.weight"].shape[0]
@@ -411,9 +411,8 @@ def to_timm(model: VisionTransformer, no_embed_class: bool = False) -> nn.Module
 # StdConv2dSame(eps=1e-8) convolutions under patch_embed.backbone, with the module names vitkit's
 # hybrid.py uses; only the stem-only backbone (vit_tiny_r_s16_p8_*) is the root block itself.
 _BACKBONE = "patch_embed.backbone."
-_STEM_ONLY = ("conv.", "norm.")  # a stem-only backbone's names, under _BACKBONE; vitkit's are under stem.
-# timm's registered hybrids: (size, units) -> the "r" name part; the root has BiT's 64 channels in all.
-_TIMM_HYBRIDS = {(2, 2, 2, 2): "r26", (3, 4, 9): "r50", (3, 4, 6, 3): "r50"}
+# The units per stage of timm's registered hybrids (R26, R50 with 3 stages, R50 with 4), all with BiT's 64-channel root.
+_TIMM_HYBRID_UNITS = ((2, 2, 2, 2), (3, 4, 9), (3, 4, 6, 3))
 
 
 def _is_bit_hybrid(state: Mapping[str, torch.Tensor]) -> bool:
@@ -436,8 +435,8 @@ def _bit_names_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 
 def _bit_fields(state: Mapping[str, torch.Tensor], source: str) -> dict[str, Any]:
-    """The ViTConfig fields of a BiT hybrid's backbone (``stem``, ``stem_units``, ``stem_channels``)
-    read off its tensor names and shapes; {} for a plain ViT."""
+    """The ViTConfig fields of a BiT hybrid's backbone (``stem``, ``stem_units``, ``stem_channels``,
+    and the image's ``in_channels``) read off its tensor names and shapes; {} for a plain ViT."""
     if not _is_bit_hybrid(state):
         return {}
     root = state.get(f"{_BACKBONE}stem.conv.weight", state.get(f"{_BACKBONE}conv.weight"))
@@ -454,7 +453,7 @@ def _bit_fields(state: Mapping[str, torch.Tensor], source: str) -> dict[str, Any
                 f"{source}: ResNet stage {i + 1} has {found} channels where BiT's layout with a {root.shape[0]}-channel "
                 f"root has {c} (a width factor other than 1?); vitkit's stem='bit' has BiT's widths only"
             )
-    return dict(stem="bit", stem_units=tuple(units), stem_channels=root.shape[0])
+    return dict(stem="bit", stem_units=tuple(units), stem_channels=root.shape[0], in_channels=root.shape[1])
 
 
 def _check_bit_module(backbone: nn.Module, source: str) -> None:
@@ -496,7 +495,7 @@ def _require_registered_hybrid(config: ViTConfig) -> None:
     with BiT's 64-channel root and R26 or R50 stages only, and builds no other backbone from JSON."""
     name = _family_name(config)
     timm = _timm()
-    registered = config.stem_channels == 64 and config.stem_units in _TIMM_HYBRIDS
+    registered = config.stem_channels == 64 and config.stem_units in _TIMM_HYBRID_UNITS
     if not registered or (
         timm is not None and _hybrid_timm_name(config, name, timm).rsplit("_", 1)[0] != name.rsplit("_", 1)[0]
     ):
