@@ -29,6 +29,10 @@ inside the square root, GroupNorm eps 1e-5). ``models_resnet.py`` itself divides
 uses Flax's GroupNorm eps of 1e-6; both epsilons are far below the spread of trained kernels and
 of activations, so the ports' numbers are the reference here, as for the GELU below.
 
+:func:`save_jax_npz` writes the original layout back (plain or hybrid), for the JAX code and for
+timm's ``.npz`` loader; what the files cannot say (a distillation token, registers, ``fc_norm``,
+the small conv stem) is refused in one line.
+
 Flax's ``nn.gelu`` defaults to the tanh approximation, while the timm and Hugging Face ports of
 these weights use the exact GELU (under 1e-3 apart per activation). vitkit's default follows the
 ports; ``gelu_approximate=True`` reproduces the JAX code's own numbers.
@@ -36,6 +40,7 @@ ports; ``gelu_approximate=True`` reproduces the JAX code's own numbers.
 
 from __future__ import annotations
 
+import io
 import os
 import zipfile
 from dataclasses import dataclass
@@ -45,8 +50,9 @@ import numpy as np
 import torch
 
 from ..config import ViTConfig, bit_stride
+from ..files import atomic_write_bytes
 from ..model import VisionTransformer
-from .common import InteropError, build, split_position_rows
+from .common import InteropError, build, position_rows, split_position_rows
 
 _PREFIXES = ("", "params/", "opt/target/", "params/img/")
 
@@ -396,3 +402,110 @@ def from_jax_npz(
     state |= head
     config = _config(arch, grid, posemb, representation, num_classes, gelu_approximate)
     return build(config, state, source)
+
+
+# ============================================================================ writing: the original layout
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float32).numpy()
+
+
+def _require_original_layout(model: VisionTransformer) -> None:
+    """Refuse what google-research/vision_transformer's files cannot say, naming the format that can."""
+    c = model.config
+    refusals = {
+        c.stem == "conv": "the small convolutional stem (stem='conv')",
+        c.distill_token: "a distillation token",
+        bool(c.register_tokens): "register tokens",
+        c.fc_norm: "a LayerNorm after pooling (fc_norm)",
+        c.pool == "gap" and c.class_token: "a class token that the pooling ignores (pool='gap' with class_token)",
+        not c.qkv_bias: "attention without q/k/v biases",
+        c.layer_norm_eps != 1e-6: f"a LayerNorm eps of {c.layer_norm_eps:g} (Flax's is 1e-6)",
+    }
+    what = next((w for cond, w in refusals.items() if cond), None)
+    if what is not None:
+        raise InteropError(f"Google's .npz layout cannot hold {what}; convert --to vitkit keeps it")
+
+
+def _resnet_arrays(sd: dict[str, torch.Tensor], units: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """The inverse of :func:`_resnet_backbone`: vitkit's ResNet under ``models_resnet``'s names."""
+    b = "patch_embed.backbone."
+
+    def conv(name: str) -> np.ndarray:
+        return _np(sd[f"{name}.weight"].permute(2, 3, 1, 0))  # OIHW -> HWIO
+
+    def norm(name: str, to: str) -> dict[str, np.ndarray]:
+        return {f"{to}/scale": _np(sd[f"{name}.weight"]), f"{to}/bias": _np(sd[f"{name}.bias"])}
+
+    out = {"conv_root/kernel": conv(f"{b}stem.conv")} | norm(f"{b}stem.norm", "gn_root")
+    for i, n in enumerate(units):
+        for j in range(n):
+            src, dst = f"{b}stages.{i}.blocks.{j}.", f"block{i + 1}/unit{j + 1}/"
+            for r in (1, 2, 3):
+                out[f"{dst}conv{r}/kernel"] = conv(f"{src}conv{r}")
+                out |= norm(f"{src}norm{r}", f"{dst}gn{r}")
+            if j == 0:
+                out[f"{dst}conv_proj/kernel"] = conv(f"{src}downsample.conv")
+                out |= norm(f"{src}downsample.norm", f"{dst}gn_proj")
+    return out
+
+
+def _encoder_arrays(sd: dict[str, torch.Tensor], depth: int, width: int, heads: int) -> dict[str, np.ndarray]:
+    """The inverse of :func:`_encoder_block` for every block, in the original numbering."""
+    out: dict[str, np.ndarray] = {}
+    s = _ORIGINAL
+    for i in range(depth):
+        t, f = f"blocks.{i}.", f"Transformer/encoderblock_{i}/"
+        out |= {f"{f}LayerNorm_0/scale": _np(sd[t + "norm1.weight"]), f"{f}LayerNorm_0/bias": _np(sd[t + "norm1.bias"])}
+        out |= {f"{f}{s.norm2}/scale": _np(sd[t + "norm2.weight"]), f"{f}{s.norm2}/bias": _np(sd[t + "norm2.bias"])}
+        w, bias = sd[t + "attn.qkv.weight"].reshape(3, width, width), sd[t + "attn.qkv.bias"].reshape(3, width)
+        for k, name in enumerate(("query", "key", "value")):  # (out, in) -> (D, heads, D/heads)
+            out[f"{f}{s.attn}/{name}/kernel"] = _np(w[k].T.reshape(width, heads, width // heads))
+            out[f"{f}{s.attn}/{name}/bias"] = _np(bias[k].reshape(heads, width // heads))
+        out[f"{f}{s.attn}/out/kernel"] = _np(sd[t + "attn.proj.weight"].T.reshape(heads, width // heads, width))
+        out[f"{f}{s.attn}/out/bias"] = _np(sd[t + "attn.proj.bias"])
+        for j in range(2):
+            out[f"{f}{s.mlp}/Dense_{j}/kernel"] = _np(sd[t + f"mlp.fc{j + 1}.weight"].T)
+            out[f"{f}{s.mlp}/Dense_{j}/bias"] = _np(sd[t + f"mlp.fc{j + 1}.bias"])
+    return out
+
+
+def to_jax_arrays(model: VisionTransformer) -> dict[str, np.ndarray]:
+    """The model's weights in google-research/vision_transformer's ``.npz`` layout (the one
+    :func:`from_jax_npz` and timm's ``_load_weights`` read), plain or ResNet hybrid.
+
+    Position options other than ``learned`` are written as the one table they evaluate to at the
+    native size (``common.position_rows``); a class token's row is kept in the table's slot 0.
+    """
+    _require_original_layout(model)
+    c = model.config
+    sd = model.state_dict()
+    out = {
+        "embedding/kernel": _np(sd["patch_embed.proj.weight"].permute(2, 3, 1, 0)),  # OIHW -> HWIO
+        "embedding/bias": _np(sd["patch_embed.proj.bias"]),
+        "Transformer/encoder_norm/scale": _np(sd["norm.weight"]),
+        "Transformer/encoder_norm/bias": _np(sd["norm.bias"]),
+    }
+    if c.stem == "bit":
+        out |= _resnet_arrays(sd, c.stem_units)
+    prefix, patches = position_rows(model)
+    if c.class_token:
+        out["cls"] = _np(sd["cls_token"])
+    out["Transformer/posembed_input/pos_embedding"] = _np(torch.cat([prefix, patches], dim=1))
+    out |= _encoder_arrays(sd, c.depth, c.width, c.num_heads)
+    if c.representation_size:
+        out["pre_logits/kernel"], out["pre_logits/bias"] = (
+            _np(sd["pre_logits.0.weight"].T),
+            _np(sd["pre_logits.0.bias"]),
+        )
+    if c.num_classes:
+        out["head/kernel"], out["head/bias"] = _np(sd["head.weight"].T), _np(sd["head.bias"])
+    return out
+
+
+def save_jax_npz(model: VisionTransformer, path: str | os.PathLike) -> Path:
+    """Write :func:`to_jax_arrays` as an ``.npz`` file, whole or not at all."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **to_jax_arrays(model))
+    path = Path(path)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
