@@ -29,9 +29,10 @@ from torch import nn
 from .config import bit_stage_channels, bit_stride
 from .embed import lecun_normal_
 
-# timm's hybrids (vision_transformer_hybrid._resnetv2) standardise with eps=1e-8 inside the square
-# root; GroupNormAct keeps torch's GroupNorm default eps=1e-5. Both are what the ported weights give
-# the same logits with.
+# As timm's port computes (vision_transformer_hybrid._resnetv2): eps 1e-8 inside the square root of
+# the standardisation, and torch's GroupNorm default of 1e-5. The official models_resnet.py divides
+# by std + 1e-5 and Flax's GroupNorm uses 1e-6; vitkit follows the port, whose logits the tests
+# compare (see interop/jax.py).
 STD_CONV_EPS = 1e-8
 GROUP_NORM_EPS = 1e-5
 GROUPS = 32  # BiT's GroupNorm(32)
@@ -120,10 +121,9 @@ class Stage(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, units: int, stride: int) -> None:
         super().__init__()
-        self.blocks = nn.Sequential(
-            *(Bottleneck(in_channels if i == 0 else out_channels, out_channels, stride if i == 0 else 1)
-              for i in range(units))
-        )  # fmt: skip
+        self.blocks = nn.Sequential(Bottleneck(in_channels, out_channels, stride))
+        for _ in range(units - 1):
+            self.blocks.append(Bottleneck(out_channels, out_channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(x)
