@@ -362,3 +362,16 @@ def test_timms_stem_only_hybrid_loads_and_saves():
         assert (ours(x) - theirs(x)).abs().max().item() < 1e-4
         assert set(to_timm_state_dict(ours)) == set(theirs.state_dict())
         assert (to_timm(ours)(x) - theirs(x)).abs().max().item() < 1e-4
+
+
+def test_convert_reads_a_hybrid_npz_through_the_one_resolver(tmp_path, capsys):
+    from vitkit.cli import main
+    from vitkit.interop import load_artifact, save_jax_npz
+
+    model = randomised(vitkit.create_model("vit_r26_s32", **SMALL), seed=5)
+    save_jax_npz(model, tmp_path / "R26_S_32.npz")
+    assert load_artifact(tmp_path / "R26_S_32.npz").fmt == "jax"
+    assert main(["convert", str(tmp_path / "R26_S_32.npz"), str(tmp_path / "out")]) == 0
+    x = image()
+    with torch.no_grad():
+        assert (vitkit.load(tmp_path / "out")(x) - model(x)).abs().max().item() < 1e-4
