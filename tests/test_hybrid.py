@@ -21,7 +21,15 @@ from timm.layers import HybridEmbed, StdConv2dSame  # noqa: E402
 from timm.models.resnetv2 import ResNetV2  # noqa: E402
 from timm.models.vision_transformer import VisionTransformer as TimmViT  # noqa: E402
 
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One thread: the same reductions, hence the same rounding, on every machine; restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 # A hybrid small enough for seconds on a CPU: a 32-channel root, three stages (stride 16), 1x1 patches.
 SMALL = dict(
