@@ -25,6 +25,7 @@ FLOORS: dict[str, int] = {
     "images": 2,
     "attention": 3,
     "embed": 3,
+    "hybrid": 4,  # the BiT ResNet the paper's hybrid reads (sec. 3.1): a stem beside embed's, reusing its init
     "preprocess": 3,
     "data": 4,
     "probe": 5,  # the ridge probe and k-NN: linear algebra on features, and the per-class draw

@@ -17,7 +17,7 @@ from .errors import ConfigError
 
 POOLS = ("cls", "gap")
 POSEMBS = ("learned", "learned2d", "sincos2d", "none")
-STEMS = ("patch", "conv")
+STEMS = ("patch", "conv", "bit")
 _POSITIVE_INTEGERS = (
     "patch_size",
     "in_channels",
@@ -70,8 +70,9 @@ class ViTConfig:
     posemb: str = "learned"  # "learned" (1-D), "learned2d" (row/column, App. D.4), "sincos2d", "none"
     fc_norm: bool = False  # timm's GAP layout: final LayerNorm after pooling instead of before
     representation_size: int | None = None  # pre-logits Linear + tanh (paper sec. 3.1); None: none
-    stem: str = "patch"  # "patch": one linear map per patch; "conv": the paper's hybrid (sec. 3.1)
-    stem_channels: int = 64  # width of the convolutional stem when stem="conv"
+    stem: str = "patch"  # "patch": one linear map per patch; "conv": a small 3x3 CNN; "bit": the paper's hybrid
+    stem_channels: int = 64  # width of the convolutional stem ("conv"), or of the BiT ResNet's root ("bit")
+    stem_units: tuple[int, ...] = (3, 4, 9)  # stem="bit": residual units per ResNet stage (R50+ViT-B/16's)
     stem_convs: int = 1  # 3x3 convolutions per stage of the conv stem: one halves the size, the rest keep it
     qkv_bias: bool = True
     gelu_approximate: bool = False  # tanh-approximated GELU, as Flax's nn.gelu in Google's JAX models
@@ -85,6 +86,8 @@ class ViTConfig:
 
     def __post_init__(self) -> None:
         self.image_size = _pair(self.image_size)
+        if isinstance(self.stem_units, list):  # read back from JSON
+            self.stem_units = tuple(self.stem_units)
         if self.class_names is not None:
             self.class_names = [str(c) for c in self.class_names]
         self.validate()
@@ -127,6 +130,8 @@ class ViTConfig:
             raise ConfigError(f"posemb='learned2d' concatenates two width/2 halves; width={self.width} is odd")
         if self.posemb == "sincos2d" and self.width % 4:
             raise ConfigError(f"posemb='sincos2d' needs width divisible by 4, got width={self.width}")
+        if self.stem == "bit":
+            self._validate_bit()
         h, w = self.image_size
         if not self.dynamic_image_size and (h % self.patch_size or w % self.patch_size):
             p, side = self.patch_size, max(h, w)
@@ -140,6 +145,22 @@ class ViTConfig:
         for name in ("dropout", "attention_dropout", "drop_path"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be in [0, 1)")
+
+    def _validate_bit(self) -> None:
+        units = self.stem_units
+        if not isinstance(units, tuple) or not all(isinstance(u, int) and u >= 1 for u in units):
+            raise ConfigError(f"stem_units={units!r} must be a list of positive unit counts per stage, e.g. [3, 4, 9]")
+        if self.stem_channels % 32:
+            raise ConfigError(
+                f"stem='bit' normalises in 32 groups (GroupNorm(32)); stem_channels={self.stem_channels} "
+                "must be a multiple of 32, e.g. 64 as in BiT"
+            )
+        stride = bit_stride(len(units))
+        if self.patch_size % stride:
+            raise ConfigError(
+                f"stem='bit' with {len(units)} stage(s) has stride {stride}; patch_size={self.patch_size} must be "
+                f"a multiple of it ({stride} for the paper's 1x1 patches of the feature map)"
+            )
 
     # ----------------------------------------------------------- derived sizes
     @property
@@ -193,7 +214,12 @@ class ViTConfig:
         n = (-(-h // p)) * (-(-w // p))
         t = n + self.num_prefix_tokens
         d, m = self.width, self.mlp_dim
-        stem = 2 * n * self.in_channels * p * p * d if self.stem == "patch" else self._conv_stem_flops(h, w)
+        if self.stem == "patch":
+            stem = 2 * n * self.in_channels * p * p * d
+        elif self.stem == "conv":
+            stem = self._conv_stem_flops(h, w)
+        else:
+            stem = self._bit_stem_flops(h, w)
         per_block = 2 * t * d * 3 * d + 2 * 2 * t * t * d + 2 * t * d * d + 2 * 2 * t * d * m
         head_in = d
         total = stem + self.depth * per_block
@@ -212,10 +238,32 @@ class ViTConfig:
             c_in = c_out
         return flops
 
+    def _bit_stem_flops(self, h: int, w: int) -> int:
+        """The BiT ResNet's convolutions ("SAME" padding: each stride rounds up) and the projection."""
+        flops, c_in = 0, self.in_channels
+        h, w = -(-h // 2), -(-w // 2)
+        flops += 2 * h * w * c_in * self.stem_channels * 49  # root 7x7 stride 2
+        h, w, c_in = -(-h // 2), -(-w // 2), self.stem_channels  # 3x3 max pool, stride 2
+        for i, (units, c_out) in enumerate(
+            zip(self.stem_units, bit_stage_channels(self.stem_channels, len(self.stem_units)), strict=True)
+        ):
+            mid = c_out // 4
+            for u in range(units):
+                h0, w0 = h, w
+                if u == 0 and i > 0:
+                    h, w = -(-h // 2), -(-w // 2)
+                flops += 2 * h0 * w0 * c_in * mid + 2 * h * w * mid * mid * 9 + 2 * h * w * mid * c_out
+                if u == 0:
+                    flops += 2 * h * w * c_in * c_out  # projected shortcut
+                c_in = c_out
+        k = self.patch_size // bit_stride(len(self.stem_units))
+        return flops + 2 * (-(-h // k)) * (-(-w // k)) * c_in * self.width * k * k
+
     # ------------------------------------------------------------ (de)serialise
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["image_size"] = list(self.image_size)
+        d["stem_units"] = list(self.stem_units)
         return d
 
     @classmethod
@@ -250,6 +298,18 @@ def conv_stem_layers(patch_size: int, channels: int, width: int, per_stage: int 
     return layers
 
 
+def bit_stride(num_stages: int) -> int:
+    """The BiT ResNet's total stride: 4 from its root block (stride-2 conv, stride-2 pool), then 2
+    for every stage after the first (R50+ViT-B/16's three stages: 16; R26's four: 32)."""
+    return 4 * 2 ** max(num_stages - 1, 0)
+
+
+def bit_stage_channels(root_channels: int, num_stages: int) -> list[int]:
+    """Output channels of each BiT ResNet stage: 4x the root's, doubling per stage (256, 512, 1024,
+    2048 for BiT's root of 64); the bottleneck inside is a quarter of it."""
+    return [4 * root_channels * 2**i for i in range(num_stages)]
+
+
 # --------------------------------------------------------------------------- presets
 def _row(width: int, depth: int, mlp_dim: int, num_heads: int, patch: int, **kw: Any) -> dict[str, Any]:
     return dict(width=width, depth=depth, mlp_dim=mlp_dim, num_heads=num_heads, patch_size=patch, **kw)
@@ -273,6 +333,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "deit_ti16_distilled": _row(*_TI, 16, distill_token=True),
     "deit_s16_distilled": _row(*_S, 16, distill_token=True),
     "deit_b16_distilled": _row(*_B, 16, distill_token=True),
+    # The paper's hybrids (sec. 3.1, App. D.2): a BiT ResNet's stride-16 (R50, 3 stages) or stride-32
+    # (R26, AugReg's) feature map as 1x1 patches; the sizes of timm's vit_base_r50_s16_384, vit_small_r26_s32_224.
+    "vit_r50_b16": _row(*_B, 16, stem="bit", stem_units=(3, 4, 9), image_size=384),
+    "vit_r26_s32": _row(*_S, 32, stem="bit", stem_units=(2, 2, 2, 2)),
     # Small images (Fashion-MNIST, MNIST: 28x28x1; CIFAR: 32x32x3). Patch 4 gives a 7x7 / 8x8 grid.
     "vit_tiny_28": _row(192, 6, 384, 3, 4, image_size=28, in_channels=1, **_SMALL_IMAGE),
     "vit_small_28": _row(256, 8, 512, 4, 4, image_size=28, in_channels=1, **_SMALL_IMAGE),
@@ -292,6 +356,8 @@ _DESCRIPTIONS = {
     "deit_ti16_distilled": "DeiT-Ti/16 with distillation token (DeiT sec. 5)",
     "deit_s16_distilled": "DeiT-S/16 with distillation token (DeiT sec. 5)",
     "deit_b16_distilled": "DeiT-B/16 with distillation token (DeiT sec. 5)",
+    "vit_r50_b16": "R50+ViT-B/16 hybrid at 384 px (paper sec. 3.1)",
+    "vit_r26_s32": "R26+ViT-S/32 hybrid (AugReg)",
     "vit_tiny_28": "28x28 grayscale, 7x7 grid",
     "vit_small_28": "28x28 grayscale, 7x7 grid",
     "vit_tiny_32": "32x32 RGB, 8x8 grid",
@@ -322,6 +388,15 @@ def canonical_name(name: str) -> str:
     m = re.fullmatch(r"vit[-_ ]?(ti|tiny|s|small|b|base|l|large|h|huge)[/_-]?(?:patch)?(\d+)(?:_224)?", key)
     if m:
         candidate = f"vit_{_SIZE_LETTERS[m.group(1)]}{m.group(2)}"
+        if candidate in PRESETS:
+            return candidate
+    hybrid = (  # "R50+ViT-B/16" (the paper's spelling) and timm's "vit_base_r50_s16_384"
+        r"(?:vit[-_ ]?)?r(?P<resnet>26|50)\+?[-_ ]?vit[-_ ]?(?P<size>ti|tiny|s|small|b|base)[/_-](?:patch)?(?P<p>\d+)",
+        r"vit_(?P<size>ti|tiny|s|small|b|base)_r(?P<resnet>26|50)_s(?P<p>\d+)(?:_\d+)?",
+    )
+    m = next((m for m in (re.fullmatch(pattern, key) for pattern in hybrid) if m), None)
+    if m:
+        candidate = f"vit_r{m['resnet']}_{_SIZE_LETTERS[m['size']]}{m['p']}"
         if candidate in PRESETS:
             return candidate
     m = re.fullmatch(r"deit[-_ ]?(ti|tiny|s|small|b|base)[_-]distilled[/_-](?:patch)?(\d+)(?:_224)?", key)

@@ -33,6 +33,7 @@ from .attention import MultiHeadAttention
 from .config import ViTConfig
 from .embed import ConvStem, PatchEmbed, PositionEmbedding, lecun_normal_
 from .errors import ConfigError, InputError
+from .hybrid import HybridEmbed
 
 
 class MLP(nn.Module):
@@ -102,8 +103,10 @@ class VisionTransformer(nn.Module):
         c = config
         if c.stem == "patch":
             self.patch_embed: nn.Module = PatchEmbed(c.patch_size, c.in_channels, c.width)
-        else:
+        elif c.stem == "conv":
             self.patch_embed = ConvStem(c.patch_size, c.in_channels, c.width, c.stem_channels, c.stem_convs)
+        else:  # "bit": the paper's R50+ViT hybrid
+            self.patch_embed = HybridEmbed(c.patch_size, c.in_channels, c.width, c.stem_units, c.stem_channels)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.width)) if c.class_token else None
         self.dist_token = nn.Parameter(torch.zeros(1, 1, c.width)) if c.distill_token else None
         self.reg_token = nn.Parameter(torch.zeros(1, c.register_tokens, c.width)) if c.register_tokens else None

@@ -164,6 +164,13 @@ def adapt_channels(model: VisionTransformer, pre: Preprocess, channels: int) -> 
     old = model.config.in_channels
     if channels == old:
         return model, pre
+    if model.config.stem == "bit":
+        # A weight-standardised kernel is renormalised at every call: summed or split over the colours
+        # it is rescaled per output channel, which the GroupNorm after it does not undo.
+        raise ConfigError(
+            f"the ResNet hybrid (stem='bit') takes {old}-channel images and its weight-standardised first "
+            f"convolution cannot be adapted to {channels} exactly; pass --channels {old} to convert the images instead"
+        )
     conv = _first_conv(model)
     w = conv.weight.detach().float()
     m, s = torch.tensor(pre.mean), torch.tensor(pre.std)

@@ -28,7 +28,7 @@ from .hf import (
     to_hf,
     to_hf_state_dict,
 )
-from .jax import from_jax_npz, read_npz
+from .jax import from_jax_npz, read_npz, save_jax_npz, to_jax_arrays
 from .timm import (
     TimmFolder,
     from_timm,
@@ -64,12 +64,14 @@ __all__ = [
     "read_npz",
     "read_state_dict",
     "resolve_checkpoint",
+    "save_jax_npz",
     "save_timm",
     "timm_kwargs",
     "timm_model_args",
     "timm_name",
     "to_hf",
     "to_hf_state_dict",
+    "to_jax_arrays",
     "to_timm",
     "to_timm_state_dict",
 ]

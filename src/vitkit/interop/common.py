@@ -145,7 +145,11 @@ def position_rows(model: VisionTransformer) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def require_plain(model: VisionTransformer, target: str) -> None:
-    """Refuse options that ``target`` has no equivalent for (the hybrid convolutional stem)."""
+    """Refuse options that ``target`` has no equivalent for (the convolutional stems)."""
+    if model.config.stem == "bit":
+        raise InteropError(
+            f"{target} has no ResNet hybrid (stem='bit', paper sec. 3.1); convert --to timm or --to vitkit keeps it"
+        )
     if model.config.stem != "patch":
         raise InteropError(
             f"{target} has no convolutional stem; only stem='patch' models can be written in its format "

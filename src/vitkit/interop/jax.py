@@ -16,10 +16,22 @@ architecture is read from the file itself:
     Transformer/encoder_norm               final LayerNorm (before pooling, also for GAP)
     pre_logits/{kernel,bias}               representation layer (Linear + tanh) if present
     head/{kernel,bias}                     classifier (absent or empty: no head)
+    conv_root, gn_root, block{i}/unit{j}/  a ResNet hybrid (R50+ViT-B/16, R26+ViT-S/32): the BiT ResNet of
+        conv{1,2,3}, gn{1,2,3},            vitkit's stem="bit" (models_resnet.py's names); embedding/kernel
+        conv_proj, gn_proj                 is then (1, 1, C_feat, D), the paper's 1x1 patches (sec. 3.1)
 
 Parameters may sit under a prefix (``params/``, ``opt/target/``, ``params/img/``). Dense
 kernels are (in, out) and become (out, in). A big_vision file without ``pos_embedding`` used
 the fixed 2-D sine-cosine embedding, which vitkit's ``sincos2d`` computes identically.
+
+A hybrid's ResNet computes as timm's port of these files does (weight standardisation with 1e-8
+inside the square root, GroupNorm eps 1e-5). ``models_resnet.py`` itself divides by std + 1e-5 and
+uses Flax's GroupNorm eps of 1e-6; both epsilons are far below the spread of trained kernels and
+of activations, so the ports' numbers are the reference here, as for the GELU below.
+
+:func:`save_jax_npz` writes the original layout back (plain or hybrid), for the JAX code and for
+timm's ``.npz`` loader; what the files cannot say (a distillation token, registers, ``fc_norm``,
+the small conv stem) is refused in one line.
 
 Flax's ``nn.gelu`` defaults to the tanh approximation, while the timm and Hugging Face ports of
 these weights use the exact GELU (under 1e-3 apart per activation). vitkit's default follows the
@@ -28,6 +40,7 @@ ports; ``gelu_approximate=True`` reproduces the JAX code's own numbers.
 
 from __future__ import annotations
 
+import io
 import os
 import zipfile
 from dataclasses import dataclass
@@ -36,9 +49,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import ViTConfig
+from ..config import ViTConfig, bit_stride
+from ..files import atomic_write_bytes
 from ..model import VisionTransformer
-from .common import InteropError, build, split_position_rows
+from .common import InteropError, build, position_rows, split_position_rows
 
 _PREFIXES = ("", "params/", "opt/target/", "params/img/")
 
@@ -103,6 +117,8 @@ class _Architecture:
     mlp_dim: int
     class_token: bool
     blocks: _Blocks
+    stem_units: tuple[int, ...] | None = None  # a ResNet hybrid's units per stage; None: patches
+    root_channels: int = 64  # a ResNet hybrid's root width (BiT's 64 x width factor)
 
 
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -144,8 +160,6 @@ def _reject_unsupported(params: _Params) -> None:
     """Refuse the ViT variants vitkit has no module for, rather than fail later on a missing array."""
     if any(k.startswith(f"{params.prefix}MAPHead_0/") for k in params.arrays):
         raise InteropError(f"{params.source} pools with a MAP head (attention pooling), which vitkit does not have")
-    if "conv_root/kernel" in params:
-        raise InteropError(f"{params.source} is a ResNet hybrid (R50+ViT); vitkit's conv stem is a different network")
 
 
 def _find_blocks(params: _Params) -> _Blocks:
@@ -171,6 +185,10 @@ def _read_architecture(params: _Params) -> _Architecture:
     if kernel.ndim != 4 or kernel.shape[0] != kernel.shape[1]:
         raise InteropError(f"{params.source}: embedding/kernel has shape {kernel.shape}, expected (P, P, C, D)")
     p, _, in_channels, width = kernel.shape
+    units = _resnet_units(params)
+    if units is not None:  # the embedding reads the ResNet's feature map, whose cell is bit_stride pixels
+        in_channels = params["conv_root/kernel"].shape[2]
+        p *= bit_stride(len(units))
     blocks = _find_blocks(params)
     q_kernel = blocks.array(params, 0, f"{blocks.scheme.attn}/query/kernel")  # (D, heads, D/heads)
     mlp_dim = blocks.array(params, 0, f"{blocks.scheme.mlp}/Dense_0/kernel").shape[-1]
@@ -182,12 +200,53 @@ def _read_architecture(params: _Params) -> _Architecture:
         mlp_dim=mlp_dim,
         class_token="cls" in params,
         blocks=blocks,
+        stem_units=units,
+        root_channels=params["conv_root/kernel"].shape[3] if units is not None else 64,
     )
 
 
 def _image_size(image_size: int | tuple[int, int] | None) -> tuple[int, int] | None:
     """``image_size`` as (height, width), or None when not given."""
     return (image_size, image_size) if isinstance(image_size, int) else (tuple(image_size) if image_size else None)
+
+
+def _resnet_units(params: _Params) -> tuple[int, ...] | None:
+    """Units per stage of a hybrid's ResNet (``block{i}/unit{j}/...``), or None without ``conv_root``."""
+    if "conv_root/kernel" not in params:
+        return None
+    units: list[int] = []
+    while f"block{len(units) + 1}/unit1/conv1/kernel" in params:
+        n = 1
+        while f"block{len(units) + 1}/unit{n + 1}/conv1/kernel" in params:
+            n += 1
+        units.append(n)
+    return tuple(units)
+
+
+def _resnet_backbone(params: _Params, units: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """The hybrid's BiT ResNet under vitkit's names (:mod:`vitkit.hybrid`), as
+    google-research/vision_transformer's ``models_resnet`` names it: ``conv_root``, ``gn_root``,
+    then ``block{i}/unit{j}/`` with ``conv1..3``, ``gn1..3`` and, in each stage's first unit, the
+    shortcut's ``conv_proj`` and ``gn_proj``. Kernels are HWIO (-> OIHW); the convolutions have no bias."""
+    b = "patch_embed.backbone."
+
+    def conv(name: str) -> torch.Tensor:
+        return _t(params[f"{name}/kernel"]).permute(3, 2, 0, 1)
+
+    def norm(name: str, to: str) -> dict[str, torch.Tensor]:
+        return {f"{to}.weight": _t(params[f"{name}/scale"]), f"{to}.bias": _t(params[f"{name}/bias"])}
+
+    state = {f"{b}stem.conv.weight": conv("conv_root")} | norm("gn_root", f"{b}stem.norm")
+    for i, n in enumerate(units):
+        for j in range(n):
+            src, dst = f"block{i + 1}/unit{j + 1}/", f"{b}stages.{i}.blocks.{j}."
+            for r in (1, 2, 3):
+                state[f"{dst}conv{r}.weight"] = conv(f"{src}conv{r}")
+                state |= norm(f"{src}gn{r}", f"{dst}norm{r}")
+            if j == 0:
+                state[f"{dst}downsample.conv.weight"] = conv(f"{src}conv_proj")
+                state |= norm(f"{src}gn_proj", f"{dst}downsample.norm")
+    return state
 
 
 def _patch_embedding(params: _Params) -> dict[str, torch.Tensor]:
@@ -287,6 +346,11 @@ def _config(
     num_classes: int,
     gelu_approximate: bool,
 ) -> ViTConfig:
+    hybrid = (
+        {}
+        if arch.stem_units is None
+        else dict(stem="bit", stem_units=arch.stem_units, stem_channels=arch.root_channels)
+    )
     return ViTConfig(
         image_size=(grid[0] * arch.patch_size, grid[1] * arch.patch_size),
         patch_size=arch.patch_size,
@@ -303,6 +367,7 @@ def _config(
         qkv_bias=True,
         layer_norm_eps=1e-6,  # Flax LayerNorm's default
         gelu_approximate=gelu_approximate,
+        **hybrid,
     )
 
 
@@ -327,6 +392,8 @@ def from_jax_npz(
     _reject_unsupported(params)
     arch = _read_architecture(params)
     state = _patch_embedding(params) | _encoder_norm(params)
+    if arch.stem_units is not None:
+        state |= _resnet_backbone(params, arch.stem_units)
     tokens, grid, posemb = _tokens_and_positions(params, arch, _image_size(image_size))
     state |= tokens
     for i in range(arch.blocks.depth):
@@ -335,3 +402,110 @@ def from_jax_npz(
     state |= head
     config = _config(arch, grid, posemb, representation, num_classes, gelu_approximate)
     return build(config, state, source)
+
+
+# ============================================================================ writing: the original layout
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float32).numpy()
+
+
+def _require_original_layout(model: VisionTransformer) -> None:
+    """Refuse what google-research/vision_transformer's files cannot say, naming the format that can."""
+    c = model.config
+    refusals = {
+        c.stem == "conv": "the small convolutional stem (stem='conv')",
+        c.distill_token: "a distillation token",
+        bool(c.register_tokens): "register tokens",
+        c.fc_norm: "a LayerNorm after pooling (fc_norm)",
+        c.pool == "gap" and c.class_token: "a class token that the pooling ignores (pool='gap' with class_token)",
+        not c.qkv_bias: "attention without q/k/v biases",
+        c.layer_norm_eps != 1e-6: f"a LayerNorm eps of {c.layer_norm_eps:g} (Flax's is 1e-6)",
+    }
+    what = next((w for cond, w in refusals.items() if cond), None)
+    if what is not None:
+        raise InteropError(f"Google's .npz layout cannot hold {what}; convert --to vitkit keeps it")
+
+
+def _resnet_arrays(sd: dict[str, torch.Tensor], units: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """The inverse of :func:`_resnet_backbone`: vitkit's ResNet under ``models_resnet``'s names."""
+    b = "patch_embed.backbone."
+
+    def conv(name: str) -> np.ndarray:
+        return _np(sd[f"{name}.weight"].permute(2, 3, 1, 0))  # OIHW -> HWIO
+
+    def norm(name: str, to: str) -> dict[str, np.ndarray]:
+        return {f"{to}/scale": _np(sd[f"{name}.weight"]), f"{to}/bias": _np(sd[f"{name}.bias"])}
+
+    out = {"conv_root/kernel": conv(f"{b}stem.conv")} | norm(f"{b}stem.norm", "gn_root")
+    for i, n in enumerate(units):
+        for j in range(n):
+            src, dst = f"{b}stages.{i}.blocks.{j}.", f"block{i + 1}/unit{j + 1}/"
+            for r in (1, 2, 3):
+                out[f"{dst}conv{r}/kernel"] = conv(f"{src}conv{r}")
+                out |= norm(f"{src}norm{r}", f"{dst}gn{r}")
+            if j == 0:
+                out[f"{dst}conv_proj/kernel"] = conv(f"{src}downsample.conv")
+                out |= norm(f"{src}downsample.norm", f"{dst}gn_proj")
+    return out
+
+
+def _encoder_arrays(sd: dict[str, torch.Tensor], depth: int, width: int, heads: int) -> dict[str, np.ndarray]:
+    """The inverse of :func:`_encoder_block` for every block, in the original numbering."""
+    out: dict[str, np.ndarray] = {}
+    s = _ORIGINAL
+    for i in range(depth):
+        t, f = f"blocks.{i}.", f"Transformer/encoderblock_{i}/"
+        out |= {f"{f}LayerNorm_0/scale": _np(sd[t + "norm1.weight"]), f"{f}LayerNorm_0/bias": _np(sd[t + "norm1.bias"])}
+        out |= {f"{f}{s.norm2}/scale": _np(sd[t + "norm2.weight"]), f"{f}{s.norm2}/bias": _np(sd[t + "norm2.bias"])}
+        w, bias = sd[t + "attn.qkv.weight"].reshape(3, width, width), sd[t + "attn.qkv.bias"].reshape(3, width)
+        for k, name in enumerate(("query", "key", "value")):  # (out, in) -> (D, heads, D/heads)
+            out[f"{f}{s.attn}/{name}/kernel"] = _np(w[k].T.reshape(width, heads, width // heads))
+            out[f"{f}{s.attn}/{name}/bias"] = _np(bias[k].reshape(heads, width // heads))
+        out[f"{f}{s.attn}/out/kernel"] = _np(sd[t + "attn.proj.weight"].T.reshape(heads, width // heads, width))
+        out[f"{f}{s.attn}/out/bias"] = _np(sd[t + "attn.proj.bias"])
+        for j in range(2):
+            out[f"{f}{s.mlp}/Dense_{j}/kernel"] = _np(sd[t + f"mlp.fc{j + 1}.weight"].T)
+            out[f"{f}{s.mlp}/Dense_{j}/bias"] = _np(sd[t + f"mlp.fc{j + 1}.bias"])
+    return out
+
+
+def to_jax_arrays(model: VisionTransformer) -> dict[str, np.ndarray]:
+    """The model's weights in google-research/vision_transformer's ``.npz`` layout (the one
+    :func:`from_jax_npz` and timm's ``_load_weights`` read), plain or ResNet hybrid.
+
+    Position options other than ``learned`` are written as the one table they evaluate to at the
+    native size (``common.position_rows``); a class token's row is kept in the table's slot 0.
+    """
+    _require_original_layout(model)
+    c = model.config
+    sd = model.state_dict()
+    out = {
+        "embedding/kernel": _np(sd["patch_embed.proj.weight"].permute(2, 3, 1, 0)),  # OIHW -> HWIO
+        "embedding/bias": _np(sd["patch_embed.proj.bias"]),
+        "Transformer/encoder_norm/scale": _np(sd["norm.weight"]),
+        "Transformer/encoder_norm/bias": _np(sd["norm.bias"]),
+    }
+    if c.stem == "bit":
+        out |= _resnet_arrays(sd, c.stem_units)
+    prefix, patches = position_rows(model)
+    if c.class_token:
+        out["cls"] = _np(sd["cls_token"])
+    out["Transformer/posembed_input/pos_embedding"] = _np(torch.cat([prefix, patches], dim=1))
+    out |= _encoder_arrays(sd, c.depth, c.width, c.num_heads)
+    if c.representation_size:
+        out["pre_logits/kernel"], out["pre_logits/bias"] = (
+            _np(sd["pre_logits.0.weight"].T),
+            _np(sd["pre_logits.0.bias"]),
+        )
+    if c.num_classes:
+        out["head/kernel"], out["head/bias"] = _np(sd["head.weight"].T), _np(sd["head.bias"])
+    return out
+
+
+def save_jax_npz(model: VisionTransformer, path: str | os.PathLike) -> Path:
+    """Write :func:`to_jax_arrays` as an ``.npz`` file, whole or not at all."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **to_jax_arrays(model))
+    path = Path(path)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path

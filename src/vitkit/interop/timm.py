@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME
-from ..config import ViTConfig
+from ..config import ViTConfig, bit_stage_channels, bit_stride
 from ..files import atomic_write_bytes, atomic_write_json
 from ..model import VisionTransformer
 from ..preprocess import Preprocess
@@ -54,7 +54,7 @@ _UNSUPPORTED = {
     ".mlp.norm.": "a norm inside the MLP (scale_mlp_norm)",
     "norm_pre.": "a LayerNorm before the encoder (pre_norm, CLIP-style)",
     "patch_embed.norm.": "a norm after the patch embedding",
-    "patch_embed.backbone.": "a ResNet hybrid stem",
+    "patch_embed.backbone.": "a ResNet hybrid stem other than BiT's (vitkit has stem='bit': timm's vit_*_r26/r50_*)",
     ".mlp.fc1_g.": "a gated MLP (SwiGLU)",
 }
 
@@ -77,6 +77,8 @@ def _family_name(config: ViTConfig) -> str:
     size = _SIZE_BY_WIDTH.get(config.width, f"w{config.width}")
     h, w = config.image_size
     img = h if h == w else f"{h}x{w}"
+    if config.stem == "bit":
+        return f"{_hybrid_family(config)}_{img}"
     if config.distill_token:
         return f"deit_{size}_distilled_patch{config.patch_size}_{img}"
     gap = "_gap" if config.pool == "gap" and not config.class_token and not config.fc_norm else ""
@@ -97,6 +99,8 @@ def timm_name(config: ViTConfig) -> str:
     timm = _timm()
     if timm is None:
         return base
+    if config.stem == "bit":
+        return _hybrid_timm_name(config, name, timm)
     family = name.rsplit("_", 1)[0]
     registered = timm.list_models(f"{family}_*")
     if not config.distill_token:
@@ -110,6 +114,8 @@ def timm_name(config: ViTConfig) -> str:
 
 
 def _check_supported(state: Mapping[str, torch.Tensor], source: str) -> None:
+    if _is_bit_hybrid(state):  # the one ResNet backbone vitkit has
+        state = {k: v for k, v in state.items() if not k.startswith(_BACKBONE)}
     for marker, feature in _UNSUPPORTED.items():
         hit = next((k for k in state if marker in k or k.startswith(marker)), None)
         if hit is not None:
@@ -141,6 +147,8 @@ def _module_settings(model: nn.Module, source: str) -> dict[str, Any]:
         raise InteropError(f"{source}: norm {type(block.norm1).__name__} is not a LayerNorm")
     if isinstance(model.norm, nn.Identity) and isinstance(model.fc_norm, nn.Identity):
         raise InteropError(f"{source} has no final LayerNorm (final_norm=False), which vitkit always has")
+    if hasattr(model.patch_embed, "backbone"):
+        _check_bit_module(model.patch_embed.backbone, source)
     return dict(
         num_heads=block.attn.num_heads,
         global_pool=model.global_pool,
@@ -181,6 +189,10 @@ def _config_from_state(
     width, in_channels, p, p2 = state["patch_embed.proj.weight"].shape
     if p != p2:
         raise InteropError(f"{source}: non-square patches {p}x{p2} are not supported")
+    hybrid = _bit_fields(state, source)  # {} for a plain ViT
+    if hybrid:  # the projection reads the feature map: its kernel times the backbone's stride is the patch
+        in_channels = hybrid.pop("in_channels")
+        p *= bit_stride(len(hybrid["stem_units"]))
     depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
     mlp_dim = state["blocks.0.mlp.fc1.weight"].shape[0]
     class_token = "cls_token" in state
@@ -194,7 +206,7 @@ def _config_from_state(
         raise InteropError(f"{source}: timm global_pool={settings['global_pool']!r}; vitkit pools by 'token' or 'avg'")
     pool = "gap" if (not class_token or fc_norm or settings.get("global_pool") == "avg") else "cls"
     num_heads = settings.get("num_heads") or _HEADS_BY_WIDTH.get(width, max(1, width // 64))
-    out = {k: v for k, v in state.items() if k != "pos_embed"}
+    out = _bit_names_from_timm({k: v for k, v in state.items() if k != "pos_embed"})
     if "pos_embed" in state:
         grid = settings.get("grid")
         if image_size is None and grid is not None:
@@ -228,6 +240,7 @@ def _config_from_state(
         qkv_bias="blocks.0.attn.qkv.bias" in state,
         layer_norm_eps=settings.get("layer_norm_eps", 1e-6),
         gelu_approximate=settings.get("gelu_approximate", False),
+        **hybrid,
     )
     return config, out
 
@@ -315,7 +328,8 @@ def to_timm_state_dict(model: VisionTransformer, no_embed_class: bool = False) -
     token, which is the same sum (and the distillation row into the distillation token). Without
     it, register tokens get zero rows, which add nothing, as vitkit adds nothing to them.
     """
-    require_plain(model, "timm's VisionTransformer")
+    if model.config.stem != "bit":
+        require_plain(model, "timm's VisionTransformer")
     c = model.config
     if c.representation_size:
         raise InteropError(
@@ -341,7 +355,7 @@ def to_timm_state_dict(model: VisionTransformer, no_embed_class: bool = False) -
     else:
         registers = patches.new_zeros(1, c.register_tokens, c.width)  # timm's rows for reg_token
         state["pos_embed"] = torch.cat([prefix, registers, patches], dim=1)
-    return state
+    return _bit_names_to_timm(state) if c.stem == "bit" else state
 
 
 def timm_kwargs(config: ViTConfig, no_embed_class: bool = False) -> dict[str, Any]:
@@ -386,9 +400,140 @@ def to_timm(model: VisionTransformer, no_embed_class: bool = False) -> nn.Module
 
     state = to_timm_state_dict(model, no_embed_class)
     cls = VisionTransformerDistilled if model.config.distill_token else TimmViT
-    out = cls(**timm_kwargs(model.config, no_embed_class))
+    kwargs = timm_kwargs(model.config, no_embed_class)
+    out = cls(**(kwargs | timm_hybrid_kwargs(model.config) if model.config.stem == "bit" else kwargs))
     out.load_state_dict(state)
     return out.eval()
+
+
+# ============================================================================ the BiT-ResNet hybrid (stem="bit")
+# timm's hybrids (vision_transformer_hybrid.py) put a ResNetV2(preact=False) with "SAME"-padded
+# StdConv2dSame(eps=1e-8) convolutions under patch_embed.backbone, with the module names vitkit's
+# hybrid.py uses; only the stem-only backbone (vit_tiny_r_s16_p8_*) is the root block itself.
+_BACKBONE = "patch_embed.backbone."
+# The units per stage of timm's registered hybrids (R26, R50 with 3 stages, R50 with 4), all with BiT's 64-channel root.
+_TIMM_HYBRID_UNITS = ((2, 2, 2, 2), (3, 4, 9), (3, 4, 6, 3))
+
+
+def _is_bit_hybrid(state: Mapping[str, torch.Tensor]) -> bool:
+    return any(k in state for k in (f"{_BACKBONE}stem.conv.weight", f"{_BACKBONE}conv.weight"))
+
+
+def _bit_names_from_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm's names -> vitkit's: the same, except a stem-only backbone's root gains ``stem.``."""
+    if f"{_BACKBONE}conv.weight" not in state:
+        return state
+    return {(_BACKBONE + "stem." + k[len(_BACKBONE) :] if k.startswith(_BACKBONE) else k): v for k, v in state.items()}
+
+
+def _bit_names_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """vitkit's names -> timm's (see :func:`_bit_names_from_timm`)."""
+    if any(k.startswith(f"{_BACKBONE}stages.") for k in state):
+        return state
+    stem = f"{_BACKBONE}stem."
+    return {(_BACKBONE + k[len(stem) :] if k.startswith(stem) else k): v for k, v in state.items()}
+
+
+def _bit_fields(state: Mapping[str, torch.Tensor], source: str) -> dict[str, Any]:
+    """The ViTConfig fields of a BiT hybrid's backbone (``stem``, ``stem_units``, ``stem_channels``,
+    and the image's ``in_channels``) read off its tensor names and shapes; {} for a plain ViT."""
+    if not _is_bit_hybrid(state):
+        return {}
+    root = state.get(f"{_BACKBONE}stem.conv.weight", state.get(f"{_BACKBONE}conv.weight"))
+    units: list[int] = []
+    while any(k.startswith(f"{_BACKBONE}stages.{len(units)}.") for k in state):
+        i = len(units)
+        blocks = {int(k.split(".")[5]) for k in state if k.startswith(f"{_BACKBONE}stages.{i}.blocks.")}
+        units.append(max(blocks) + 1)
+    expected = bit_stage_channels(root.shape[0], len(units))
+    for i, c in enumerate(expected):
+        found = state[f"{_BACKBONE}stages.{i}.blocks.0.conv3.weight"].shape[0]
+        if found != c:
+            raise InteropError(
+                f"{source}: ResNet stage {i + 1} has {found} channels where BiT's layout with a {root.shape[0]}-channel "
+                f"root has {c} (a width factor other than 1?); vitkit's stem='bit' has BiT's widths only"
+            )
+    return dict(stem="bit", stem_units=tuple(units), stem_channels=root.shape[0], in_channels=root.shape[1])
+
+
+def _check_bit_module(backbone: nn.Module, source: str) -> None:
+    """Refuse a timm hybrid whose backbone computes differently from vitkit's (other padding, eps
+    or pre-activation blocks), which a state dict alone could not reveal."""
+    from timm.layers import StdConv2dSame
+
+    stem = getattr(backbone, "stem", backbone)
+    conv = getattr(stem, "conv", None)
+    preact = hasattr(backbone, "stages") and not isinstance(backbone.norm, nn.Identity)  # a final norm: v2 blocks
+    if not isinstance(conv, StdConv2dSame) or conv.eps != 1e-8 or preact:
+        raise InteropError(
+            f"{source}: the ResNet backbone is not the BiT hybrid of timm's vit_*_r26/r50_* models (StdConv2dSame, "
+            "eps=1e-8, no pre-activation); vitkit's stem='bit' computes that one only"
+        )
+
+
+def _hybrid_family(config: ViTConfig) -> str:
+    """``vit_{size}_r{layers}_s{patch}``: timm's naming, with ResNet-(3 x units + 2)."""
+    size = _SIZE_BY_WIDTH.get(config.width, f"w{config.width}")
+    return f"vit_{size}_r{3 * sum(config.stem_units) + 2}_s{config.patch_size}"
+
+
+def _hybrid_timm_name(config: ViTConfig, name: str, timm: Any) -> str:
+    """The registered timm hybrid for ``config`` (``name``), else one of the same width whose
+    settings (heads, pooling) a state dict loads under, else R50+ViT-B/16's."""
+    if timm.is_model(name):
+        return name
+    family = name.rsplit("_", 1)[0]
+    size = family.split("_")[1]
+    for candidate in (f"{family}_224", f"{family}_384", *sorted(timm.list_models(f"vit_{size}_r??_s??_*"))):
+        if timm.is_model(candidate):
+            return candidate
+    return "vit_base_r50_s16_384"
+
+
+def _require_registered_hybrid(config: ViTConfig) -> None:
+    """A timm folder names a registered architecture and plain arguments; timm registers its hybrids
+    with BiT's 64-channel root and R26 or R50 stages only, and builds no other backbone from JSON."""
+    name = _family_name(config)
+    timm = _timm()
+    registered = config.stem_channels == 64 and config.stem_units in _TIMM_HYBRID_UNITS
+    if not registered or (
+        timm is not None and _hybrid_timm_name(config, name, timm).rsplit("_", 1)[0] != name.rsplit("_", 1)[0]
+    ):
+        raise InteropError(
+            f"timm registers no hybrid like this one (stem_units={list(config.stem_units)}, "
+            f"stem_channels={config.stem_channels}, width={config.width}, patch_size={config.patch_size}): a timm folder "
+            "can only name a registered one (vit_small_r26_s32, vit_base_r50_s16, ...); convert --to vitkit keeps it, "
+            "or use vitkit.interop.to_timm in Python"
+        )
+
+
+def timm_hybrid_kwargs(config: ViTConfig) -> dict[str, Any]:
+    """What :func:`timm_kwargs` adds for a hybrid: timm's ``HybridEmbed`` around a ``ResNetV2`` built
+    as timm's ``_resnetv2`` builds it, and the projection's patch size (the feature map's cells)."""
+    from functools import partial
+
+    from timm.layers import HybridEmbed, StdConv2dSame
+    from timm.models.resnetv2 import ResNetV2, create_resnetv2_stem
+
+    conv = partial(StdConv2dSame, eps=1e-8)
+    units, root = config.stem_units, config.stem_channels
+    if units:
+        backbone: nn.Module = ResNetV2(
+            layers=units,
+            channels=tuple(bit_stage_channels(root, len(units))),
+            stem_chs=root,
+            num_classes=0,
+            global_pool="",
+            in_chans=config.in_channels,
+            preact=False,
+            stem_type="same",
+            conv_layer=conv,
+        )
+    else:
+        backbone = create_resnetv2_stem(config.in_channels, root, stem_type="same", preact=False, conv_layer=conv)
+    return dict(
+        patch_size=config.patch_size // bit_stride(len(units)), embed_layer=partial(HybridEmbed, backbone=backbone)
+    )
 
 
 # ============================================================================ timm's folders and pretrained_cfg
@@ -439,6 +584,9 @@ def timm_model_args(config: ViTConfig) -> dict[str, Any]:
     if config.gelu_approximate:
         raise InteropError("the tanh-approximated GELU has no plain timm keyword argument; --to vitkit or --to hf")
     args = timm_kwargs(config)
+    if config.stem == "bit":  # the registered name builds the backbone; the projection's kernel is left
+        _require_registered_hybrid(config)
+        args["patch_size"] = config.patch_size // bit_stride(len(config.stem_units))
     args["img_size"] = list(args["img_size"])
     if not args["no_embed_class"]:
         del args["no_embed_class"]  # timm's default
@@ -482,7 +630,7 @@ def save_timm(model: VisionTransformer, folder: str | os.PathLike, preprocess: P
     pretrained_cfg = {
         "architecture": name,
         "num_classes": c.num_classes,
-        "first_conv": "patch_embed.proj",
+        "first_conv": "patch_embed.backbone.stem.conv" if c.stem == "bit" else "patch_embed.proj",
         "classifier": "head",
         "fixed_input_size": True,
         **data,
