@@ -91,3 +91,52 @@ KILLED_IN_EPOCH_2_CHECKPOINT = textwrap.dedent(
     T.train(cfg, progress=False)
     """
 )
+
+
+# scikit-image's sample photographs (bundled, no download): colour and grey, square and not
+PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "rocket", "coins", "moon", "immunohistochemistry")
+PHOTOS += ("hubble_deep_field", "colorwheel", "retina", "stereo_motorcycle", "clock", "brick", "gravel")
+
+
+def write_photo_crops(folder: Path, n: int = 300, seed: int = 0) -> list[Path]:
+    """``n`` random crops of real photos, as a folder of someone's pictures is: shorter sides of
+    16-320 px (shrunk and enlarged at 64 px), aspect ratios from 1:3 to 3:1, JPEG and PNG, some
+    grey (``L``), some RGBA (opaque: a transparent pixel is composited over white by vitkit, while
+    ``transformers``' ``load_image`` and a timm user's ``convert("RGB")`` drop the alpha). The file
+    name starts with the index and names the photo, e.g. ``007_coffee_L.png``."""
+    import math
+    import random
+
+    import skimage.data
+    from PIL import Image
+
+    rng = random.Random(seed)
+    sources = {}
+    for name in PHOTOS:
+        pixels = getattr(skimage.data, name)()
+        sources[name] = pixels[0] if isinstance(pixels, tuple) else pixels
+    files = []
+    for i in range(n):
+        name = PHOTOS[i % len(PHOTOS)]
+        photo = sources[name]
+        height, width = photo.shape[:2]
+        short = rng.randint(16, min(height, width, 320))
+        ratio = math.exp(rng.uniform(math.log(1 / 3), math.log(3)))
+        h, w = (short, round(short * ratio)) if ratio >= 1 else (round(short / ratio), short)
+        if rng.random() < 0.5:
+            h, w = w, h
+        h, w = min(h, height), min(w, width)
+        y, x = rng.randint(0, height - h), rng.randint(0, width - w)
+        img = Image.fromarray(photo[y : y + h, x : x + w])
+        kind = rng.choice(["jpg", "jpg", "png", "L", "Ljpg", "RGBA"])
+        img = img.convert({"L": "L", "Ljpg": "L", "RGBA": "RGBA"}.get(kind, "RGB"))
+        path = folder / f"{i:03d}_{name}_{kind}.{'jpg' if kind.endswith('jpg') else 'png'}"
+        img.save(path, **({"quality": 90} if path.suffix == ".jpg" else {}))
+        files.append(path)
+    return files
+
+
+@pytest.fixture(scope="session")
+def photo_crops(tmp_path_factory) -> list[Path]:  # noqa: ANN001
+    """300 crops of real photos (:func:`write_photo_crops`), written once per session."""
+    return write_photo_crops(tmp_path_factory.mktemp("photo_crops"))
