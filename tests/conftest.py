@@ -70,32 +70,6 @@ def write_digits(folder: Path, per_class: int, classes: int = 3, offset: int = 0
     return folder
 
 
-def write_photos(folder: Path, per_class: int = 12, seed: int = 0) -> Path:
-    """A user's photo folder: ``per_class`` random crops (96-260 px, aspect 3:4 to 4:3) of each of
-    four of scikit-image's sample photographs, one class per photograph, saved as JPEG or PNG in
-    the modes a phone, a scanner or a web page gives (RGB, L, RGBA, P): real pixels of mixed
-    sizes and modes, as ``folder/<photo>/<photo>_<i>.{jpg,png}``."""
-    import numpy as np
-    import skimage.data
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    for name in ("astronaut", "coffee", "rocket", "camera"):
-        pixels = getattr(skimage.data, name)()
-        (folder / name).mkdir(parents=True)
-        h, w = pixels.shape[:2]
-        for i in range(per_class):
-            side = int(rng.integers(96, 260))
-            ch, cw = side, int(side * rng.uniform(0.75, 1.33))
-            y, x = int(rng.integers(0, h - ch)), int(rng.integers(0, w - cw))
-            img = Image.fromarray(pixels[y : y + ch, x : x + cw])
-            mode = ("RGB", "L", "RGBA", "P")[i % 4] if img.mode != "L" else ("L", "RGB")[i % 2]
-            img = img.convert(mode)
-            ext = ".jpg" if mode in ("RGB", "L") and i % 3 == 0 else ".png"
-            img.save(folder / name / f"{name}_{i:02d}{ext}")
-    return folder
-
-
 # A run that SIGKILLs itself half-way through writing the training state of epoch 2: its last/
 # must stay the complete checkpoint of epoch 1 (the fine-tuning and pre-training resume tests).
 KILLED_IN_EPOCH_2_CHECKPOINT = textwrap.dedent(
@@ -117,3 +91,79 @@ KILLED_IN_EPOCH_2_CHECKPOINT = textwrap.dedent(
     T.train(cfg, progress=False)
     """
 )
+
+
+# scikit-image's sample photographs (bundled, no download): colour and grey, square and not
+PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "rocket", "coins", "moon", "immunohistochemistry")
+PHOTOS += ("hubble_deep_field", "colorwheel", "retina", "stereo_motorcycle", "clock", "brick", "gravel")
+
+
+def _photo(name: str):  # noqa: ANN202 - a (H, W[, C]) uint8 array
+    import skimage.data
+
+    pixels = getattr(skimage.data, name)()
+    return pixels[0] if isinstance(pixels, tuple) else pixels
+
+
+def _random_crop(photo, rng) -> tuple:  # noqa: ANN001 - (a PIL image, its kind: jpg, png, L, Ljpg, RGBA)
+    """One crop as someone's pictures come: a shorter side of 16-320 px, an aspect ratio from 1:3
+    to 3:1, saved as JPEG or PNG, some grey (``L``), some RGBA (opaque: a transparent pixel is
+    composited over white by vitkit, while ``transformers``' ``load_image`` and a timm user's
+    ``convert("RGB")`` drop the alpha)."""
+    import math
+
+    from PIL import Image
+
+    height, width = photo.shape[:2]
+    short = rng.randint(16, min(height, width, 320))
+    ratio = math.exp(rng.uniform(math.log(1 / 3), math.log(3)))
+    h, w = (short, round(short * ratio)) if ratio >= 1 else (round(short / ratio), short)
+    if rng.random() < 0.5:
+        h, w = w, h
+    h, w = min(h, height), min(w, width)
+    y, x = rng.randint(0, height - h), rng.randint(0, width - w)
+    img = Image.fromarray(photo[y : y + h, x : x + w])
+    kind = rng.choice(["jpg", "jpg", "png", "L", "Ljpg", "RGBA"])
+    return img.convert({"L": "L", "Ljpg": "L", "RGBA": "RGBA"}.get(kind, "RGB")), kind
+
+
+def _save(img, path: Path) -> Path:  # noqa: ANN001
+    img.save(path, **({"quality": 90} if path.suffix == ".jpg" else {}))
+    return path
+
+
+def write_photo_crops(folder: Path, n: int = 300, seed: int = 0) -> list[Path]:
+    """``n`` random crops of real photos (:func:`_random_crop`), cycling through :data:`PHOTOS`.
+    The file name starts with the index and names the photo, e.g. ``007_coffee_L.png``."""
+    import random
+
+    rng = random.Random(seed)
+    sources = {name: _photo(name) for name in PHOTOS}
+    files = []
+    for i in range(n):
+        name = PHOTOS[i % len(PHOTOS)]
+        img, kind = _random_crop(sources[name], rng)
+        files.append(_save(img, folder / f"{i:03d}_{name}_{kind}.{'jpg' if kind.endswith('jpg') else 'png'}"))
+    return files
+
+
+def write_photos(folder: Path, per_class: int = 12, seed: int = 0) -> Path:
+    """A user's photo folder for training: ``per_class`` random crops (:func:`_random_crop`) of
+    each of four photographs, one class per photograph, as ``folder/<photo>/<photo>_<i>.<ext>``:
+    real pixels of mixed sizes, shapes and modes."""
+    import random
+
+    rng = random.Random(seed)
+    for name in ("astronaut", "coffee", "rocket", "camera"):
+        (folder / name).mkdir(parents=True)
+        photo = _photo(name)
+        for i in range(per_class):
+            img, kind = _random_crop(photo, rng)
+            _save(img, folder / name / f"{name}_{i:02d}.{'jpg' if kind.endswith('jpg') else 'png'}")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def photo_crops(tmp_path_factory) -> list[Path]:  # noqa: ANN001
+    """300 crops of real photos (:func:`write_photo_crops`), written once per session."""
+    return write_photo_crops(tmp_path_factory.mktemp("photo_crops"))

@@ -151,3 +151,87 @@ def test_deit_model_pooler_and_deit_without_teacher(tmp_path):
     single.save_pretrained(tmp_path / "single")
     with pytest.raises(InteropError, match="DeiTForImageClassification: it classifies the class token alone"):
         from_hf(tmp_path / "single")
+
+
+# ---------------------------------------------------------------------------- the shorter side and the centre
+def _crop_processor(cls, size, shortest, interpolation, **kw):
+    resample = {"bilinear": 2, "bicubic": 3}[interpolation]
+    mean, std = [0.5, 0.4, 0.3], [0.25, 0.2, 0.3]
+    return cls(size={"shortest_edge": shortest}, resample=resample, image_mean=mean, image_std=std, **kw)
+
+
+def _cut(resized: torch.Tensor, at: int, size: int = 64) -> torch.Tensor:
+    """``size`` pixels of the longer side from ``at`` on (the shorter side is ``size`` already)."""
+    return resized[..., at : at + size] if resized.shape[-1] > resized.shape[-2] else resized[..., at : at + size, :]
+
+
+@pytest.mark.parametrize(("crop_fraction", "interpolation"), [(1.0, "bilinear"), (0.875, "bicubic")])
+def test_hf_shorter_side_and_centre_are_read_as_the_crop_rule(tmp_path, photo_crops, crop_fraction, interpolation):
+    """BitImageProcessor (shortest_edge, crop_size) and ConvNextImageProcessor (crop_pct), as
+    transformers writes them, read back as the Preprocess that resizes every photo as they do."""
+    from vitkit.images import decode_image
+    from vitkit.interop import preprocess_from_hf
+    from vitkit.preprocess import Preprocess
+
+    shortest = int(64 / crop_fraction)  # 64 or 73
+    config = create_model("vit_tiny_32", depth=1, image_size=64, patch_size=8).config
+    expected = Preprocess(64, 3, fit="crop", crop_fraction=crop_fraction, interpolation=interpolation)
+    expected = expected.replace(mean=[0.5, 0.4, 0.3], std=[0.25, 0.2, 0.3])
+    crop = {"height": 64, "width": 64}
+    bit = _crop_processor(transformers.BitImageProcessor, 64, shortest, interpolation, crop_size=crop)
+    convnext = _crop_processor(transformers.ConvNextImageProcessor, 64, 64, interpolation, crop_pct=crop_fraction)
+    for name, processor in (("bit", bit), ("convnext", convnext)):
+        processor.save_pretrained(tmp_path / name)
+        read = preprocess_from_hf(tmp_path / name, config)
+        assert read.replace(crop_fraction=crop_fraction) == expected, name
+        assert read.describe() == expected.describe()  # the same shorter side: 64 or 73 px
+        for f in photo_crops[:40]:
+            assert torch.equal(read.pixels(decode_image(f)), expected.pixels(decode_image(f))), (name, f.name)
+    if crop_fraction == 1.0:
+        assert preprocess_from_hf(tmp_path / "bit", config) == expected  # exactly: the whole round trip
+        # a centre vitkit has no form of: the weights still load, with no preprocessing (then --assume-preprocess)
+        wide = _crop_processor(
+            transformers.BitImageProcessor, 64, 64, "bilinear", crop_size={"height": 48, "width": 64}
+        )
+        wide.save_pretrained(tmp_path / "wide")
+        with pytest.warns(UserWarning, match=r"a 48x64 centre of a 64-px shorter side has no vitkit form"):
+            assert preprocess_from_hf(tmp_path / "wide", config) is None
+
+
+def test_hf_processors_cut_the_centre_a_pixel_off_vitkits_so_crop_models_are_refused(tmp_path, photo_crops):
+    """Why `convert --to hf` refuses fit="crop": BitImageProcessor resizes every photo exactly as
+    vitkit does (the same torchvision call, the same long side), then cuts the centre at
+    floor((L - 64) / 2) where vitkit (and torchvision, and timm) round half to even. On the photos
+    where the two differ (L - 64 = 3 modulo 4: about one in four) the model sees its input shifted
+    by a pixel. Should transformers ever round as torchvision does, this test fails: then write
+    BitImageProcessor for such models."""
+    from transformers.image_utils import load_image
+
+    from vitkit.images import convert_channels, decode_image, resize
+    from vitkit.interop import InteropError
+    from vitkit.interop.hf import processor_config
+    from vitkit.preprocess import Preprocess
+
+    pre = Preprocess(64, 3, fit="crop").replace(mean=[0.5, 0.4, 0.3], std=[0.25, 0.2, 0.3])
+    crop = {"height": 64, "width": 64}
+    processor = _crop_processor(transformers.BitImageProcessor, 64, 64, "bilinear", crop_size=crop)
+    assert processor.backend == "torchvision"  # what pipeline and AutoImageProcessor pick in transformers 5
+    shifted = 0
+    for f in photo_crops:
+        theirs = processor(images=load_image(str(f)), return_tensors="pt")["pixel_values"][0]
+        image = convert_channels(decode_image(f), 3)
+        h, w = image.shape[-2:]
+        long_side = int(64 * max(h, w) / min(h, w))  # transformers' and torchvision's truncation
+        resized = resize(image, (64, long_side) if h <= w else (long_side, 64)).float()
+        floor_at, round_at = (long_side - 64) // 2, round((long_side - 64) / 2)
+        assert torch.allclose(theirs, pre.normalize(_cut(resized, floor_at)), atol=1e-4), f.name  # HF: floor
+        ours = pre(decode_image(f))
+        assert torch.allclose(ours, pre.normalize(_cut(resized, round_at)), atol=1e-6), f.name  # vitkit: round
+        if floor_at != round_at:
+            shifted += 1
+            assert not torch.allclose(theirs, ours, atol=1e-4), f.name
+        else:
+            assert torch.allclose(theirs, ours, atol=1e-4), f.name
+    assert 40 <= shifted <= 120  # about one photo in four
+    with pytest.raises(InteropError, match=r"one pixel off .*fit='crop'.* --to timm keeps that rule exactly"):
+        processor_config(pre)

@@ -557,11 +557,25 @@ def preprocess_from_timm(pretrained_cfg: Mapping[str, Any], config: ViTConfig) -
 
 def pretrained_cfg_for(pre: Preprocess) -> dict[str, Any]:
     """timm's ``pretrained_cfg`` preprocessing fields for ``pre``, or a one-line InteropError
-    naming what timm's data config cannot express (a zero border)."""
+    naming what timm's data config cannot express (a zero border, a non-square centre).
+
+    For a square input, timm's eval transform (``crop_mode="center"``: torchvision's ``Resize(int)``
+    on a Pillow image, then ``CenterCrop``) has vitkit's arithmetic: the long side truncated, the
+    centre rounded half to even; on 300 real photo crops of every shape its pixels are within 1
+    grey level of vitkit's (3 with bicubic: Pillow's filter against torchvision's), and a model's
+    answers agree on all 300 (tests/test_interop_convert.py). A non-square input goes through
+    timm's ``ResizeKeepRatio``, which rounds the long side where vitkit truncates it: half the
+    photos are resized a pixel longer, which moved 5 answers in 300, so it is refused."""
     if pre.pad:
         raise InteropError(
             f"timm's pretrained_cfg cannot add the {pre.pad}-pixel zero border this model's preprocess.json "
             "asks for (pad); --to vitkit keeps it"
+        )
+    (h, w) = pre.image_size
+    if pre.fit == "crop" and h != w:
+        raise InteropError(
+            f"timm's eval transform rounds the longer side of a non-square {h}x{w} centre crop where this model's "
+            "preprocess.json (fit='crop') truncates it, a pixel apart on half of all photos; --to vitkit keeps it"
         )
     return {
         "input_size": [pre.channels, *pre.input_size],
