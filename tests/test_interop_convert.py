@@ -273,7 +273,7 @@ def test_what_a_format_cannot_express_is_refused(tmp_path, capsys, digits_run):
     assert err == (  # why: test_interop_hf.py's test_hf_processors_cut_the_centre_a_pixel_off_vitkits...
         "vitkit convert: error: Hugging Face's image processors cut the centre one pixel off this model's rule "
         "(preprocess.json fit='crop') on about one photo in four, which changes answers; --to timm keeps that rule "
-        "exactly, --to vitkit too"
+        "exactly, --to vitkit too (or train with --fit stretch, which Hugging Face's processor repeats)"
     )
     assert main(["convert", str(cropped), str(tmp_path / "timm"), "--to", "timm"]) == 0  # timm's own eval rule
     cfg = json.loads((tmp_path / "timm" / "config.json").read_text())["pretrained_cfg"]

@@ -481,7 +481,7 @@ def processor_config(pre: Preprocess) -> dict[str, Any]:
         raise InteropError(
             "Hugging Face's image processors cut the centre one pixel off this model's rule (preprocess.json "
             f"fit={pre.fit!r}) on about one photo in four, which changes answers; --to timm keeps that rule "
-            "exactly, --to vitkit too"
+            "exactly, --to vitkit too (or train with --fit stretch, which Hugging Face's processor repeats)"
         )
     resample = {name: number for number, name in _PIL_RESAMPLE.items()}[pre.interpolation]
     per_rgb = 3 if pre.channels == 1 else 1  # a grey model's statistics on each RGB channel

@@ -289,7 +289,7 @@ def _model_and_data(cfg: TrainConfig, resuming: RunFolder | None) -> tuple[Model
         return VisionTransformer(ViTConfig.from_dict(record["model"])), data, record.get("init")
     source = load_source(cfg.init, cfg.mean, cfg.std)
     require_vit(source.model, "--init (fine-tuning from a checkpoint, for now)", cfg.init)
-    log.info("--init %s: %s weights; normalisation from %s", cfg.init, source.fmt, source.normalisation)
+    log.info("--init %s: %s weights; normalisation: %s", cfg.init, source.fmt, source.normalisation)
     channels = cfg.channels or dataset.native_format[1]
     model, geometry, notes = adapt_input(source, channels, cfg.image_size)
     data = prepare_data(cfg, dataset, geometry.replace(dataset=dataset.text), own_statistics=False)
