@@ -70,6 +70,20 @@ def write_digits(folder: Path, per_class: int, classes: int = 3, offset: int = 0
     return folder
 
 
+def headless_chromium(profile: Path, width: int, height: int):  # noqa: ANN201 - a selenium WebDriver
+    """Debian's Chromium, headless, as scripts/docs_screenshots.py opens it (one set of flags for
+    the page test and the docs' screenshots)."""
+    import sys
+
+    scripts = str(Path(__file__).resolve().parents[1] / "scripts")
+    sys.path.insert(0, scripts)
+    try:
+        import docs_screenshots
+    finally:
+        sys.path.remove(scripts)
+    return docs_screenshots.browser(profile, width, height)
+
+
 # A run that SIGKILLs itself half-way through writing the training state of epoch 2: its last/
 # must stay the complete checkpoint of epoch 1 (the fine-tuning and pre-training resume tests).
 KILLED_IN_EPOCH_2_CHECKPOINT = textwrap.dedent(

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import needs_fashion_mnist, perturbed, sample_photo, tiny_config
+from conftest import headless_chromium, needs_fashion_mnist, perturbed, sample_photo, tiny_config
 from PIL import Image
 
 from vitkit.data import load_dataset
@@ -304,22 +304,7 @@ def test_in_a_real_browser(live_server, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
     _, url = live_server
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1180,760",
-        f"--user-data-dir={tmp_path / 'profile'}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    driver = headless_chromium(tmp_path / "profile", 1180, 760)
     try:
         driver.get(url)
         wait = WebDriverWait(driver, 30)
