@@ -54,7 +54,8 @@ def test_int8_export_needs_real_images_to_check_on(tmp_path, capsys):
     assert main(["export", str(tmp_path / "ckpt"), str(tmp_path / "fp32.onnx")]) == 0
     assert main(["export", str(tmp_path / "ckpt"), str(tmp_path / "int8.onnx"), "--int8", "--check"]) == 1
     err = capsys.readouterr().err
-    assert "--check-data" in err and err.count("\n") == 1
+    errors = [line for line in err.splitlines() if ": error: " in line]  # after the no-preprocessing warning
+    assert len(errors) == 1 and "--check-data" in errors[0]
     assert (tmp_path / "int8.onnx").stat().st_size < 0.4 * (tmp_path / "fp32.onnx").stat().st_size
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "fp32.onnx", "int8.onnx"]
 
@@ -100,3 +101,34 @@ def test_export_and_convert_help_is_plain_text(capsys):
         text = sub[name].format_help()
         assert "``" not in text and not re.search(r":(mod|func|class):", text), text
         assert all(a.help for a in sub[name]._actions), name
+
+
+@pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
+def test_every_export_carries_its_preprocessing_and_class_names(tmp_path, capsys, int8):
+    """The ONNX file says how to prepare an image and what each logit is, as onnxruntime reads its
+    metadata: preprocess.json's JSON (at the exported size, its zero border kept in proportion)
+    and the class names; a model that records no preprocessing is exported with a warning."""
+    import json
+
+    import vitkit
+    from vitkit.export import read_metadata
+    from vitkit.preprocess import Preprocess
+
+    model = model_for_export(num_classes=3)
+    folder = tmp_path / "ck"
+    vitkit.save(model, folder)
+    pre = Preprocess((28, 28), 3, mean=(0.2, 0.3, 0.4), std=(0.5, 0.6, 0.7), pad=2, class_names=["a", "b", "c"])
+    pre.save(folder)
+    flags = ["--int8"] if int8 else []
+    assert main(["export", str(folder), str(tmp_path / "m.onnx"), *flags]) == 0
+    meta = read_metadata(tmp_path / "m.onnx")
+    assert Preprocess.from_dict(json.loads(meta["preprocess"])) == pre
+    assert json.loads(meta["class_names"]) == ["a", "b", "c"]
+    assert main(["export", str(folder), str(tmp_path / "big.onnx"), "--image-size", "64", *flags]) == 0
+    big = Preprocess.from_dict(json.loads(read_metadata(tmp_path / "big.onnx")["preprocess"]))
+    assert big.input_size == (64, 64) and big.pad == 4 and big.image_size == (56, 56)
+    (folder / "preprocess.json").unlink()
+    capsys.readouterr()
+    assert main(["export", str(folder), str(tmp_path / "bare.onnx"), *flags]) == 0
+    assert "records no preprocessing" in capsys.readouterr().err
+    assert "preprocess" not in read_metadata(tmp_path / "bare.onnx")

@@ -148,6 +148,8 @@ def test_export_takes_the_run_folder_and_answers_as_vitkit(home, trained):
     assert done.returncode == 0, done.stderr
     x = load_for_inference(run, torch.device("cpu")).preprocess.files(_photos(home)[:8])
     session = ort.InferenceSession(str(home / "photos.onnx"), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map  # the file says how to prepare an image
+    assert json.loads(meta["preprocess"]) == json.loads((run / "best" / "preprocess.json").read_text())
     (logits,) = session.run(["logits"], {"images": x.numpy()})
     with torch.no_grad():
         expected = vitkit.load(run / "best").eval()(x).numpy()

@@ -10,6 +10,12 @@ interpolation is in the graph (bicubic resampling in ONNX runtimes has cost othe
 With ``dynamic_image_size=True`` the graph resamples the position grid for each input size,
 as the PyTorch model does; sizes must then be multiples of the patch size.
 
+Every export can carry metadata (ONNX ``metadata_props``, read by onnxruntime's
+``InferenceSession.get_modelmeta().custom_metadata_map``): ``vitkit export`` writes
+``preprocess`` (the JSON of the model's preprocess.json) and ``class_names`` (a JSON list), so the
+file alone says how to prepare an image and what each logit means. An ONNX model that answers
+worse than its source is most often one fed differently prepared pixels.
+
 Every export can be checked with onnxruntime against PyTorch on the same random input
 (:func:`check_onnx`), which returns the largest absolute difference of the logits.
 :class:`OnnxModel` runs an exported graph behind the ``nn.Module`` interface, so that the code
@@ -21,9 +27,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import json
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +41,7 @@ from torch import nn
 from .errors import ExportError
 from .files import atomic_write_bytes
 from .model import VisionTransformer
+from .preprocess import Preprocess
 
 DEFAULT_OPSET = 18
 _PROTOBUF_LIMIT = 2**31 - 1  # one ONNX file holds at most 2 GiB; larger models need external data
@@ -119,10 +127,12 @@ def export_onnx(
     batch_size: int = 1,
     dynamic_image_size: bool = False,
     opset: int = DEFAULT_OPSET,
+    metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Export ``model`` to ONNX at ``path``: input ``images`` (B, C, H, W), output ``logits`` (B, classes).
 
     The batch dimension is dynamic; ``batch_size`` only shapes the example input that is traced.
+    ``metadata`` goes into the file's ``metadata_props`` (:func:`onnx_metadata` makes vitkit's).
     Written atomically (the whole file appears or none of it).
     """
     model = model.eval()
@@ -162,8 +172,37 @@ def export_onnx(
         if dynamic_image_size:  # leave no global registration behind
             torch.onnx.unregister_custom_op_symbolic("aten::_upsample_bicubic2d_aa", opset)
     path = Path(path)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, with_metadata(buffer.getvalue(), metadata or {}))
     return path
+
+
+def onnx_metadata(preprocess: Preprocess) -> dict[str, str]:
+    """The entries every ``vitkit export`` writes: ``preprocess`` (preprocess.json's JSON: how to
+    turn an image file into the input tensor) and ``class_names`` (a JSON list, one per logit)."""
+    return {
+        "preprocess": json.dumps(preprocess.to_dict()),
+        "class_names": json.dumps(list(preprocess.class_names)),
+    }
+
+
+def with_metadata(graph: bytes, metadata: Mapping[str, str]) -> bytes:
+    """``graph`` (a serialised ONNX model) with ``metadata`` set in its ``metadata_props``."""
+    if not metadata:
+        return graph
+    import onnx
+
+    model = onnx.load_from_string(graph)
+    kept = [p for p in model.metadata_props if p.key not in metadata]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+    return model.SerializeToString()
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The ``metadata_props`` of the ONNX file at ``path``, as onnxruntime reports them."""
+    return dict(onnx_session(path, threads=1).get_modelmeta().custom_metadata_map)
 
 
 def check_onnx(

@@ -29,7 +29,7 @@ import copy
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, ExportError
-from .export import DEFAULT_OPSET, OnnxModel, export_onnx
+from .export import DEFAULT_OPSET, OnnxModel, export_onnx, with_metadata
 from .files import atomic_write_bytes
 from .model import VisionTransformer
 
@@ -135,7 +135,12 @@ class _DropMessage(logging.Filter):
         return not str(record.msg).startswith(self.prefix)
 
 
-def quantize_onnx(source: str | os.PathLike, target: str | os.PathLike, preprocess: bool = False) -> Path:
+def quantize_onnx(
+    source: str | os.PathLike,
+    target: str | os.PathLike,
+    preprocess: bool = False,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
     """Write ``source``'s graph with int8 MatMul/Gemm weights (onnxruntime dynamic quantisation) to
     ``target``, atomically.
 
@@ -164,7 +169,8 @@ def quantize_onnx(source: str | os.PathLike, target: str | os.PathLike, preproce
             )
         finally:
             root.removeFilter(quiet)
-        atomic_write_bytes(target, int8.read_bytes())  # the whole file appears at target, or nothing does
+        # the whole file appears at target, or nothing does; the metadata set again, whatever the quantiser kept
+        atomic_write_bytes(target, with_metadata(int8.read_bytes(), metadata or {}))
     return target
 
 
@@ -174,12 +180,13 @@ def export_onnx_int8(
     dynamic_image_size: bool = False,
     opset: int = DEFAULT_OPSET,
     preprocess: bool = False,
+    metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """:func:`~vitkit.export.export_onnx` then :func:`quantize_onnx`: only the int8 graph is written
-    to ``path`` (atomically); the fp32 graph lives in a temporary folder."""
+    to ``path`` (atomically), with ``metadata``; the fp32 graph lives in a temporary folder."""
     with tempfile.TemporaryDirectory(prefix="vitkit-export-") as tmp:
         fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", dynamic_image_size=dynamic_image_size, opset=opset)
-        return quantize_onnx(fp32, path, preprocess=preprocess)
+        return quantize_onnx(fp32, path, preprocess=preprocess, metadata=metadata)
 
 
 # ============================================================================ one entry point

@@ -16,13 +16,14 @@ those images.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
 
 from ..checkpoint import require_vit
 from ..errors import ExportError
-from ..export import DEFAULT_OPSET, OnnxModel, check_onnx, export_onnx
+from ..export import DEFAULT_OPSET, OnnxModel, check_onnx, export_onnx, onnx_metadata
 from ..interop import FORMATS, load_artifact
 from ..model import VisionTransformer
 from ..preprocess import Preprocess
@@ -72,16 +73,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     artifact = load_artifact(args.checkpoint, fmt=args.fmt)
     model = require_vit(artifact.model, "export (ONNX)", args.checkpoint)
+    pre = artifact.preprocess
     if args.image_size is not None:
         from ..checkpoint import adapt
 
         model = adapt(model, image_size=args.image_size).eval()
+        pre = pre.at_input_size(model.config.image_size) if pre is not None else None
+    metadata = onnx_metadata(pre) if pre is not None else {}
     export = export_onnx_int8 if args.int8 else export_onnx
-    path = export(model, args.output, dynamic_image_size=args.dynamic_image_size, opset=args.opset)
+    path = export(model, args.output, dynamic_image_size=args.dynamic_image_size, opset=args.opset, metadata=metadata)
     c = model.config
     hw = "height, width" if args.dynamic_image_size else f"{c.image_size[0]}, {c.image_size[1]}"
     kind = "int8 " if args.int8 else ""
     print(f"wrote {kind}{path}: images (batch, {c.in_channels}, {hw}) -> logits (batch, {c.num_classes})")
+    if pre is None:
+        print(
+            f"vitkit export: warning: {args.checkpoint} records no preprocessing, so {path} carries none in its "
+            "metadata: a user of the file must know how the model's images were prepared",
+            file=sys.stderr,
+        )
+    else:
+        print(f"{path}'s metadata: preprocess (its preprocess.json) and class_names ({len(pre.class_names)})")
     if not args.check:
         return 0
     if args.int8:
