@@ -80,3 +80,26 @@ def test_available_cores_is_the_affinity_or_else_every_core(monkeypatch):
     monkeypatch.delattr(os, "sched_getaffinity")  # macOS, Windows
     assert R.available_cores() == (os.cpu_count() or 1)
     assert R.default_threads()[0] == (os.cpu_count() or 1)
+
+
+def test_the_attention_path_rule_and_who_may_override_it(tmp_path):
+    """CPU training takes the explicit path, CPU inference and CUDA the fused kernel (the measured
+    rule of benchmarks/attention_path.py); a training run applies it only where neither
+    ``--set fused_attention=...`` nor the recipe chose, and the saved config keeps the preset's."""
+    from conftest import TINY, tiny_config
+
+    from vitkit import create_model
+    from vitkit.train.loop import _choose_attention_path
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert [R.attention_path(cpu, True, bf16)[0] for bf16 in (True, False)] == [False, False]
+    assert R.attention_path(cpu, False, True)[0] and R.attention_path(cuda, True, True)[0]
+
+    def paths(overrides: dict) -> set[bool]:
+        model = create_model("vit_tiny_28", **TINY)
+        _choose_attention_path(model, tiny_config(tmp_path, model_overrides=overrides), cpu, bf16=True)
+        assert model.config.fused_attention  # the preset's, as saved
+        return {block.attn.fused for block in model.blocks}
+
+    assert paths(TINY) == {False}
+    assert paths(TINY | dict(fused_attention=True)) == {True}

@@ -52,8 +52,7 @@ def _explicit_attention(model: VisionTransformer) -> Iterator[None]:
     """Switch every block to the explicit attention path for the duration of the export."""
     saved = [block.attn.fused for block in model.blocks]
     try:
-        for block in model.blocks:
-            block.attn.fused = False
+        model.set_fused_attention(False)
         yield
     finally:
         for block, fused in zip(model.blocks, saved, strict=True):

@@ -393,6 +393,14 @@ class VisionTransformer(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def set_fused_attention(self, fused: bool) -> None:
+        """Run every block's attention through PyTorch's fused SDPA kernel, or through the written-out
+        path (eqs. 6-7). The two compute the same function; which is faster depends on the device
+        and on training or inference (:func:`vitkit.runtime.attention_path`). The config keeps the
+        path the model was created with."""
+        for block in self.blocks:
+            block.attn.fused = fused
+
 
 def block_indices(depth: int, indices: int | Sequence[int] | None) -> list[int]:
     """Absolute block indices: None -> all, n -> the last n, a sequence -> those (negative from

@@ -113,6 +113,21 @@ def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextMana
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+def attention_path(device: torch.device, training: bool, bf16: bool) -> tuple[bool, str]:
+    """(whether to use PyTorch's fused SDPA kernel, why) for a model that did not choose its path.
+
+    Measured (``benchmarks/attention_path.py``, interleaved, the same weights and batch): on a
+    CPU, SDPA's backward is the slow part. Training under bf16 autocast ran 2.0x as fast on the
+    explicit path at 50 tokens (28-px inputs, patch 4) and 1.4x at 197 (ViT-Ti/16 at 224 px), and
+    level in fp32; inference ran 1.08-1.14x as fast through SDPA. A GPU runs SDPA's flash and
+    memory-efficient kernels, which the explicit path cannot match."""
+    if device.type != "cpu":
+        return True, f"fused SDPA on {device.type}"
+    if training:
+        return False, "the explicit path: training on a CPU, where SDPA's backward is slower"
+    return True, "fused SDPA: inference on a CPU, where it is faster"
+
+
 # ----------------------------------------------------------------------------- threads
 def available_cores() -> int:
     """The cores this process may run on (its CPU affinity), not all the machine has; where the
