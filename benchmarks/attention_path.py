@@ -52,7 +52,7 @@ def measure(preset: str, mode: str, dtype: str, batch: int, repeats: int) -> dic
         shape = (c.in_channels, *c.image_size)
         steps[name] = make_step(model, mode, parse_dtype(dtype), batch, device, shape, c.num_classes)
     timing = time_interleaved(steps, device, warmup=2, repeats=repeats)
-    tokens = model.num_prefix_tokens + (c.image_size[0] // c.patch_size) * (c.image_size[1] // c.patch_size)
+    tokens = c.num_prefix_tokens + (c.image_size[0] // c.patch_size) * (c.image_size[1] // c.patch_size)
     return {
         "tokens": tokens,
         "images_per_s": {k: round(batch / t.median, 1) for k, t in timing.items()},
