@@ -392,6 +392,27 @@ def process_settings(src: Sources) -> str:
     return count(records) + "\n\n" + markdown(header, rows, "llrrrr") + notes.render()
 
 
+def attention_path(src: Sources) -> str:
+    """The fused SDPA kernel against the written-out attention, per case: the newest record of each,
+    and which path ``vitkit.runtime.attention_path`` picks there."""
+    newest: dict[tuple, Record] = {}
+    for r in src.records("attention_path"):
+        c = r["config"]
+        newest.setdefault((c["model"], c["mode"], c["dtype"], c["batch_size"]), r)
+    notes, rows = Notes(), []
+    for (model, mode, dtype, batch), r in newest.items():
+        m = r["metrics"]
+        ips = m["images_per_s"]
+        rows.append(
+            [f"`{model}` {mode} {dtype} b{batch}", str(m["tokens"]), num(ips["fused"]), num(ips["explicit"])]
+            + [times(m["explicit_over_fused"]), "SDPA" if m["rule_fused"] else "explicit", load(r), machine(r)]
+            + [when(r), ref(r), notes.command(r)]
+        )
+    header = ["case", "tokens", "SDPA, images/s", "explicit, images/s", "explicit / SDPA (paired rounds)"]
+    header += ["the rule picks", "load at start", "machine", "date (UTC)", "record", "command"]
+    return count(src.records("attention_path")) + "\n\n" + markdown(header, rows, "lrrrr") + notes.render()
+
+
 # ============================================================================ inference, data, serving
 def int8(src: Sources) -> str:
     """CPU inference variants of one checkpoint: accuracy on the whole test split and speed."""
@@ -1322,6 +1343,7 @@ TABLES: dict[str, Callable[[Sources], str]] = {
     "profile": profile,
     "ab-train-speed": ab_train_speed,
     "process-settings": process_settings,
+    "attention-path": attention_path,
     "int8": int8,
     "data-path": data_path,
     "memory-limit": memory_limit,

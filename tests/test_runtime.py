@@ -83,16 +83,17 @@ def test_available_cores_is_the_affinity_or_else_every_core(monkeypatch):
 
 
 def test_the_attention_path_rule_and_who_may_override_it(tmp_path):
-    """CPU training takes the explicit path, CPU inference and CUDA the fused kernel (the measured
-    rule of benchmarks/attention_path.py); a training run applies it only where neither
-    ``--set fused_attention=...`` nor the recipe chose, and the saved config keeps the preset's."""
+    """CPU training under bf16 takes the explicit path; fp32 training, CPU inference and CUDA the
+    fused kernel (the measured rule of benchmarks/attention_path.py). A training run applies it
+    only where neither ``--set fused_attention=...`` nor the recipe chose, and the saved config
+    keeps the preset's."""
     from conftest import TINY, tiny_config
 
     from vitkit import create_model
     from vitkit.train.loop import _choose_attention_path
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert [R.attention_path(cpu, True, bf16)[0] for bf16 in (True, False)] == [False, False]
+    assert [R.attention_path(cpu, True, bf16)[0] for bf16 in (True, False)] == [False, True]
     assert R.attention_path(cpu, False, True)[0] and R.attention_path(cuda, True, True)[0]
 
     def paths(overrides: dict) -> set[bool]:

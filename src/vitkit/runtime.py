@@ -116,16 +116,20 @@ def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextMana
 def attention_path(device: torch.device, training: bool, bf16: bool) -> tuple[bool, str]:
     """(whether to use PyTorch's fused SDPA kernel, why) for a model that did not choose its path.
 
-    Measured (``benchmarks/attention_path.py``, interleaved, the same weights and batch): on a
-    CPU, SDPA's backward is the slow part. Training under bf16 autocast ran 2.0x as fast on the
-    explicit path at 50 tokens (28-px inputs, patch 4) and 1.4x at 197 (ViT-Ti/16 at 224 px), and
-    level in fp32; inference ran 1.08-1.14x as fast through SDPA. A GPU runs SDPA's flash and
-    memory-efficient kernels, which the explicit path cannot match."""
+    Measured (``benchmarks/attention_path.py``: interleaved, the same weights and batch; records in
+    ``benchmarks/results/attention_path.jsonl``; Intel Xeon, 2 cores): on a CPU, SDPA's backward
+    under bf16 autocast is the slow part. Training in bf16 ran 1.4-2.0x as fast on the explicit
+    path (1.56x at 50 tokens, 28-px inputs and patch 4; 1.39x at 197, ViT-Ti/16 at 224 px); in
+    fp32 the two trained level (SDPA ahead in paired rounds, 0.89); inference ran 1.05-1.11x as
+    fast through SDPA. A GPU runs SDPA's flash and memory-efficient kernels."""
     if device.type != "cpu":
         return True, f"fused SDPA on {device.type}"
-    if training:
-        return False, "the explicit path: training on a CPU, where SDPA's backward is slower"
-    return True, "fused SDPA: inference on a CPU, where it is faster"
+    if training and bf16:
+        return False, "the explicit path: training under bf16 on a CPU, where SDPA's backward is slower"
+    return (
+        True,
+        f"fused SDPA: {'training in fp32' if training else 'inference'} on a CPU, where it is as fast or faster",
+    )
 
 
 # ----------------------------------------------------------------------------- threads
