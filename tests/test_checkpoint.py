@@ -101,3 +101,43 @@ def test_distilled_model_saves_loads_and_gets_two_fresh_heads(tmp_path):
     assert torch.equal(new.eval()(x), torch.zeros(3, 3))
     same = adapt(loaded, fresh_head=True)  # same class count, new classes: both heads fresh too
     assert not same.head_dist.weight.any() and torch.equal(same.dist_token, loaded.dist_token)
+
+
+def test_bilinear_posemb_resampling_is_the_official_codes_zoom(tmp_path, capsys):
+    """``posemb_resample="bilinear"`` equals ``scipy.ndimage.zoom(order=1)``, which
+    google-research/vision_transformer applies to the position grid; the default stays bicubic
+    (timm's), which differs; ``vitkit convert --posemb-resample`` and ``create_model`` reach it."""
+    import numpy as np
+    import scipy.ndimage
+
+    import vitkit
+    from vitkit.cli import main
+    from vitkit.embed import resample_grid
+
+    torch.manual_seed(0)
+    posemb = torch.randn(1, 7 * 7, 8)
+    ours = resample_grid(posemb, (7, 7), (12, 12), "bilinear").reshape(12, 12, 8).numpy()
+    zoom = scipy.ndimage.zoom(posemb.reshape(7, 7, 8).numpy(), (12 / 7, 12 / 7, 1), order=1)
+    np.testing.assert_allclose(ours, zoom, atol=1e-5)
+    assert np.abs(resample_grid(posemb, (7, 7), (12, 12)).reshape(12, 12, 8).numpy() - zoom).max() > 1e-2
+    model = vitkit.create_model("vit_tiny_28", depth=1)
+    vitkit.save(model, tmp_path / "src")
+    table = vitkit.create_model(str(tmp_path / "src"), image_size=48, posemb_resample="bilinear").pos_embed.weight
+    assert (
+        main(
+            [
+                "convert",
+                str(tmp_path / "src"),
+                str(tmp_path / "dst"),
+                "--image-size",
+                "48",
+                "--posemb-resample",
+                "bilinear",
+            ]
+        )
+        == 0
+    )
+    assert "position embeddings resampled bilinear" in capsys.readouterr().out
+    torch.testing.assert_close(vitkit.load(tmp_path / "dst").pos_embed.weight, table)
+    expected = resample_grid(model.pos_embed.weight[:, 1:].detach(), (7, 7), (12, 12), "bilinear")
+    torch.testing.assert_close(table[:, 1:].detach(), expected)

@@ -421,3 +421,26 @@ def test_classes_and_per_class_make_a_few_shot_set_and_the_batch_shrinks(tmp_pat
     assert summary.eval_images == int(((test_labels >= 5) & (test_labels <= 7)).sum())
     with pytest.raises(DataError, match=r"1000 images per class asked for, but class '\d' has \d+; give at most \d+"):
         train(TrainConfig(data="digits", init=str(up), per_class=1000, steps=1, out=str(tmp_path / "x")), False)
+
+
+def test_init_at_another_size_resamples_as_posemb_resample_says(tmp_path, caplog):
+    """``train --init ... --image-size 32 --posemb-resample bilinear`` resamples the source's
+    position grid as the official code does, and the log says which rule ran."""
+    import logging
+
+    import vitkit
+    from vitkit.cli import main
+    from vitkit.embed import resample_grid
+    from vitkit.preprocess import Preprocess
+
+    torch.manual_seed(0)
+    source = vitkit.create_model("vit_tiny_28", depth=1, width=32, num_heads=2, mlp_dim=64, in_channels=1)
+    vitkit.save(source, tmp_path / "src")
+    Preprocess((28, 28), 1, class_names=[str(i) for i in range(10)]).save(tmp_path / "src")
+    caplog.set_level(logging.INFO)
+    args = ["train", "--init", str(tmp_path / "src"), "--data", "digits", "--image-size", "32", "--steps", "0"]
+    assert main([*args, "--posemb-resample", "bilinear", "--out", str(tmp_path / "run")]) == 0
+    assert "position embeddings resampled (bilinear, as the official code)" in caplog.text
+    grid = vitkit.load(tmp_path / "run" / "last").pos_embed.weight[:, 1:]
+    expected = resample_grid(source.pos_embed.weight[:, 1:].detach(), (7, 7), (8, 8), "bilinear")
+    torch.testing.assert_close(grid.detach(), expected)

@@ -131,7 +131,8 @@ def load(directory: str | os.PathLike, map_location: str | torch.device = "cpu",
 
     ``overrides`` change the config on the way in. Two of them adapt the weights as the paper's
     fine-tuning does (sec. 3.2): a new ``image_size`` resamples the learned position embeddings
-    to the new grid, and a new ``num_classes`` replaces the head with a zero-initialised one.
+    to the new grid (``posemb_resample="bilinear"`` as the official code, else bicubic), and a
+    new ``num_classes`` replaces the head with a zero-initialised one.
     Any other override must keep every tensor's shape (dropout rates, drop_path, ...). A ResNet
     loads as it was saved (no overrides).
     """
@@ -148,9 +149,12 @@ def load(directory: str | os.PathLike, map_location: str | torch.device = "cpu",
     return model.to(map_location).eval()
 
 
-def adapt(model: VisionTransformer, fresh_head: bool = False, **overrides: Any) -> VisionTransformer:
+def adapt(
+    model: VisionTransformer, fresh_head: bool = False, posemb_resample: str = "bicubic", **overrides: Any
+) -> VisionTransformer:
     """A new model with ``overrides`` applied to the config and the trained weights carried over
-    (position embeddings resampled to a new image size, head replaced for a new class count).
+    (position embeddings resampled to a new image size by ``posemb_resample``, bicubic or the
+    official code's bilinear, and the head replaced for a new class count).
 
     ``fresh_head`` replaces the head (and a pre-logits layer that goes away) even when the class
     count stays: new classes of the same number need a new head too. A distillation head is
@@ -177,5 +181,5 @@ def adapt(model: VisionTransformer, fresh_head: bool = False, **overrides: Any) 
     check_state_dict(new_model, state, source=f"weights with overrides {sorted(overrides)}")
     new_model.load_state_dict(state)
     if new_config.image_size != old.image_size:
-        new_model.resample_image_size(new_config.image_size)  # its own tables, not the source's
+        new_model.resample_image_size(new_config.image_size, posemb_resample)  # its own tables, not the source's
     return new_model

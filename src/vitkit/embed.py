@@ -84,19 +84,31 @@ class ConvStem(nn.Module):
 
 
 # ----------------------------------------------------------------------------- position embeddings
-def resample_grid(posemb: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
-    """Resample (1, gh*gw, D) patch position embeddings to a new grid, bicubic on the 2-D grid.
+POSEMB_RESAMPLE = ("bicubic", "bilinear")
+
+
+def resample_grid(
+    posemb: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int], mode: str = "bicubic"
+) -> torch.Tensor:
+    """Resample (1, gh*gw, D) patch position embeddings to a new grid on the 2-D grid.
 
     This is how the paper fine-tunes at higher resolution (sec. 3.2): "2D interpolation of the
     pre-trained position embeddings, according to their location in the original image".
-    Antialiasing only matters when shrinking the grid.
+    ``bicubic`` (antialiased, which only matters when shrinking) is timm's rule and does better in
+    practice; ``bilinear`` is the official code's, ``scipy.ndimage.zoom(order=1)``, which maps
+    the grid's corner cells onto each other (``align_corners=True``), for reproducing its numbers.
     """
+    if mode not in POSEMB_RESAMPLE:
+        raise ConfigError(f"posemb_resample={mode!r}: choose one of {', '.join(POSEMB_RESAMPLE)}")
     if tuple(old_grid) == tuple(new_grid):
         return posemb
     dim = posemb.shape[-1]
     dtype = posemb.dtype
     grid = posemb.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2).float()  # (1, D, gh, gw)
-    grid = F.interpolate(grid, size=new_grid, mode="bicubic", antialias=True, align_corners=False)
+    if mode == "bilinear":
+        grid = F.interpolate(grid, size=new_grid, mode="bilinear", align_corners=True)
+    else:
+        grid = F.interpolate(grid, size=new_grid, mode="bicubic", antialias=True, align_corners=False)
     return grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim).to(dtype)
 
 
@@ -182,15 +194,16 @@ class PositionEmbedding(nn.Module):
             return sincos2d(grid, self.width).to(self.table.device)
         return None
 
-    def resample_(self, new_grid: tuple[int, int]) -> None:
-        """Resample the learned tables in place to ``new_grid`` (for loading at another size)."""
+    def resample_(self, new_grid: tuple[int, int], mode: str = "bicubic") -> None:
+        """Resample the learned tables in place to ``new_grid`` (for loading at another size);
+        ``mode`` as :func:`resample_grid` (a 2-D table of per-axis rows is resampled linearly)."""
         new_grid = tuple(new_grid)
         if new_grid == self.grid:
             return
         with torch.no_grad():
             if self.kind == "learned":
                 prefix = self.weight[:, : self.num_prefix_tokens]
-                patches = resample_grid(self.weight[:, self.num_prefix_tokens :], self.grid, new_grid)
+                patches = resample_grid(self.weight[:, self.num_prefix_tokens :], self.grid, new_grid, mode)
                 self.weight = nn.Parameter(torch.cat([prefix, patches], dim=1))
             elif self.kind == "learned2d":
                 self.row = nn.Parameter(_resample_axis(self.row, new_grid[0]))

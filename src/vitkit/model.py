@@ -372,16 +372,17 @@ class VisionTransformer(nn.Module):
         self.distilled_training = enable
 
     # ------------------------------------------------------------------ utilities
-    def resample_image_size(self, image_size: int | tuple[int, int]) -> None:
+    def resample_image_size(self, image_size: int | tuple[int, int], posemb_resample: str = "bicubic") -> None:
         """Change the native input size, resampling learned position embeddings (sec. 3.2).
 
-        In place: learned tables are interpolated bicubically to the new grid (a sin-cos table is
+        In place: learned tables are interpolated to the new grid, bicubically or, with
+        ``posemb_resample="bilinear"``, as the official code does (a sin-cos table is
         recomputed), and ``config.image_size`` becomes ``image_size`` (an int for square images,
         or (height, width)); a size that is not a multiple of the patch size raises ``ConfigError``
         unless ``dynamic_image_size`` pads.
         """
         new = self.config.replace(image_size=image_size)
-        self.pos_embed.resample_(new.grid_size)
+        self.pos_embed.resample_(new.grid_size, posemb_resample)
         self.config = new
 
     def no_weight_decay(self) -> set[str]:

@@ -131,17 +131,19 @@ def valid_size(size: int, stride: int) -> int:
 
 
 def _resize(
-    model: VisionTransformer, pre: Preprocess, size: int, notes: list[str]
+    model: VisionTransformer, pre: Preprocess, size: int, notes: list[str], posemb_resample: str = "bicubic"
 ) -> tuple[VisionTransformer, Preprocess]:
-    """The model and its Preprocess at input size ``size``: position embeddings resampled (bicubic,
-    sec. 3.2), and a zero border kept in proportion (28 + 2 + 2 at 32 becomes 56 + 4 + 4 at 64)."""
+    """The model and its Preprocess at input size ``size``: position embeddings resampled (sec. 3.2;
+    ``posemb_resample`` bicubic or bilinear), and a zero border kept in proportion (28 + 2 + 2 at 32
+    becomes 56 + 4 + 4 at 64)."""
     valid_size(size, model.config.patch_size)
     old = pre.input_size
     if (size, size) == tuple(old):
         return model, pre
     pre = pre.at_input_size((size, size))
-    notes.append(f"resolution {old[0]}x{old[1]} -> {size}x{size}: position embeddings resampled (bicubic)")
-    return adapt(model, image_size=size), pre
+    rule = "bilinear, as the official code" if posemb_resample == "bilinear" else "bicubic"
+    notes.append(f"resolution {old[0]}x{old[1]} -> {size}x{size}: position embeddings resampled ({rule})")
+    return adapt(model, image_size=size, posemb_resample=posemb_resample), pre
 
 
 def _first_conv(model: VisionTransformer) -> torch.nn.Conv2d:
@@ -196,13 +198,14 @@ def adapt_channels(model: VisionTransformer, pre: Preprocess, channels: int) -> 
 
 
 def adapt_input(
-    source: Source, channels: int, size: int | None = None
+    source: Source, channels: int, size: int | None = None, posemb_resample: str = "bicubic"
 ) -> tuple[VisionTransformer, Preprocess, list[str]]:
     """The source's model and Preprocess for ``channels``-channel images at input size ``size``
-    (default: the source's own); returns (model, preprocess, what was adapted)."""
+    (default: the source's own, else position embeddings resampled by ``posemb_resample``);
+    returns (model, preprocess, what was adapted)."""
     model, pre, notes = source.model, source.preprocess, []
     if size is not None:
-        model, pre = _resize(model, pre, size, notes)
+        model, pre = _resize(model, pre, size, notes, posemb_resample)
     if channels != model.config.in_channels:
         notes.append(
             f"input channels {model.config.in_channels} -> {channels}: first layer adapted, normalisation folded"

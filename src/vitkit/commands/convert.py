@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, adapt, require_vit, save
+from ..embed import POSEMB_RESAMPLE
 from ..errors import ConfigError
 from ..files import write_folder
 from ..interop import FORMATS, PREPROCESSOR_NAME, TimmFolder, load_artifact, save_timm, to_hf
@@ -71,6 +72,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--from", dest="fmt", choices=FORMATS, help="the source's format (default: detected)")
     p.add_argument("--image-size", type=image_size_arg, help="new input size: resample the position embeddings")
+    p.add_argument(
+        "--posemb-resample",
+        choices=POSEMB_RESAMPLE,
+        default="bicubic",
+        help="with --image-size: bicubic (timm's, better in practice) or bilinear (the official code's "
+        "scipy.ndimage.zoom, order 1, to reproduce its numbers)",
+    )
     p.add_argument("--num-classes", type=int, help="new class count: replace the head (zero-initialised)")
     p.add_argument(
         "--source-image-size",
@@ -103,9 +111,14 @@ def check_destination(dst: str) -> Path:
 
 
 def adapted(
-    model: VisionTransformer, pre: Preprocess | None, image_size: Any, num_classes: int | None
+    model: VisionTransformer,
+    pre: Preprocess | None,
+    image_size: Any,
+    num_classes: int | None,
+    posemb_resample: str = "bicubic",
 ) -> tuple[VisionTransformer, Preprocess | None]:
-    """The model (and its Preprocess) at a new input size and/or with a new head."""
+    """The model (and its Preprocess) at a new input size (position embeddings resampled by
+    ``posemb_resample``) and/or with a new head."""
     overrides: dict[str, Any] = {}
     if image_size is not None:
         overrides["image_size"] = image_size
@@ -115,7 +128,7 @@ def adapted(
         overrides["num_classes"] = num_classes
     if not overrides:
         return model, pre
-    model = adapt(model, **overrides)
+    model = adapt(model, posemb_resample=posemb_resample, **overrides)
     if pre is not None:
         pre = pre.at_input_size(model.config.image_size)
         if num_classes is not None:  # a new head: its classes are numbers until it is trained
@@ -153,9 +166,11 @@ def run(args: argparse.Namespace) -> int:
     dst = check_destination(args.dst)
     artifact = load_artifact(args.src, fmt=args.fmt, image_size=args.source_image_size, name=args.timm_name)
     model = require_vit(artifact.model, "convert", args.src)
-    model, pre = adapted(model, artifact.preprocess, args.image_size, args.num_classes)
+    model, pre = adapted(model, artifact.preprocess, args.image_size, args.num_classes, args.posemb_resample)
     with write_folder(dst) as tmp:
         timm = write(model, pre, tmp, args.to, artifact.fmt)
+    if args.image_size is not None:
+        print(f"position embeddings resampled {args.posemb_resample} to the new grid (--posemb-resample)")
     c = model.config
     print(
         f"{artifact.path} ({artifact.fmt}) -> {dst} ({args.to}): {c.width} wide, {c.depth} layers, "

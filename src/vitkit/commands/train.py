@@ -147,6 +147,13 @@ _OPTIONS = {
             ".npz, a timm .safetensors/.pth/.bin, a Hugging Face folder, or hf-hub:ORG/NAME (recipe: finetune)",
         ),
         (
+            "--posemb-resample",
+            "posemb_resample",
+            str,
+            "--init at another --image-size: how the position embeddings are resampled, bicubic (default, timm's) "
+            "or bilinear (the official code's, to reproduce its numbers)",
+        ),
+        (
             "--freeze",
             "freeze",
             str,

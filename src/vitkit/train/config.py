@@ -15,6 +15,7 @@ from typing import Any
 from ..config import from_known_fields
 from ..data import DATA_MODES, AugmentConfig, SplitRule
 from ..data.splits import TEST_FRACTION, VAL_FRACTION
+from ..embed import POSEMB_RESAMPLE
 from ..errors import ConfigError
 from ..preprocess import FITS
 from ..runtime import PRECISIONS
@@ -85,6 +86,7 @@ class TrainConfig:
     model_overrides: dict[str, Any] = field(default_factory=dict)
     init: str | None = None  # start from these weights (vitkit, timm, HF, .npz, hf-hub:ORG/NAME), not from random
     keep_head: bool = False  # --init: keep the source's head (its classes must be the data's)
+    posemb_resample: str = "bicubic"  # --init at another size: bicubic (timm's), or bilinear (the official code's)
     freeze: str | None = None  # "embed", "backbone", or N: the embedding and the first N blocks
     objective: str = "classify"  # classify (the labels) | mpp | mae: self-supervised pre-training (vitkit pretrain)
     teacher: str | None = None  # distil from this classifier (DeiT): a vitkit run or checkpoint, timm:NAME=FILE
@@ -194,6 +196,8 @@ class TrainConfig:
                 raise ConfigError(f"{flag(name)} {value} must be >= {1 if name == 'per_class' else 0}")
         if (self.mean is None) != (self.std is None):
             raise ConfigError("give --mean and --std together")
+        if self.posemb_resample not in POSEMB_RESAMPLE:
+            raise ConfigError(f"--posemb-resample {self.posemb_resample}: choose one of {', '.join(POSEMB_RESAMPLE)}")
         if self.keep_head and not self.init:
             raise ConfigError("--keep-head keeps the head of the --init weights; give --init too")
         self._check_distillation()

@@ -303,7 +303,7 @@ def _model_and_data(cfg: TrainConfig, resuming: RunFolder | None) -> tuple[Model
     require_vit(source.model, "--init (fine-tuning from a checkpoint, for now)", cfg.init)
     log.info("--init %s: %s weights; normalisation: %s", cfg.init, source.fmt, source.normalisation)
     channels = cfg.channels or dataset.native_format[1]
-    model, geometry, notes = adapt_input(source, channels, cfg.image_size)
+    model, geometry, notes = adapt_input(source, channels, cfg.image_size, cfg.posemb_resample)
     data = prepare_data(cfg, dataset, geometry.replace(dataset=dataset.text), own_statistics=False)
     if source.model.config.num_classes == 0:
         notes.append(
