@@ -23,7 +23,7 @@ from .cnn import ResNet, ResNetConfig, is_resnet_config
 from .config import ViTConfig
 from .errors import CheckpointError, ConfigError
 from .files import atomic_write_bytes, atomic_write_json, read_json_object
-from .model import VisionTransformer
+from .model import VisionTransformer, check_patch_size
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -168,9 +168,11 @@ def adapt(
     old = model.config
     if "num_classes" in overrides and overrides["num_classes"] != old.num_classes:
         overrides.setdefault("class_names", None)
+    if overrides.get("patch_size", old.patch_size) != old.patch_size:
+        check_patch_size(old.replace(image_size=overrides.get("image_size", old.image_size)), overrides["patch_size"])
     new_config = old.replace(**overrides)
     state = model.state_dict()
-    new_model = VisionTransformer(new_config.replace(image_size=old.image_size))
+    new_model = VisionTransformer(new_config.replace(image_size=old.image_size, patch_size=old.patch_size))
     renewed = ["head.", "head_dist."]  # DeiT's distillation head is replaced with the class head
     new_pre_logits = new_config.representation_size != old.representation_size
     if new_pre_logits:
@@ -180,6 +182,8 @@ def adapt(
         state.update({k: v for k, v in new_model.state_dict().items() if k.startswith(tuple(renewed))})
     check_state_dict(new_model, state, source=f"weights with overrides {sorted(overrides)}")
     new_model.load_state_dict(state)
-    if new_config.image_size != old.image_size:
+    if new_config.patch_size != old.patch_size:  # FlexiViT's PI-resize, the grid resampled once
+        new_model.resample_patch_size(new_config.patch_size, posemb_resample, new_config.image_size)
+    elif new_config.image_size != old.image_size:
         new_model.resample_image_size(new_config.image_size, posemb_resample)  # its own tables, not the source's
     return new_model

@@ -38,6 +38,31 @@ class PatchEmbed(nn.Module):
         return x.flatten(2).transpose(1, 2)  # -> (B, N, D), patches in row-major order
 
 
+def pi_resize_kernel(
+    kernel: torch.Tensor, new_size: int | tuple[int, int], interpolation: str = "bicubic", antialias: bool = True
+) -> torch.Tensor:
+    """A patch-embedding kernel (D, C, p, p) resized to another patch size by FlexiViT's PI-resize
+    (Beyer et al. 2023, sec. 3.4).
+
+    Resizing a patch x (p x p) to p' x p' is a linear map B (p'^2 x p^2). The kernel w' that gives
+    every resized patch the token the original gave the original, <B x, w'> = <x, w> for all x,
+    is w' = pinv(B^T) w. Upsampling (p' > p) meets that exactly; downsampling loses detail and
+    w' is the least-squares best. B is built by resizing each of the p^2 one-hot patches with
+    ``F.interpolate`` (bicubic with antialiasing, timm's ``resample_patch_embed`` default, so
+    that both give the same kernel)."""
+    new = (new_size, new_size) if isinstance(new_size, int) else tuple(new_size)
+    old = tuple(kernel.shape[-2:])
+    if new == old:
+        return kernel
+    basis = torch.eye(old[0] * old[1], dtype=torch.float32).reshape(-1, 1, *old)  # every one-hot patch
+    mode = {"bicubic": "bicubic", "bilinear": "bilinear"}[interpolation]
+    resized = F.interpolate(basis, size=new, mode=mode, antialias=antialias, align_corners=False)
+    b = resized.reshape(old[0] * old[1], -1).T.double()  # (p'^2, p^2): column j is B applied to one-hot j
+    pinv = torch.linalg.pinv(b.T)  # (p'^2, p^2)
+    flat = kernel.double().reshape(*kernel.shape[:2], -1)  # (D, C, p^2)
+    return (flat @ pinv.T).reshape(*kernel.shape[:2], *new).to(kernel.dtype)
+
+
 class ChannelsLastConv2d(nn.Conv2d):
     """A Conv2d that runs in the channels-last (NHWC) layout, the one oneDNN's CPU kernels are
     fastest in: its small weight is reordered at each call (its gradient flows back to the usual

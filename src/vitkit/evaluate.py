@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import Model
+from .checkpoint import Model, adapt, require_vit
 from .data import DataSource, ImageDataset, ShardSet, SplitRule, iterate_batches, resolve_source, shard_tail, split
 from .data.dataset import inference_batch
 from .errors import CheckpointError, ConfigError, DataError
@@ -51,15 +51,22 @@ class Classifier:
 
 
 def load_for_inference(
-    path: str | os.PathLike, device: str | torch.device = "cpu", assume_preprocess: str | os.PathLike | None = None
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    assume_preprocess: str | os.PathLike | None = None,
+    patch_size: int | None = None,
 ) -> Classifier:
     """The model and its preprocessing from anything :func:`vitkit.interop.load_artifact` reads (a
     run folder, a checkpoint folder, what ``vitkit convert`` wrote).
 
     A model whose files record no preprocessing is refused unless ``assume_preprocess`` names a
-    preprocess.json to use: guessing the normalisation gives confident wrong answers."""
+    preprocess.json to use: guessing the normalisation gives confident wrong answers.
+    ``patch_size`` runs the model at another patch size, its kernel PI-resized (FlexiViT); the
+    images are prepared as before."""
     artifact = load_artifact(path)
     model, checkpoint = artifact.model, artifact.path
+    if patch_size is not None and patch_size != getattr(model.config, "patch_size", None):
+        model = adapt(require_vit(model, "--patch-size", checkpoint), patch_size=patch_size)
     if assume_preprocess is not None:
         preprocess = Preprocess.read(assume_preprocess, model.config)
     elif artifact.preprocess is not None:

@@ -31,7 +31,7 @@ from torch import nn
 
 from .attention import MultiHeadAttention
 from .config import ViTConfig
-from .embed import ConvStem, PatchEmbed, PositionEmbedding, lecun_normal_
+from .embed import ConvStem, PatchEmbed, PositionEmbedding, lecun_normal_, pi_resize_kernel
 from .errors import ConfigError, InputError
 from .hybrid import HybridEmbed
 
@@ -394,6 +394,37 @@ class VisionTransformer(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def resample_patch_size(
+        self, patch_size: int, posemb_resample: str = "bicubic", image_size: int | tuple[int, int] | None = None
+    ) -> None:
+        """Change the patch size (and the input size, if given) in place: the patch embedding's
+        kernel PI-resized (FlexiViT, :func:`~vitkit.embed.pi_resize_kernel`), so that each token
+        stays what it was, and the position embeddings resampled once, from the old grid to the
+        new one, as for a new image size (sec. 3.2). Twice the patch on twice the image keeps the
+        grid, and the model answers on the upsampled image as it did on the original.
+
+        A smaller patch is a finer grid (more tokens, more compute, usually more accuracy); a
+        larger one is cheaper. Only the plain patch embedding (``stem="patch"``) has a kernel to
+        resize."""
+        if self.config.stem != "patch":
+            raise ConfigError(
+                f"patch_size: only a plain patch embedding can be PI-resized; this model has stem={self.config.stem!r}"
+            )
+        sized = self.config.replace(image_size=image_size) if image_size is not None else self.config
+        check_patch_size(sized, patch_size)
+        new = self.config.replace(patch_size=patch_size, image_size=sized.image_size)
+        proj = self.patch_embed.proj
+        with torch.no_grad():
+            weight = pi_resize_kernel(proj.weight, patch_size)
+        resized = nn.Conv2d(proj.in_channels, proj.out_channels, kernel_size=patch_size, stride=patch_size)
+        resized.to(device=proj.weight.device, dtype=proj.weight.dtype)
+        with torch.no_grad():
+            resized.weight.copy_(weight)
+            resized.bias.copy_(proj.bias)
+        self.patch_embed.proj, self.patch_embed.patch_size = resized, patch_size
+        self.pos_embed.resample_(new.grid_size, posemb_resample)
+        self.config = new
+
     def set_fused_attention(self, fused: bool) -> None:
         """Run every block's attention through PyTorch's fused SDPA kernel, or through the written-out
         path (eqs. 6-7). The two compute the same function; which is faster depends on the device
@@ -401,6 +432,19 @@ class VisionTransformer(nn.Module):
         path the model was created with."""
         for block in self.blocks:
             block.attn.fused = fused
+
+
+def check_patch_size(config: ViTConfig, patch_size: int) -> None:
+    """A one-line error unless ``patch_size`` divides the model's input (a new patch size for
+    :meth:`VisionTransformer.resample_patch_size`), naming sizes that do."""
+    h, w = config.image_size
+    if patch_size >= 1 and h % patch_size == 0 and w % patch_size == 0:
+        return
+    fits = [p for p in range(2, min(h, w) + 1) if h % p == 0 and w % p == 0 and p != config.patch_size]
+    raise ConfigError(
+        f"--patch-size {patch_size} does not divide the model's {h}x{w} input: give one that does, e.g. "
+        f"{', '.join(map(str, fits[:6])) or 'none'} (Python: patch_size=)"
+    )
 
 
 def block_indices(depth: int, indices: int | Sequence[int] | None) -> list[int]:

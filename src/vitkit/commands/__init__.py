@@ -80,6 +80,18 @@ def add_device(p: argparse.ArgumentParser | argparse._ArgumentGroup, dest: str =
     p.add_argument("--device", dest=dest, default="auto", help=DEVICE_HELP)
 
 
+def add_patch_size(p: argparse.ArgumentParser) -> None:
+    """``--patch-size P``: run the model at another patch size, its kernel PI-resized (FlexiViT)."""
+    p.add_argument(
+        "--patch-size",
+        type=int,
+        default=None,
+        metavar="P",
+        help="run at this patch size: the patch embedding PI-resized (FlexiViT) and the position grid resampled; "
+        "the input size must be a multiple of P (default: the trained one)",
+    )
+
+
 def add_data_mode(p: argparse.ArgumentParser, cache_dir: bool = True) -> None:
     """``--data-mode`` (and ``--cache-dir``): where a dataset's pixels are held, as in training."""
     p.add_argument(

@@ -73,6 +73,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from", dest="fmt", choices=FORMATS, help="the source's format (default: detected)")
     p.add_argument("--image-size", type=image_size_arg, help="new input size: resample the position embeddings")
     p.add_argument(
+        "--patch-size",
+        type=int,
+        default=None,
+        metavar="P",
+        help="new patch size: the patch embedding PI-resized (FlexiViT, Beyer et al. 2023) so each token stays "
+        "what it was, and the position grid resampled",
+    )
+    p.add_argument(
         "--posemb-resample",
         choices=POSEMB_RESAMPLE,
         default="bicubic",
@@ -116,12 +124,15 @@ def adapted(
     image_size: Any,
     num_classes: int | None,
     posemb_resample: str = "bicubic",
+    patch_size: int | None = None,
 ) -> tuple[VisionTransformer, Preprocess | None]:
     """The model (and its Preprocess) at a new input size (position embeddings resampled by
     ``posemb_resample``) and/or with a new head."""
     overrides: dict[str, Any] = {}
     if image_size is not None:
         overrides["image_size"] = image_size
+    if patch_size is not None:
+        overrides["patch_size"] = patch_size
     if num_classes is not None:
         if num_classes < 0:
             raise ConfigError(f"--num-classes {num_classes} must be >= 0")
@@ -166,10 +177,12 @@ def run(args: argparse.Namespace) -> int:
     dst = check_destination(args.dst)
     artifact = load_artifact(args.src, fmt=args.fmt, image_size=args.source_image_size, name=args.timm_name)
     model = require_vit(artifact.model, "convert", args.src)
-    model, pre = adapted(model, artifact.preprocess, args.image_size, args.num_classes, args.posemb_resample)
+    model, pre = adapted(
+        model, artifact.preprocess, args.image_size, args.num_classes, args.posemb_resample, args.patch_size
+    )
     with write_folder(dst) as tmp:
         timm = write(model, pre, tmp, args.to, artifact.fmt)
-    if args.image_size is not None:
+    if args.image_size is not None or args.patch_size is not None:
         print(f"position embeddings resampled {args.posemb_resample} to the new grid (--posemb-resample)")
     c = model.config
     print(

@@ -20,7 +20,16 @@ from ..errors import ConfigError
 from ..evaluate import evaluate_model, load_for_inference, write_report
 from ..quantize import inference_model
 from ..runtime import resolve_device, use_bf16
-from . import HelpFormatter, add_assume_preprocess, add_data_mode, add_device, add_split, checkpoint_images, positive
+from . import (
+    HelpFormatter,
+    add_assume_preprocess,
+    add_data_mode,
+    add_device,
+    add_patch_size,
+    add_split,
+    checkpoint_images,
+    positive,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_data_mode(p)
     p.add_argument("--batch-size", type=positive, default=512, help="images per forward pass")
     add_device(p)
+    add_patch_size(p)
     p.add_argument(
         "--precision",
         choices=("auto", "bf16", "bf16-weights", "fp32"),
@@ -61,7 +71,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     device = resolve_device("cpu" if args.onnx and args.device == "auto" else args.device)  # onnxruntime: CPU
     weights, runtime, bf16 = choose_arithmetic(args, device)
-    classifier = load_for_inference(args.checkpoint, device, args.assume_preprocess)
+    classifier = load_for_inference(args.checkpoint, device, args.assume_preprocess, args.patch_size)
     if args.int8 or args.onnx:  # int8 Linear layers and the ONNX export are a ViT's
         flags = " ".join(["--int8"] * args.int8 + ["--onnx"] * args.onnx)
         require_vit(classifier.model, f"evaluate {flags}", classifier.checkpoint)
@@ -75,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     how = f"{runtime}, {weights} weights" + (", bf16 autocast" if bf16 else "") + (", compiled" if args.compile else "")
     where = {"data": source.text, "split": args.split, "images_from": images_from}
     result = {"checkpoint": str(classifier.checkpoint)} | where | {"inference": how} | result
-    out = Path(args.out) if args.out else classifier.checkpoint.parent / report_folder(args.split, weights, runtime)
+    folder = report_folder(args.split, weights, runtime) + (f"-p{args.patch_size}" if args.patch_size else "")
+    out = Path(args.out) if args.out else classifier.checkpoint.parent / folder
     paths = write_report(result, ds.class_names, out)
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "confusion"}, indent=2))

@@ -9,7 +9,7 @@ from ..errors import ConfigError
 from ..evaluate import load_for_inference, predict_files
 from ..images import collect_images
 from ..runtime import resolve_device
-from . import HelpFormatter, add_assume_preprocess, add_device, positive
+from . import HelpFormatter, add_assume_preprocess, add_device, add_patch_size, positive
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--skip-bad-images", action="store_true", help="leave unreadable image files out with a warning, as evaluate"
     )
     add_device(p)
+    add_patch_size(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise ConfigError(f"--top-k {args.top_k} must be >= 1")
     device = resolve_device(args.device)
-    classifier = load_for_inference(args.checkpoint, device, args.assume_preprocess)
+    classifier = load_for_inference(args.checkpoint, device, args.assume_preprocess, args.patch_size)
     files = collect_images(args.images)
     results = predict_files(classifier, files, args.top_k, args.batch_size, device, args.skip_bad_images)
     if args.json:
