@@ -393,3 +393,94 @@ def test_cli_sinks_says_no_sinks_and_refuses_a_ratio_of_one(tmp_path, capsys):
     assert main(["explain", str(checkpoint), str(image), "--out", str(out), "--sinks", "--sink-ratio", "1"]) == 1
     err = capsys.readouterr().err.strip()
     assert "--sink-ratio 1.0 must be above 1" in err and len(err.splitlines()) == 1
+
+
+def test_grad_rollout_equals_a_hand_computation_on_one_layer_and_one_head():
+    """Chefer et al.'s relevance on a 1-layer, 1-head ViT, computed from the weights by a forward
+    written out here (patches, class token, position, pre-norm attention and MLP, final norm,
+    head): with the attention matrix A as the variable, R = I + (dy/dA * A)+, and the map is
+    the class token's row over the patches."""
+    import torch.nn.functional as F
+
+    from vitkit import create_model
+    from vitkit.explain.analysis import grad_rollout_map
+
+    torch.manual_seed(0)
+    model = perturbed(
+        create_model(
+            "vit_tiny_28", depth=1, width=8, num_heads=1, mlp_dim=16, patch_size=14, num_classes=3, in_channels=3
+        ),
+        scale=0.5,
+    )
+    x = torch.randn(1, 3, 28, 28)
+    w = {k: v.detach() for k, v in model.state_dict().items()}
+    eps = model.config.layer_norm_eps
+    ln = lambda t, name: F.layer_norm(t, (8,), w[f"{name}.weight"], w[f"{name}.bias"], eps)  # noqa: E731
+    tokens = F.conv2d(x, w["patch_embed.proj.weight"], w["patch_embed.proj.bias"], stride=14).flatten(2).transpose(1, 2)
+    tokens = torch.cat([w["cls_token"], tokens + w["pos_embed.weight"][:, 1:]], dim=1)
+    tokens[:, :1] += w["pos_embed.weight"][:, :1]
+    h = ln(tokens, "blocks.0.norm1")
+    q, k, v = (h @ w["blocks.0.attn.qkv.weight"].T + w["blocks.0.attn.qkv.bias"]).split(8, dim=-1)
+    attention = torch.softmax(q @ k.transpose(1, 2) / 8**0.5, dim=-1).requires_grad_()  # (1, 5, 5)
+
+    def logits_from(a: torch.Tensor) -> torch.Tensor:
+        y = tokens + (a @ v) @ w["blocks.0.attn.proj.weight"].T + w["blocks.0.attn.proj.bias"]
+        m = F.gelu(ln(y, "blocks.0.norm2") @ w["blocks.0.mlp.fc1.weight"].T + w["blocks.0.mlp.fc1.bias"])
+        y = y + m @ w["blocks.0.mlp.fc2.weight"].T + w["blocks.0.mlp.fc2.bias"]
+        return ln(y, "norm")[:, 0] @ w["head.weight"].T + w["head.bias"]
+
+    logits = logits_from(attention)
+    target = int(logits.argmax())
+    (grad,) = torch.autograd.grad(logits[0, target], attention)
+    relevance = torch.eye(5) + (grad * attention).clamp(min=0)
+    maps, ours, classes = grad_rollout_map(model, x)
+    torch.testing.assert_close(ours, logits.detach(), atol=1e-5, rtol=0)  # the same model
+    assert classes.tolist() == [target]
+    torch.testing.assert_close(maps[0], relevance[0, 0, 1:].detach().reshape(2, 2), atol=1e-5, rtol=0)
+    other = (target + 1) % 3  # another class explains differently
+    assert not torch.allclose(grad_rollout_map(model, x, torch.tensor([other]))[0], maps)
+
+
+def test_explain_grad_rollout_for_a_chosen_class_and_a_wrong_one(tmp_path, capsys):
+    """``--method grad-rollout --class C`` writes grad_rollout.png/.json for class C on every image
+    (each image's prediction with ``pred``); a class the model does not have is one line, and
+    nothing is written."""
+    import json
+
+    from vitkit.explain.analysis import grad_rollout_map
+
+    checkpoint = _saved_tiny(tmp_path / "ck")
+    image = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)).save(image)
+    out = tmp_path / "out"
+    assert (
+        main(["explain", str(checkpoint), str(image), "--out", str(out), "--method", "grad-rollout", "--class", "2"])
+        == 0
+    )
+    (record,) = json.loads((out / "grad_rollout.json").read_text())["images"]
+    assert record["class"] == "2" and (out / "grad_rollout.png").is_file()
+    model = vitkit.load(checkpoint)
+    x = Preprocess.for_model(model.config).files([image])
+    expected, _, _ = grad_rollout_map(model, x, torch.tensor([2]))
+    np.testing.assert_allclose(record["map"], expected[0].numpy(), atol=1e-4)
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "explain",
+                str(checkpoint),
+                str(image),
+                "--out",
+                str(tmp_path / "no"),
+                "--method",
+                "grad-rollout",
+                "--class",
+                "cat",
+            ]
+        )
+        == 1
+    )
+    assert capsys.readouterr().err.strip() == (
+        "vitkit explain: error: --class 'cat' is not one of the model's classes (0-2), an index or pred"
+    )
+    assert not (tmp_path / "no").exists()

@@ -9,6 +9,7 @@ import sys
 import torch
 
 from ..checkpoint import require_vit
+from ..config import ViTConfig
 from ..data import resolve_source
 from ..errors import ConfigError
 from ..evaluate import load_for_inference
@@ -58,6 +59,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive, default=64, help="images per forward pass")
     add_device(p)
     p.add_argument(
+        "--method",
+        choices=("rollout", "grad-rollout"),
+        default="rollout",
+        help="rollout: where the model looks, for every class at once (the paper's Figure 6); grad-rollout: also "
+        "the evidence for one class (Chefer et al. 2021), in grad_rollout.png",
+    )
+    p.add_argument(
+        "--class",
+        dest="explain_class",
+        default="pred",
+        metavar="C|pred",
+        help="with --method grad-rollout: the class to explain, by name or index, or pred for each image's prediction",
+    )
+    p.add_argument(
         "--sinks",
         action="store_true",
         help="also find attention sinks (Darcet et al. 2024): token norms per layer, sinks_NN_<image>.png, "
@@ -74,7 +89,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..explain import SINK_RATIO, write_report, write_sinks  # matplotlib only when this command runs
+    from ..explain import SINK_RATIO, write_grad_rollout, write_report, write_sinks  # matplotlib only here
 
     if not 0.0 < args.keep <= 1.0:
         raise ConfigError(f"--keep {args.keep} must be a fraction in (0, 1]")
@@ -105,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         pixels += list(ds.images[:n])
         names += [f"test{i:05d}_{ds.class_names[int(ds.labels[i])]}" for i in range(n)]  # index, true class
     pixels = torch.stack(pixels)
+    classes = _explained_classes(args.explain_class, model.config, len(names))  # before anything is written
     images = pixels.float() / 255.0  # (B, C, H, W) in [0, 1]: what the figures draw
     inputs = pre.normalize(pixels)  # what the model sees
     written = write_report(
@@ -118,9 +134,26 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_components=args.components,
     )
+    if args.method == "grad-rollout":
+        written += write_grad_rollout(model, images, out, inputs, names, classes, args.per_image)
     if args.sinks:
         more, verdict = write_sinks(model, images, out, inputs, names, sink_ratio, args.per_image, args.batch_size)
         written += more
         print(f"sinks: {verdict}")
     print(f"{classifier.checkpoint}: {len(names)} image(s); wrote {len(written)} files to {out}", file=sys.stderr)
     return 0
+
+
+def _explained_classes(text: str, config: ViTConfig, count: int) -> torch.Tensor | None:
+    """``--class``: None for each image's prediction, else the one class for every image."""
+    if text == "pred":
+        return None
+    names = list(config.class_names or [])
+    if text in names:
+        index = names.index(text)
+    elif text.isdigit() and int(text) < config.num_classes:
+        index = int(text)
+    else:
+        known = ", ".join(names[:10]) if names else f"0-{config.num_classes - 1}"
+        raise ConfigError(f"--class {text!r} is not one of the model's classes ({known}), an index or pred")
+    return torch.full((count,), index, dtype=torch.long)

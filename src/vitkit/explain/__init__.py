@@ -16,6 +16,8 @@ from .analysis import (
     default_query,
     explain_batch,
     find_sinks,
+    grad_rollout,
+    grad_rollout_map,
     grid_for,
     mean_attention_distance,
     model_patch_filters,
@@ -32,6 +34,7 @@ from .analysis import (
 )
 from .figures import (
     plot_attention_maps,
+    plot_class_maps,
     plot_mean_attention_distance,
     plot_patch_filters,
     plot_posemb_similarity,
@@ -39,7 +42,7 @@ from .figures import (
     plot_sinks,
     save_figure,
 )
-from .report import write_report, write_sinks
+from .report import write_grad_rollout, write_report, write_sinks
 
 __all__ = [
     "SINK_RATIO",
@@ -50,6 +53,8 @@ __all__ = [
     "default_query",
     "explain_batch",
     "find_sinks",
+    "grad_rollout",
+    "grad_rollout_map",
     "grid_for",
     "mean_attention_distance",
     "model_patch_filters",
@@ -57,6 +62,7 @@ __all__ = [
     "patch_distances",
     "patch_filters_pca",
     "plot_attention_maps",
+    "plot_class_maps",
     "plot_mean_attention_distance",
     "plot_patch_filters",
     "plot_posemb_similarity",
@@ -70,6 +76,7 @@ __all__ = [
     "token_norms",
     "uniform_attention_distance",
     "upsample_map",
+    "write_grad_rollout",
     "write_report",
     "write_sinks",
 ]

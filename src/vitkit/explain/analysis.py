@@ -151,6 +151,60 @@ def rollout_map(
     return _query_row(joint, num_prefix_tokens, query).reshape(joint.shape[0], *grid)
 
 
+# ----------------------------------------------------------------------------- class-specific
+def grad_rollout(
+    attentions: Sequence[torch.Tensor] | torch.Tensor, gradients: Sequence[torch.Tensor] | torch.Tensor
+) -> torch.Tensor:
+    """Gradient-weighted rollout (Chefer et al. 2021, "Generic Attention-model Explainability",
+    eqs. 5-6): (B, T, T).
+
+    Rollout shows where the model looks, for every class at once. Weighting each layer's
+    attention A by the gradient of the chosen class's logit with respect to it, keeping only the
+    positive part (the evidence *for* the class) and averaging over heads gives
+    Abar = E_h[(dy/dA * A)+]; the layers then accumulate as R <- R + Abar R from R = I, the
+    identity standing for the residual path."""
+    cam = (_stack(gradients) * _stack(attentions)).clamp(min=0).mean(dim=2)  # (L, B, T, T)
+    _, batch, t, _ = cam.shape
+    relevance = torch.eye(t, dtype=cam.dtype, device=cam.device).expand(batch, t, t).clone()
+    for layer in cam:
+        relevance = relevance + layer @ relevance
+    return relevance
+
+
+def attention_gradients(
+    model: VisionTransformer, images: torch.Tensor, classes: torch.Tensor | None = None
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], torch.Tensor]:
+    """(logits, each layer's attention, its gradient for the class, the classes): one forward with
+    attention and one backward of the sum of the chosen logits (each image's own class: the
+    predicted one when ``classes`` is None). In eval mode, the explicit attention path."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            logits, attn = model(images, return_attention=True)
+            chosen = logits.argmax(dim=1) if classes is None else classes.to(logits.device)
+            grads = torch.autograd.grad(logits.gather(1, chosen[:, None]).sum(), attn)
+    finally:
+        model.train(was_training)
+    detached = tuple(a.detach().float().cpu() for a in attn)
+    return logits.detach().float().cpu(), detached, tuple(g.float().cpu() for g in grads), chosen.cpu()
+
+
+def grad_rollout_map(
+    model: VisionTransformer, images: torch.Tensor, classes: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(the grad-rollout seen from the output, (B, gh, gw); the logits; the classes explained):
+    the class token's row over the patches, or for a GAP model the patch rows' mean, as
+    :func:`rollout_map`. Register and distillation tokens stay out of the grid."""
+    logits, attn, grads, chosen = attention_gradients(model, images, classes)
+    c = model.config
+    joint = grad_rollout(attn, grads)
+    grid = grid_for(model, tuple(images.shape[-2:]))
+    _check_tokens(joint.shape[-1], grid, c.num_prefix_tokens)
+    query = default_query(c.num_prefix_tokens, c.pool)
+    return _query_row(joint, c.num_prefix_tokens, query).reshape(joint.shape[0], *grid), logits, chosen
+
+
 # ----------------------------------------------------------------------------- attention distance
 def patch_distances(grid: tuple[int, int], patch_size: int = 1) -> torch.Tensor:
     """(N, N) Euclidean distances between patch centres, in pixels (patch_size x grid steps)."""

@@ -148,6 +148,29 @@ def plot_rollout(
     return fig
 
 
+def plot_class_maps(
+    images: Sequence[torch.Tensor], maps: torch.Tensor, patch_size: int, titles: Sequence[str], method: str
+) -> Figure:
+    """A class-specific heat-map per image (``method`` names it), one row each: the input, the map,
+    and the input weighted by the map. Size: 3 * PANEL by len(images) * PANEL + TITLE inches."""
+    n = len(images)
+    fig = Figure(figsize=(3 * PANEL, n * PANEL + TITLE), dpi=DPI, layout="constrained")
+    axes = fig.subplots(n, 3, squeeze=False)
+    for i, image in enumerate(images):
+        shown = _display(image)
+        mask = _scaled(upsample_map(maps[i], tuple(image.shape[-2:]), patch_size))
+        for ax, pixels in ((axes[i, 0], shown), (axes[i, 2], shown * (mask if shown.ndim == 2 else mask[..., None]))):
+            ax.imshow(pixels, cmap="gray" if shown.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[i, 0].set_ylabel(titles[i] if i < len(titles) else "", fontsize=8)
+        _overlay(axes[i, 1], image, maps[i], patch_size)
+    for ax, head in zip(axes[0], ["input", method, f"input x {method}"], strict=True):
+        ax.set_title(head, fontsize=9)
+    fig.suptitle(f"{method}: the evidence for the class named on the left", fontsize=9)
+    return fig
+
+
 # ----------------------------------------------------------------------------- attention distance
 MEAN_DISTANCE_SIZE = (6.0, 4.5)
 

@@ -27,6 +27,7 @@ from .analysis import (
     concat_sinks,
     explain_batch,
     find_sinks,
+    grad_rollout_map,
     model_patch_filters,
     model_posemb,
     patch_filters_pca,
@@ -37,6 +38,7 @@ from .analysis import (
 )
 from .figures import (
     plot_attention_maps,
+    plot_class_maps,
     plot_mean_attention_distance,
     plot_patch_filters,
     plot_posemb_similarity,
@@ -284,6 +286,50 @@ def write_report(
     written += _write_patch_filters(out, model, num_components)
     log.info("wrote %d files to %s", len(written), out)
     return written
+
+
+# ----------------------------------------------------------------------------- class-specific
+def write_grad_rollout(
+    model: VisionTransformer,
+    images: torch.Tensor,
+    out: str | os.PathLike,
+    inputs: torch.Tensor | None = None,
+    names: Sequence[str] = (),
+    classes: torch.Tensor | None = None,
+    per_image: int = 8,
+) -> list[Path]:
+    """``grad_rollout.png`` and ``.json``: Chefer et al.'s class-specific relevance
+    (:func:`~vitkit.explain.analysis.grad_rollout_map`) for the first ``per_image`` images, each
+    for its class in ``classes`` (one per image), or for its predicted class when None."""
+    inputs = _check_inputs(images, inputs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    n = min(per_image, images.shape[0])
+    names = list(names) + [f"image{i}" for i in range(len(names), n)]
+    device = next(model.parameters()).device
+    chosen = None if classes is None else classes[:n]
+    maps, logits, explained = grad_rollout_map(model, inputs[:n].to(device), chosen)
+    label = (lambda c: model.config.class_names[c]) if model.config.class_names else str
+    probabilities = logits.softmax(dim=1)
+    titles = [
+        f"{_short(_stem(names[i]))}\n{_short(str(label(int(c))))} ({probabilities[i, c]:.0%})"
+        for i, c in enumerate(explained.tolist())
+    ]
+    fig = plot_class_maps(list(images[:n]), maps, model.config.patch_size, titles, "grad-rollout")
+    numbers = {
+        "method": "grad-rollout (Chefer et al. 2021): per layer E_h[(dlogit/dA * A)+], R <- R + A R from R = I",
+        "images": [
+            {
+                "image": names[i],
+                "class": label(int(c)),
+                "probability": round(float(probabilities[i, c]), 5),
+                "predicted": label(int(logits[i].argmax())),
+                "map": _rounded(maps[i]),
+            }
+            for i, c in enumerate(explained.tolist())
+        ],
+    }
+    return _write(out, "grad_rollout", fig, numbers)
 
 
 # ----------------------------------------------------------------------------- attention sinks
