@@ -413,6 +413,21 @@ def attention_path(src: Sources) -> str:
     return count(src.records("attention_path")) + "\n\n" + markdown(header, rows, "lrrrr") + notes.render()
 
 
+def faithfulness(src: Sources) -> str:
+    """Deletion and insertion areas of each explanation method, per recorded run, newest first."""
+    records, notes, rows = src.records("faithfulness"), Notes(), []
+    for r in records:
+        c, summary = r["config"], r["metrics"]["summary"]
+        for method, s in summary.items():
+            rows.append(
+                [when(r), c["note"] or c["run"], f"{c['images']:,} {c['dataset']} {c['split']}", method]
+                + [f"{s['deletion_auc']:.3f}", f"{s['insertion_auc']:.3f}", machine(r), ref(r), notes.command(r)]
+            )
+    header = ["date (UTC)", "model", "images", "method", "deletion AUC (lower is better)"]
+    header += ["insertion AUC (higher is better)", "machine", "record", "command"]
+    return count(records) + "\n\n" + markdown(header, rows, "llllrr") + notes.render()
+
+
 # ============================================================================ inference, data, serving
 def int8(src: Sources) -> str:
     """CPU inference variants of one checkpoint: accuracy on the whole test split and speed."""
@@ -1344,6 +1359,7 @@ TABLES: dict[str, Callable[[Sources], str]] = {
     "ab-train-speed": ab_train_speed,
     "process-settings": process_settings,
     "attention-path": attention_path,
+    "faithfulness": faithfulness,
     "int8": int8,
     "data-path": data_path,
     "memory-limit": memory_limit,

@@ -73,6 +73,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="with --method grad-rollout: the class to explain, by name or index, or pred for each image's prediction",
     )
     p.add_argument(
+        "--faithfulness",
+        action="store_true",
+        help="also score rollout, grad-rollout and a random ranking by their deletion and insertion curves "
+        "(Petsiuk et al. 2018) on all the images: faithfulness.png and .json",
+    )
+    p.add_argument("--steps", type=positive, default=16, help="with --faithfulness: steps from no patch to all")
+    p.add_argument(
         "--sinks",
         action="store_true",
         help="also find attention sinks (Darcet et al. 2024): token norms per layer, sinks_NN_<image>.png, "
@@ -89,7 +96,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..explain import SINK_RATIO, write_grad_rollout, write_report, write_sinks  # matplotlib only here
+    from ..explain import (  # matplotlib only when this command runs
+        SINK_RATIO,
+        write_faithfulness,
+        write_grad_rollout,
+        write_report,
+        write_sinks,
+    )
 
     if not 0.0 < args.keep <= 1.0:
         raise ConfigError(f"--keep {args.keep} must be a fraction in (0, 1]")
@@ -136,6 +149,13 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.method == "grad-rollout":
         written += write_grad_rollout(model, images, out, inputs, names, classes, args.per_image)
+    if args.faithfulness:
+        more, summary = write_faithfulness(model, inputs, out, args.steps, args.batch_size)
+        written += more
+        print(f"faithfulness on {len(names)} image(s), each for its predicted class:")
+        print(f"  {'method':<13} {'deletion AUC (lower is better)':>31} {'insertion AUC (higher is better)':>33}")
+        for method, s in summary.items():
+            print(f"  {method:<13} {s['deletion_auc']:>31.4f} {s['insertion_auc']:>33.4f}")
     if args.sinks:
         more, verdict = write_sinks(model, images, out, inputs, names, sink_ratio, args.per_image, args.batch_size)
         written += more

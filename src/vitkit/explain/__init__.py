@@ -14,6 +14,7 @@ from .analysis import (
     Sinks,
     attention_maps,
     default_query,
+    deletion_insertion,
     explain_batch,
     find_sinks,
     grad_rollout,
@@ -42,7 +43,7 @@ from .figures import (
     plot_sinks,
     save_figure,
 )
-from .report import write_grad_rollout, write_report, write_sinks
+from .report import write_faithfulness, write_grad_rollout, write_report, write_sinks
 
 __all__ = [
     "SINK_RATIO",
@@ -52,6 +53,7 @@ __all__ = [
     "attention_maps",
     "default_query",
     "explain_batch",
+    "deletion_insertion",
     "find_sinks",
     "grad_rollout",
     "grad_rollout_map",
@@ -76,6 +78,7 @@ __all__ = [
     "token_norms",
     "uniform_attention_distance",
     "upsample_map",
+    "write_faithfulness",
     "write_grad_rollout",
     "write_report",
     "write_sinks",

@@ -205,6 +205,64 @@ def grad_rollout_map(
     return _query_row(joint, c.num_prefix_tokens, query).reshape(joint.shape[0], *grid), logits, chosen
 
 
+# ----------------------------------------------------------------------------- faithfulness
+@dataclass
+class Faithfulness:
+    """Deletion and insertion curves of one ranking of the patches (Petsiuk et al. 2018, RISE).
+
+    ``deletion[b, s]``: the probability of image b's class after the first ``fraction[s]`` of its
+    patches, in the ranking's order, were set to the baseline; ``insertion[b, s]``: the same
+    class's probability on the baseline with only those patches shown. A faithful map ranks first
+    the patches the answer depends on: its deletion curve falls fast (a low area) and its
+    insertion curve rises fast (a high area)."""
+
+    fraction: torch.Tensor  # (S + 1,) from 0 to 1
+    deletion: torch.Tensor  # (B, S + 1)
+    insertion: torch.Tensor  # (B, S + 1)
+
+    @staticmethod
+    def _area(curves: torch.Tensor, fraction: torch.Tensor) -> torch.Tensor:
+        return torch.trapezoid(curves, fraction, dim=-1)
+
+    @property
+    def deletion_auc(self) -> torch.Tensor:  # (B,)
+        return self._area(self.deletion, self.fraction)
+
+    @property
+    def insertion_auc(self) -> torch.Tensor:  # (B,)
+        return self._area(self.insertion, self.fraction)
+
+
+@torch.no_grad()
+def deletion_insertion(
+    model: VisionTransformer, inputs: torch.Tensor, maps: torch.Tensor, classes: torch.Tensor, steps: int = 16
+) -> Faithfulness:
+    """The deletion and insertion curves (:class:`Faithfulness`) of ``maps`` (B, gh, gw) for each
+    image's class in ``classes``, in ``steps`` equal steps of patches.
+
+    A removed patch is set to 0 in the normalised input: the training images' mean colour, the
+    value that carries the least information to a model trained on them (black would be an
+    unusual, bright-edged pattern). Insertion starts from that blank image. Ties in a map keep
+    the patches' row-major order, so a constant map is the reading order."""
+    if steps < 1:
+        raise ConfigError(f"steps={steps} must be at least 1")
+    b, _, h, w = inputs.shape
+    gh, gw = maps.shape[-2:]
+    n = gh * gw
+    order = maps.reshape(b, n).argsort(dim=1, descending=True, stable=True)  # most relevant first
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(n).expand(b, n))  # each patch's place
+    p = model.config.patch_size
+    counts = [round(n * s / steps) for s in range(steps + 1)]
+    deletion, insertion = [], []
+    for k in counts:
+        shown = (rank < k).reshape(b, 1, gh, gw).repeat_interleave(p, 2).repeat_interleave(p, 3)[..., :h, :w]
+        for curve, x in ((deletion, inputs * ~shown), (insertion, inputs * shown)):
+            probs = model(x).float().softmax(dim=1)
+            curve.append(probs.gather(1, classes[:, None].to(probs.device))[:, 0].cpu())
+    fraction = torch.tensor(counts, dtype=torch.float32) / n
+    return Faithfulness(fraction, torch.stack(deletion, dim=1), torch.stack(insertion, dim=1))
+
+
 # ----------------------------------------------------------------------------- attention distance
 def patch_distances(grid: tuple[int, int], patch_size: int = 1) -> torch.Tensor:
     """(N, N) Euclidean distances between patch centres, in pixels (patch_size x grid steps)."""

@@ -171,6 +171,31 @@ def plot_class_maps(
     return fig
 
 
+def plot_faithfulness(
+    fraction: torch.Tensor, curves: dict[str, tuple[torch.Tensor, torch.Tensor]], images: int
+) -> Figure:
+    """The mean deletion and insertion curves of each method (``curves[method] = (deletion,
+    insertion)``, each (S + 1,)) against the fraction of patches removed or shown."""
+    fig = Figure(figsize=(8.0, 3.4), dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, 2)
+    for method, (deletion, insertion) in curves.items():
+        style = "--" if method == "random" else "-"
+        axes[0].plot(fraction.numpy(), deletion.numpy(), style, label=method)
+        axes[1].plot(fraction.numpy(), insertion.numpy(), style, label=method)
+    for ax, what in zip(
+        axes,
+        ["deletion: patches removed (lower is better)", "insertion: patches shown (higher is better)"],
+        strict=True,
+    ):
+        ax.set_xlabel("fraction of patches, most relevant first")
+        ax.set_ylabel("probability of the class")
+        ax.set_title(what, fontsize=9)
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Faithfulness (Petsiuk et al. 2018), mean of {images} images", fontsize=9)
+    return fig
+
+
 # ----------------------------------------------------------------------------- attention distance
 MEAN_DISTANCE_SIZE = (6.0, 4.5)
 
