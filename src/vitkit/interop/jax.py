@@ -223,29 +223,34 @@ def _resnet_units(params: _Params) -> tuple[int, ...] | None:
     return tuple(units)
 
 
-def _resnet_backbone(params: _Params, units: tuple[int, ...]) -> dict[str, torch.Tensor]:
-    """The hybrid's BiT ResNet under vitkit's names (:mod:`vitkit.hybrid`), as
-    google-research/vision_transformer's ``models_resnet`` names it: ``conv_root``, ``gn_root``,
+def _resnet_names(units: tuple[int, ...]) -> list[tuple[str, str, str]]:
+    """(the .npz name, vitkit's name, ``conv`` or ``norm``) of every tensor of the hybrid's BiT
+    ResNet (:mod:`vitkit.hybrid`): one table that reading and writing both follow.
+    google-research/vision_transformer's ``models_resnet`` names them ``conv_root``, ``gn_root``,
     then ``block{i}/unit{j}/`` with ``conv1..3``, ``gn1..3`` and, in each stage's first unit, the
-    shortcut's ``conv_proj`` and ``gn_proj``. Kernels are HWIO (-> OIHW); the convolutions have no bias."""
+    shortcut's ``conv_proj`` and ``gn_proj``."""
     b = "patch_embed.backbone."
-
-    def conv(name: str) -> torch.Tensor:
-        return _t(params[f"{name}/kernel"]).permute(3, 2, 0, 1)
-
-    def norm(name: str, to: str) -> dict[str, torch.Tensor]:
-        return {f"{to}.weight": _t(params[f"{name}/scale"]), f"{to}.bias": _t(params[f"{name}/bias"])}
-
-    state = {f"{b}stem.conv.weight": conv("conv_root")} | norm("gn_root", f"{b}stem.norm")
+    names = [("conv_root", f"{b}stem.conv", "conv"), ("gn_root", f"{b}stem.norm", "norm")]
     for i, n in enumerate(units):
         for j in range(n):
             src, dst = f"block{i + 1}/unit{j + 1}/", f"{b}stages.{i}.blocks.{j}."
             for r in (1, 2, 3):
-                state[f"{dst}conv{r}.weight"] = conv(f"{src}conv{r}")
-                state |= norm(f"{src}gn{r}", f"{dst}norm{r}")
+                names += [(f"{src}conv{r}", f"{dst}conv{r}", "conv"), (f"{src}gn{r}", f"{dst}norm{r}", "norm")]
             if j == 0:
-                state[f"{dst}downsample.conv.weight"] = conv(f"{src}conv_proj")
-                state |= norm(f"{src}gn_proj", f"{dst}downsample.norm")
+                names += [(f"{src}conv_proj", f"{dst}downsample.conv", "conv")]
+                names += [(f"{src}gn_proj", f"{dst}downsample.norm", "norm")]
+    return names
+
+
+def _resnet_backbone(params: _Params, units: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """The hybrid's BiT ResNet under vitkit's names (:func:`_resnet_names`). Kernels are HWIO
+    (-> OIHW); the convolutions have no bias."""
+    state: dict[str, torch.Tensor] = {}
+    for npz, ours, kind in _resnet_names(units):
+        if kind == "conv":
+            state[f"{ours}.weight"] = _t(params[f"{npz}/kernel"]).permute(3, 2, 0, 1)
+        else:
+            state |= {f"{ours}.weight": _t(params[f"{npz}/scale"]), f"{ours}.bias": _t(params[f"{npz}/bias"])}
     return state
 
 
@@ -428,24 +433,12 @@ def _require_original_layout(model: VisionTransformer) -> None:
 
 def _resnet_arrays(sd: dict[str, torch.Tensor], units: tuple[int, ...]) -> dict[str, np.ndarray]:
     """The inverse of :func:`_resnet_backbone`: vitkit's ResNet under ``models_resnet``'s names."""
-    b = "patch_embed.backbone."
-
-    def conv(name: str) -> np.ndarray:
-        return _np(sd[f"{name}.weight"].permute(2, 3, 1, 0))  # OIHW -> HWIO
-
-    def norm(name: str, to: str) -> dict[str, np.ndarray]:
-        return {f"{to}/scale": _np(sd[f"{name}.weight"]), f"{to}/bias": _np(sd[f"{name}.bias"])}
-
-    out = {"conv_root/kernel": conv(f"{b}stem.conv")} | norm(f"{b}stem.norm", "gn_root")
-    for i, n in enumerate(units):
-        for j in range(n):
-            src, dst = f"{b}stages.{i}.blocks.{j}.", f"block{i + 1}/unit{j + 1}/"
-            for r in (1, 2, 3):
-                out[f"{dst}conv{r}/kernel"] = conv(f"{src}conv{r}")
-                out |= norm(f"{src}norm{r}", f"{dst}gn{r}")
-            if j == 0:
-                out[f"{dst}conv_proj/kernel"] = conv(f"{src}downsample.conv")
-                out |= norm(f"{src}downsample.norm", f"{dst}gn_proj")
+    out: dict[str, np.ndarray] = {}
+    for npz, ours, kind in _resnet_names(units):
+        if kind == "conv":
+            out[f"{npz}/kernel"] = _np(sd[f"{ours}.weight"].permute(2, 3, 1, 0))  # OIHW -> HWIO
+        else:
+            out |= {f"{npz}/scale": _np(sd[f"{ours}.weight"]), f"{npz}/bias": _np(sd[f"{ours}.bias"])}
     return out
 
 
