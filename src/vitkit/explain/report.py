@@ -80,15 +80,24 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "image"
 
 
+def _label(model: VisionTransformer, index: int) -> str:
+    """Class ``index``'s name, or the index itself for a model without class names."""
+    names = model.config.class_names
+    return names[index] if names else str(index)
+
+
 def _prediction(model: VisionTransformer, logits: torch.Tensor) -> dict[str, Any]:
     """The top class of one image, with every logit (to check the figures against ``predict``)."""
     if logits.numel() == 0:
         return {}
     probs = logits.softmax(dim=-1)
     p, idx = probs.max(dim=-1)
-    names = model.config.class_names
-    label = names[int(idx)] if names else str(int(idx))
-    return {"class": int(idx), "label": label, "probability": round(float(p), 4), "logits": _rounded(logits, 5)}
+    return {
+        "class": int(idx),
+        "label": _label(model, int(idx)),
+        "probability": round(float(p), 4),
+        "logits": _rounded(logits, 5),
+    }
 
 
 @dataclass(frozen=True)
@@ -314,10 +323,9 @@ def write_grad_rollout(
     device = next(model.parameters()).device
     chosen = None if classes is None else classes[:n]
     maps, logits, explained = grad_rollout_map(model, inputs[:n].to(device), chosen)
-    label = (lambda c: model.config.class_names[c]) if model.config.class_names else str
     probabilities = logits.softmax(dim=1)
     titles = [
-        f"{_short(_stem(names[i]))}\n{_short(str(label(int(c))))} ({probabilities[i, c]:.0%})"
+        f"{_short(_stem(names[i]))}\n{_short(_label(model, int(c)))} ({probabilities[i, c]:.0%})"
         for i, c in enumerate(explained.tolist())
     ]
     fig = plot_class_maps(list(images[:n]), maps, model.config.patch_size, titles, "grad-rollout")
@@ -326,9 +334,9 @@ def write_grad_rollout(
         "images": [
             {
                 "image": names[i],
-                "class": label(int(c)),
+                "class": _label(model, int(c)),
                 "probability": round(float(probabilities[i, c]), 5),
-                "predicted": label(int(logits[i].argmax())),
+                "predicted": _label(model, int(logits[i].argmax())),
                 "map": _rounded(maps[i]),
             }
             for i, c in enumerate(explained.tolist())
@@ -341,22 +349,21 @@ def write_grad_rollout(
 FAITHFULNESS_METHODS = ("rollout", "grad-rollout", "random")
 
 
-def _method_maps(
-    model: VisionTransformer, x: torch.Tensor, method: str, classes: torch.Tensor, seed: int
-) -> torch.Tensor:
-    """(B, gh, gw): how ``method`` ranks each image's patches for its class."""
-    grid = grid_for(model, tuple(x.shape[-2:]))
-    if method == "random":  # the baseline every map must beat
-        g = torch.Generator().manual_seed(seed)
-        return torch.rand(x.shape[0], *grid, generator=g)
-    if method == "grad-rollout":
-        return grad_rollout_map(model, x, classes)[0]
+def _rankings(model: VisionTransformer, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(each image's predicted class, (B, gh, gw) maps of every method in
+    :data:`FAITHFULNESS_METHODS`): one forward with attention gives the classes and the rollout,
+    one more with gradients the grad-rollout; the seeded random ranking is the baseline to beat."""
     with torch.no_grad():
-        _, attn = model(x, return_attention=True)
-    c = model.config
-    return rollout_map(
-        [a.float().cpu() for a in attn], grid, c.num_prefix_tokens, default_query(c.num_prefix_tokens, c.pool)
-    )
+        logits, attn = model(x, return_attention=True)
+    classes = logits.argmax(dim=1).cpu()
+    c, grid = model.config, grid_for(model, tuple(x.shape[-2:]))
+    query = default_query(c.num_prefix_tokens, c.pool)
+    maps = {
+        "rollout": rollout_map([a.float().cpu() for a in attn], grid, c.num_prefix_tokens, query),
+        "grad-rollout": grad_rollout_map(model, x, classes)[0],
+        "random": torch.rand(x.shape[0], *grid, generator=torch.Generator().manual_seed(seed)),
+    }
+    return classes, maps
 
 
 def write_faithfulness(
@@ -378,11 +385,9 @@ def write_faithfulness(
     parts: dict[str, list] = {m: [] for m in FAITHFULNESS_METHODS}
     for start in range(0, inputs.shape[0], batch_size):
         x = inputs[start : start + batch_size].to(device)
-        with torch.no_grad():
-            classes = model(x).argmax(dim=1).cpu()
+        classes, maps = _rankings(model, x, seed + start)
         for method in FAITHFULNESS_METHODS:
-            maps = _method_maps(model, x, method, classes, seed + start)
-            parts[method].append(deletion_insertion(model, x, maps.to(device), classes, steps))
+            parts[method].append(deletion_insertion(model, x, maps[method].to(device), classes, steps))
     fraction = parts["rollout"][0].fraction
     summary, curves = {}, {}
     for method, fs in parts.items():
