@@ -84,6 +84,18 @@ def headless_chromium(profile: Path, width: int, height: int):  # noqa: ANN201 -
     return docs_screenshots.browser(profile, width, height)
 
 
+@pytest.fixture(scope="module")
+def one_epoch_digits_run(tmp_path_factory) -> Path:
+    """The tiny ViT trained one fp32 epoch on digits (:func:`tiny_config`), once per test module:
+    a real run folder (best/, last/, train_config.json) for commands to read."""
+    from vitkit.train import train
+
+    out = tmp_path_factory.mktemp("one_epoch") / "run"
+    torch.manual_seed(0)
+    train(tiny_config(out, epochs=1, precision="fp32"), progress=False)
+    return out
+
+
 # A run that SIGKILLs itself half-way through writing the training state of epoch 2: its last/
 # must stay the complete checkpoint of epoch 1 (the fine-tuning and pre-training resume tests).
 KILLED_IN_EPOCH_2_CHECKPOINT = textwrap.dedent(

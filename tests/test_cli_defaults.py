@@ -7,8 +7,6 @@ import json
 import logging
 import re
 
-import pytest
-import torch
 from conftest import tiny_config, write_digits
 from PIL import Image
 
@@ -101,20 +99,12 @@ def test_fit_warmup_by_hand():
     assert fit_warmup(50, 4) == 1 and fit_warmup(5, 0) == 0
 
 
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("defaults") / "run"
-    torch.manual_seed(0)
-    train(tiny_config(out, epochs=1, precision="fp32"), progress=False)
-    return out
-
-
-def test_a_short_fine_tuning_warms_up_briefly_and_cools_down(digits_run, tmp_path, monkeypatch, caplog):
+def test_a_short_fine_tuning_warms_up_briefly_and_cools_down(one_epoch_digits_run, tmp_path, monkeypatch, caplog):
     """The finetune recipe's 50 warm-up steps in a 30-step run: 3 steps, and the last rate near
     zero (it ended at 30/50 of the peak, still warming up); no --out: runs/digits-<time>."""
     caplog.set_level(logging.INFO)
     monkeypatch.chdir(tmp_path)
-    argv = ["train", "--init", str(digits_run), "--data", "digits", "--steps", "30", "--freeze", "embed"]
+    argv = ["train", "--init", str(one_epoch_digits_run), "--data", "digits", "--steps", "30", "--freeze", "embed"]
     assert main([*argv, "--limit-train", "512", "--threads", "1", "--precision", "fp32", "--no-progress"]) == 0
     (run,) = (tmp_path / "runs").iterdir()
     assert re.fullmatch(r"digits-\d{8}-\d{6}", run.name)
@@ -138,11 +128,11 @@ def test_a_time_budget_logs_time_left_not_epochs_it_will_not_reach(tmp_path, cap
     assert all(re.search(r"  \[\d+s of the 1s budget, \d+s left: about \d+ more epoch\(s\)\]$", line) for line in lines)
 
 
-def test_probe_clips_its_default_shots_to_the_smallest_class(digits_run, tmp_path, capsys):
+def test_probe_clips_its_default_shots_to_the_smallest_class(one_epoch_digits_run, tmp_path, capsys):
     folder = tmp_path / "few"
     write_digits(folder / "train", per_class=7, classes=3, sizes=((8, 8),))
     write_digits(folder / "test", per_class=4, classes=3, offset=7, sizes=((8, 8),))
-    args = ["probe", str(digits_run), "--data", str(folder), "--classes", "0,1,2", "--seeds", "1"]
+    args = ["probe", str(one_epoch_digits_run), "--data", str(folder), "--classes", "0,1,2", "--seeds", "1"]
     assert main([*args, "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "p")]) == 0
     err = capsys.readouterr().err.splitlines()
     assert "vitkit probe: --shots 1,5,7, not the default 1,5,10,25: class '0' has 7 training images" in err
@@ -150,12 +140,12 @@ def test_probe_clips_its_default_shots_to_the_smallest_class(digits_run, tmp_pat
     assert [r["shots"] for r in record["summary"]] == [1, 5, 7]
 
 
-def test_embed_and_explain_write_beside_the_checkpoint_without_out(digits_run, tmp_path, capsys):
+def test_embed_and_explain_write_beside_the_checkpoint_without_out(one_epoch_digits_run, tmp_path, capsys):
     images = write_digits(tmp_path / "images", per_class=1, classes=2, sizes=((8, 8),))
-    assert main(["embed", str(digits_run), "--data", "digits", "--split", "test"]) == 0
-    checkpoint_parent = digits_run  # the run folder: its best/ is the checkpoint
+    assert main(["embed", str(one_epoch_digits_run), "--data", "digits", "--split", "test"]) == 0
+    checkpoint_parent = one_epoch_digits_run  # the run folder: its best/ is the checkpoint
     assert (checkpoint_parent / "embed-digits-test.safetensors").is_file()
-    assert main(["embed", str(digits_run), str(images)]) == 0
+    assert main(["embed", str(one_epoch_digits_run), str(images)]) == 0
     assert (checkpoint_parent / "embed-images.safetensors").is_file()
-    assert main(["explain", str(digits_run), str(images / "0" / "0_00.png"), "--components", "2"]) == 0
+    assert main(["explain", str(one_epoch_digits_run), str(images / "0" / "0_00.png"), "--components", "2"]) == 0
     assert (checkpoint_parent / "explain" / "rollout.png").is_file()

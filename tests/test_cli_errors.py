@@ -9,11 +9,9 @@ import re
 import socket
 
 import pytest
-import torch
-from conftest import tiny_config, write_digits
+from conftest import write_digits
 
 from vitkit.cli import build_parser, main
-from vitkit.train import train
 
 
 def _error_lines(capsys, argv: list[str]) -> list[str]:
@@ -98,32 +96,24 @@ def test_help_has_text_for_every_option_and_no_noise(command):
     assert not markup, command
 
 
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("errors") / "run"
-    torch.manual_seed(0)
-    train(tiny_config(out, epochs=1, precision="fp32"), progress=False)
-    return out
-
-
-def test_predict_skips_a_bad_image_with_one_warning_line(digits_run, tmp_path, capsys):
+def test_predict_skips_a_bad_image_with_one_warning_line(one_epoch_digits_run, tmp_path, capsys):
     images = write_digits(tmp_path / "images", per_class=2, classes=2, sizes=((8, 8),))
     bad = images / "1" / "notes.png"
     bad.write_text("not a picture")
     reason = f"{bad}: cannot read the image (UnidentifiedImageError: not an image format Pillow knows)"
-    assert main(["predict", str(digits_run), str(images)]) == 1
+    assert main(["predict", str(one_epoch_digits_run), str(images)]) == 1
     out = capsys.readouterr()
     assert out.err.splitlines() == [f"vitkit predict: error: {reason} (pass --skip-bad-images to leave such files out)"]
-    assert main(["predict", str(digits_run), str(images), "--skip-bad-images"]) == 0
+    assert main(["predict", str(one_epoch_digits_run), str(images), "--skip-bad-images"]) == 0
     out = capsys.readouterr()
     assert out.err.splitlines() == [f"vitkit predict: warning: skipping {reason}"]
     assert len(out.out.splitlines()) == 4 and "notes.png" not in out.out
 
 
-def test_serve_on_a_busy_port_says_so_before_announcing_a_url(digits_run, capsys):
+def test_serve_on_a_busy_port_says_so_before_announcing_a_url(one_epoch_digits_run, capsys):
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
-        assert main(["serve", str(digits_run), "--port", str(port)]) == 1
+        assert main(["serve", str(one_epoch_digits_run), "--port", str(port)]) == 1
     out = capsys.readouterr()
     assert out.out == ""
     assert out.err.splitlines() == [
