@@ -16,7 +16,7 @@ those images.
 from __future__ import annotations
 
 import argparse
-import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -87,10 +87,10 @@ def run(args: argparse.Namespace) -> int:
     kind = "int8 " if args.int8 else ""
     print(f"wrote {kind}{path}: images (batch, {c.in_channels}, {hw}) -> logits (batch, {c.num_classes})")
     if pre is None:
-        print(
-            f"vitkit export: warning: {args.checkpoint} records no preprocessing, so {path} carries none in its "
-            "metadata: a user of the file must know how the model's images were prepared",
-            file=sys.stderr,
+        warnings.warn(  # the CLI prints it as one line, "vitkit export: warning: ..."
+            f"{args.checkpoint} records no preprocessing, so {path} carries none in its metadata: a user of the "
+            "file must know how the model's images were prepared",
+            stacklevel=1,
         )
     else:
         print(f"{path}'s metadata: preprocess (its preprocess.json) and class_names ({len(pre.class_names)})")
