@@ -413,15 +413,14 @@ class VisionTransformer(nn.Module):
         sized = self.config.replace(image_size=image_size) if image_size is not None else self.config
         check_patch_size(sized, patch_size)
         new = self.config.replace(patch_size=patch_size, image_size=sized.image_size)
-        proj = self.patch_embed.proj
+        old = self.patch_embed.proj
+        resized = PatchEmbed(patch_size, new.in_channels, new.width).to(
+            device=old.weight.device, dtype=old.weight.dtype
+        )
         with torch.no_grad():
-            weight = pi_resize_kernel(proj.weight, patch_size)
-        resized = nn.Conv2d(proj.in_channels, proj.out_channels, kernel_size=patch_size, stride=patch_size)
-        resized.to(device=proj.weight.device, dtype=proj.weight.dtype)
-        with torch.no_grad():
-            resized.weight.copy_(weight)
-            resized.bias.copy_(proj.bias)
-        self.patch_embed.proj, self.patch_embed.patch_size = resized, patch_size
+            resized.proj.weight.copy_(pi_resize_kernel(old.weight, patch_size))
+            resized.proj.bias.copy_(old.bias)
+        self.patch_embed = resized
         self.pos_embed.resample_(new.grid_size, posemb_resample)
         self.config = new
 
